@@ -1,8 +1,9 @@
 //! Errors of the quantizers: each names the offending setting, shape or entry.
 
-/// Why a layer could not be quantized or packed. Nothing is produced when one is returned.
-// The fields are self-describing; each variant's doc says what they name.
-#[allow(missing_docs)]
+use faer::MatRef;
+
+/// Why a layer could not be quantized, packed or unpacked. Nothing is produced when one
+/// is returned.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum QuantError {
     /// Bit widths other than 2, 3, 4 and 8 are not supported.
@@ -10,37 +11,93 @@ pub enum QuantError {
     Bits(u32),
     /// The group size does not divide the number of inputs.
     #[error("group size {group_size} does not divide the number of inputs {inputs}")]
-    GroupSize { group_size: usize, inputs: usize },
+    GroupSize {
+        /// The requested group size.
+        group_size: usize,
+        /// The layer's number of inputs.
+        inputs: usize,
+    },
     /// Matrices whose shapes must agree do not.
     #[error(
         "shape mismatch: {what} is {actual_rows} x {actual_cols}, expected {expected_rows} x {expected_cols}"
     )]
     Shape {
+        /// Which matrix.
         what: &'static str,
+        /// Rows it should have.
         expected_rows: usize,
+        /// Columns it should have.
         expected_cols: usize,
+        /// Rows it has.
         actual_rows: usize,
+        /// Columns it has.
         actual_cols: usize,
+    },
+    /// A buffer whose length is fixed by the shapes has another length.
+    #[error("{what} has {actual} entries, expected {expected}")]
+    Length {
+        /// Which buffer.
+        what: &'static str,
+        /// Entries it should have.
+        expected: usize,
+        /// Entries it has.
+        actual: usize,
     },
     /// A NaN or infinite entry.
     #[error("{what} has a non-finite entry ({value}) at row {row}, column {col}")]
     NonFinite {
+        /// Which matrix.
         what: &'static str,
+        /// Row of the entry.
         row: usize,
+        /// Column of the entry.
         col: usize,
+        /// The entry.
         value: f32,
     },
     /// A parameter outside its domain.
     #[error("invalid parameter: {0}")]
     Parameter(String),
-    /// The damped Hessian is not positive definite (Cholesky failed).
-    #[error("the damped Hessian is not positive definite; increase the damping")]
-    NotPositiveDefinite,
+    /// The damped Hessian is not positive definite: its Cholesky factorisation met a
+    /// non-positive pivot at this input (original numbering).
+    #[error(
+        "the damped Hessian is not positive definite (non-positive pivot at input {input}); check H or increase the damping"
+    )]
+    NotPositiveDefinite {
+        /// Input at which the factorisation failed.
+        input: usize,
+    },
+    /// A code outside `0..2^bits`.
+    #[error("code {code} at index {index} does not fit in {bits} bits")]
+    Code {
+        /// Position in the code buffer.
+        index: usize,
+        /// The code.
+        code: u32,
+        /// The bit width.
+        bits: u32,
+    },
+    /// The GPTQ "v1" layout stores `zero - 1` in `bits` bits, so it holds zero points
+    /// `1..=2^bits` only.
+    #[error(
+        "zero point {zero} of group {group}, output {output} cannot be stored in the GPTQ v1 layout at {bits} bits (it holds 1..={max})",
+        max = 1u32 << bits
+    )]
+    ZeroPoint {
+        /// Group of the grid.
+        group: usize,
+        /// Output channel of the grid.
+        output: usize,
+        /// The zero point.
+        zero: u32,
+        /// The bit width.
+        bits: u32,
+    },
 }
 
 pub(crate) fn check_shape(
     what: &'static str,
-    m: faer::MatRef<'_, f32>,
+    m: MatRef<'_, f32>,
     rows: usize,
     cols: usize,
 ) -> Result<(), QuantError> {
@@ -57,7 +114,23 @@ pub(crate) fn check_shape(
     }
 }
 
-pub(crate) fn check_finite(what: &'static str, m: faer::MatRef<'_, f32>) -> Result<(), QuantError> {
+pub(crate) fn check_length(
+    what: &'static str,
+    actual: usize,
+    expected: usize,
+) -> Result<(), QuantError> {
+    if actual == expected {
+        Ok(())
+    } else {
+        Err(QuantError::Length {
+            what,
+            expected,
+            actual,
+        })
+    }
+}
+
+pub(crate) fn check_finite(what: &'static str, m: MatRef<'_, f32>) -> Result<(), QuantError> {
     for col in 0..m.ncols() {
         for row in 0..m.nrows() {
             let value = m[(row, col)];

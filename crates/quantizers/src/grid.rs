@@ -11,10 +11,12 @@ pub struct GridSpec {
     beta: f32,
 }
 
-/// The reference shrink factor `beta`: 0.95 with groups of 128, else 1.0 at 4 bits,
-/// 0.9 at 3 and 0.8 at 2 (per channel); 1.0 at 8 bits.
+/// The shrink factor `beta` of the MagR paper's experiments: 1.0 at 8 bits; else 0.95
+/// with groups of 128 inputs; else (per channel, and for other group sizes, which the
+/// paper does not use) 1.0 at 4 bits, 0.9 at 3 and 0.8 at 2.
 pub fn reference_beta(bits: u32, group_size: Option<usize>) -> f32 {
     match (bits, group_size) {
+        (8, _) => 1.0,
         (_, Some(128)) => 0.95,
         (2, _) => 0.8,
         (3, _) => 0.9,
@@ -23,7 +25,8 @@ pub fn reference_beta(bits: u32, group_size: Option<usize>) -> f32 {
 }
 
 impl GridSpec {
-    /// A grid family; `group_size: None` means one grid per output channel.
+    /// A grid family; `group_size: None` means one grid per output channel, `Some(g)` one
+    /// grid per `g` consecutive inputs of each channel.
     ///
     /// # Errors
     /// Bits outside {2, 3, 4, 8}; a group size of 0; `beta` not in (0, 1].
@@ -52,7 +55,10 @@ impl GridSpec {
         })
     }
 
-    /// Asymmetric grid with the reference `beta` for these bits and group size.
+    /// Asymmetric grid with [`reference_beta`] for these bits and group size.
+    ///
+    /// # Errors
+    /// As [`GridSpec::new`].
     pub fn reference(bits: u32, group_size: Option<usize>) -> Result<Self, QuantError> {
         Self::new(bits, group_size, false, reference_beta(bits, group_size))
     }
@@ -77,13 +83,18 @@ impl GridSpec {
     pub fn maxq(&self) -> u32 {
         (1u32 << self.bits) - 1
     }
-    /// Rows per group for a layer with `inputs` rows.
+
+    /// Inputs per group for a layer with `inputs` inputs: the group size, or `inputs`
+    /// per channel. `inputs / group_rows` is the number of groups.
     ///
     /// # Errors
-    /// The group size does not divide `inputs`.
+    /// No inputs, or a group size that does not divide `inputs`.
     pub fn group_rows(&self, inputs: usize) -> Result<usize, QuantError> {
         match self.group_size {
-            None => Ok(inputs.max(1)),
+            _ if inputs == 0 => Err(QuantError::Parameter(
+                "a layer needs at least one input".into(),
+            )),
+            None => Ok(inputs),
             Some(g) if inputs.is_multiple_of(g) => Ok(g),
             Some(g) => Err(QuantError::GroupSize {
                 group_size: g,
@@ -95,11 +106,21 @@ impl GridSpec {
     /// Fits the grid of one group of one channel to its weights:
     /// `xmin = min(min x, 0)`, `xmax = max(max x, 0)`; symmetric: `xmax = max(|xmin|, xmax)`
     /// and `xmin = -xmax` where `xmin < 0`; `[-1, 1]` if both are 0;
-    /// `scale = beta (xmax - xmin) / maxq`; `zero = round(-xmin / scale)` or `2^bits / 2` (symmetric).
+    /// `scale = beta (xmax - xmin) / maxq`; `zero = round(-xmin / scale)` (ties to even)
+    /// or `2^bits / 2` (symmetric).
+    ///
+    /// With `beta < 1` the asymmetric zero point can exceed `maxq` (up to
+    /// `round(maxq / beta)`); codes stay in `0..=maxq`.
     pub fn fit(&self, values: impl IntoIterator<Item = f32>) -> Grid {
-        let (mut xmin, mut xmax) = values
+        let (lo, hi) = values
             .into_iter()
             .fold((0.0f32, 0.0f32), |(lo, hi), x| (lo.min(x), hi.max(x)));
+        self.fit_range(lo, hi)
+    }
+
+    /// [`GridSpec::fit`] for weights whose minimum is `lo` and maximum `hi`.
+    pub fn fit_range(&self, lo: f32, hi: f32) -> Grid {
+        let (mut xmin, mut xmax) = (lo.min(0.0), hi.max(0.0));
         if self.symmetric {
             xmax = xmax.max(xmin.abs());
             if xmin < 0.0 {
@@ -121,10 +142,10 @@ impl GridSpec {
     }
 }
 
-/// One fitted grid: `x ~ scale * (q - zero)` with integer `q` in `0..=maxq`.
+/// One fitted grid: `x ~ scale * (q - zero)` with integer code `q` in `0..=maxq`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Grid {
-    /// Step between grid points.
+    /// Step between grid points (positive).
     pub scale: f32,
     /// Integer zero point.
     pub zero: u32,
@@ -133,10 +154,10 @@ pub struct Grid {
 }
 
 impl Grid {
-    /// The code `clamp(round(x / scale) + zero, 0, maxq)` (ties to even).
+    /// The code `clamp(round(x / scale) + zero, 0, maxq)`, rounding ties to even.
     #[inline]
     pub fn code(&self, x: f32) -> u32 {
-        ((x / self.scale).round_ties_even() + self.zero as f32).clamp(0.0, self.maxq as f32) as u32
+        (round_ties_even(x / self.scale) + self.zero as f32).clamp(0.0, self.maxq as f32) as u32
     }
 
     /// The value of a code, `scale * (q - zero)`.
@@ -145,9 +166,45 @@ impl Grid {
         self.scale * (q as f32 - self.zero as f32)
     }
 
-    /// The grid point the reference quantizer maps `x` to.
+    /// The grid point the reference quantizer maps `x` to, `value(code(x))`.
     #[inline]
     pub fn round(&self, x: f32) -> f32 {
         self.value(self.code(x))
+    }
+}
+
+/// `x.round_ties_even()` without a libm call on targets lacking a rounding instruction:
+/// for `|x| < 2^22`, adding and subtracting `1.5 * 2^23` rounds to an integer in the
+/// default (nearest, ties to even) mode; larger magnitudes are integers or half-integers
+/// far outside every code range, where the clamp that follows decides anyway. NaN stays NaN.
+#[inline]
+pub(crate) fn round_ties_even(x: f32) -> f32 {
+    const SHIFT: f32 = 12_582_912.0; // 1.5 * 2^23
+    if x.abs() < 4_194_304.0 {
+        (x + SHIFT) - SHIFT
+    } else {
+        x
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::round_ties_even;
+
+    /// Every f32 of magnitude below 2^22 that is a multiple of 1/4 (so every tie), and a
+    /// sweep of bit patterns, round as `f32::round_ties_even`.
+    #[test]
+    fn matches_std_round_ties_even() {
+        for k in -200_000i32..200_000 {
+            let x = k as f32 * 0.25;
+            assert_eq!(round_ties_even(x), x.round_ties_even(), "{x}");
+        }
+        for bits in (0..u32::MAX).step_by(65_537) {
+            let x = f32::from_bits(bits);
+            if x.is_finite() && x.abs() < 4_194_304.0 {
+                // -0.0 and 0.0 compare equal, which is all the clamp needs.
+                assert_eq!(round_ties_even(x), x.round_ties_even(), "{x}");
+            }
+        }
     }
 }

@@ -9,10 +9,13 @@ mod optq;
 mod pack;
 mod rtn;
 
-pub use cd::{CoordinateDescent, SweepOrder, damped_objective, reference_lambda, refine};
+pub use cd::{CoordinateDescent, SweepOrder, reference_lambda, refine};
 pub use error::QuantError;
 pub use grid::{Grid, GridSpec, reference_beta};
 pub use layer::{LayerProblem, QuantizedLinear, Quantizer, layer_loss};
 pub use optq::Optq;
-pub use pack::{GptqTensors, dequantize_gptq, pack_gptq, pack_stream, unpack_stream};
+pub use pack::{
+    GptqTensors, dequantize_gptq, pack_gptq, pack_qweight, pack_qzeros, unpack_qweight,
+    unpack_qzeros,
+};
 pub use rtn::Rtn;

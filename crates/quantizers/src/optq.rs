@@ -1,7 +1,9 @@
 //! OPTQ (GPTQ, Frantar et al. 2023) with the reference code's options.
 
-use faer::linalg::solvers::DenseSolveCore;
-use faer::{Accum, Mat, MatRef, Par, Side, linalg::matmul::matmul};
+use faer::dyn_stack::{MemBuffer, MemStack};
+use faer::linalg::cholesky::llt::factor::{LltError, cholesky_in_place, cholesky_in_place_scratch};
+use faer::linalg::triangular_inverse::invert_lower_triangular;
+use faer::{Accum, Mat, MatRef, Par, linalg::matmul::matmul};
 
 use crate::{Grid, GridSpec, LayerProblem, QuantError, QuantizedLinear, Quantizer};
 
@@ -9,13 +11,23 @@ use crate::{Grid, GridSpec, LayerProblem, QuantError, QuantizedLinear, Quantizer
 /// inputs not yet quantized, through the upper Cholesky factor `U` of `H^{-1}`
 /// (`H^{-1} = U^T U`).
 ///
-/// As in the reference code: inputs with `H_ii = 0` get `H_ii = 1` and zero weights;
-/// optional act-order (inputs by decreasing `H_ii`); damping `H += damping * mean(diag H) I`;
-/// blocks of `block_size` inputs with in-block updates `w_k -= err * U_ik` and one product
-/// for the inputs after the block. Per channel, grids are fitted on the weights up front;
-/// with groups, a group's grid is fitted when the loop reaches its first input, on the
-/// weights as they stand at the start of the current block (the reference's `W`, which
-/// excludes the in-block updates), or up front with `static_groups`.
+/// Step by step as in the reference code (GPTQ's `fasterquant`, which MagR reuses):
+/// 1. per channel, grids are fitted to the weights as given;
+/// 2. dead inputs (`H_ii = 0`) get `H_ii = 1` and zero weights;
+/// 3. static groups: every group's grid is fitted now;
+/// 4. act-order: inputs are processed by decreasing `H_ii` (a stable sort);
+/// 5. damping `H += damping * mean(diag H) I`; `U` from `H`;
+/// 6. blocks of `block_size` inputs: for each input `i`, `q = round(w_i)` on its grid,
+///    `err = (w_i - q) / U_ii`, `w_k -= err U_ik` for the later inputs `k` of the block;
+///    after the block, one product `W_rest -= Err U_block,rest`. Dynamic groups: a
+///    group's grid is fitted when the loop reaches its first input, on the weights as
+///    they stand at the start of that input's block (the reference's `W`, which the
+///    in-block updates do not touch).
+///
+/// Numerics: `U` comes from one f64 Cholesky factorisation and one triangular inverse
+/// (see `inverse_cholesky_upper`) and is used in f32, as are the weights.
+/// `g_idx` follows the reference: under act-order with dynamic groups, input `i`'s group
+/// is its processing position divided by the group size.
 #[derive(Debug, Clone, Copy)]
 pub struct Optq {
     /// The grid family.
@@ -26,14 +38,15 @@ pub struct Optq {
     pub damping: f64,
     /// Process inputs by decreasing `H_ii`.
     pub act_order: bool,
-    /// Fit all group grids before the loop (matters with act-order).
+    /// Fit all group grids before the loop, on the weights as given.
     pub static_groups: bool,
-    /// Parallelism of the products and of the factorisations.
+    /// Parallelism of the factorisation and of the products.
     pub par: Par,
 }
 
 impl Optq {
-    /// The reference settings for a grid: blocks of 128, 1% damping, natural order.
+    /// The reference settings for a grid: blocks of 128, 1% damping, natural order,
+    /// dynamic groups, parallel.
     pub fn new(spec: GridSpec) -> Self {
         Self {
             spec,
@@ -46,167 +59,179 @@ impl Optq {
     }
 }
 
-/// Codes, grids and groups, before assembly.
-pub(crate) struct RawQuantization {
-    pub codes: Vec<u8>,
-    pub grids: Vec<Grid>,
-    pub g_idx: Vec<u32>,
-}
-
-impl Optq {
-    pub(crate) fn run(&self, problem: &LayerProblem<'_>) -> Result<RawQuantization, QuantError> {
+impl Quantizer for Optq {
+    fn quantize(&self, problem: &LayerProblem<'_>) -> Result<QuantizedLinear, QuantError> {
         problem.validate()?;
-        if self.block_size == 0 || !(self.damping.is_finite() && self.damping >= 0.0) {
+        if self.block_size == 0 {
+            return Err(QuantError::Parameter("block size must be positive".into()));
+        }
+        if !(self.damping.is_finite() && self.damping >= 0.0) {
             return Err(QuantError::Parameter(format!(
-                "block size must be positive and damping finite and >= 0 (got {}, {})",
-                self.block_size, self.damping
+                "damping must be finite and >= 0, got {}",
+                self.damping
             )));
         }
-        let (w, h) = (problem.weights, problem.hessian);
+        let (w, h, spec) = (problem.weights, problem.hessian, self.spec);
         let (n, m) = (w.nrows(), w.ncols());
-        let gs = self.spec.group_rows(n)?;
-        let grouped = self.spec.group_size().is_some();
-        let groups = n.div_ceil(gs).max(1);
+        let gs = spec.group_rows(n)?;
+        let groups = n / gs;
+        let dynamic_groups = spec.group_size().is_some() && !self.static_groups;
 
-        // Per channel: grids from the weights as given (before dead inputs are zeroed).
-        let mut grids = vec![self.spec.fit([]); groups * m];
-        if !grouped {
-            for (j, grid) in grids.iter_mut().enumerate().take(m) {
-                *grid = self.spec.fit(w.col(j).iter().copied());
+        let dead: Vec<bool> = (0..n).map(|i| h[(i, i)] == 0.0).collect();
+        let diag = |i: usize| if dead[i] { 1.0 } else { h[(i, i)] as f64 };
+        let weight = |i: usize, j: usize| if dead[i] { 0.0 } else { w[(i, j)] };
+
+        // Grids, [g * m + j]. Per channel: the weights as given; static groups: the
+        // weights with dead inputs zeroed; dynamic groups: filled in the loop.
+        let mut grids = vec![spec.fit([]); groups * m];
+        if spec.group_size().is_none() {
+            for (j, grid) in grids.iter_mut().enumerate() {
+                *grid = spec.fit(w.col(j).iter().copied());
             }
-        }
-        // Transposed working copy: column i holds input i across all outputs.
-        let mut wt = Mat::<f32>::from_fn(m, n, |j, i| w[(i, j)]);
-        let mut h64 = Mat::<f64>::from_fn(n, n, |i, k| h[(i, k)] as f64);
-        for i in 0..n {
-            if h64[(i, i)] == 0.0 {
-                h64[(i, i)] = 1.0;
-                wt.col_mut(i).fill(0.0);
-            }
-        }
-        if grouped && self.static_groups {
+        } else if self.static_groups {
             for g in 0..groups {
                 for j in 0..m {
-                    grids[j * groups + g] =
-                        self.spec.fit((g * gs..(g + 1) * gs).map(|i| wt[(j, i)]));
+                    grids[g * m + j] = spec.fit((g * gs..(g + 1) * gs).map(|i| weight(i, j)));
                 }
             }
         }
-        // perm[k] = original input at position k.
+
+        // perm[k] = the input processed at position k.
         let mut perm: Vec<usize> = (0..n).collect();
         if self.act_order {
-            perm.sort_by(|&a, &b| h64[(b, b)].total_cmp(&h64[(a, a)]));
+            perm.sort_by(|&a, &b| diag(b).total_cmp(&diag(a)));
         }
-        let mut wp = Mat::<f32>::from_fn(m, n, |j, k| wt[(j, perm[k])]);
-        let mut hp = Mat::<f64>::from_fn(n, n, |a, b| h64[(perm[a], perm[b])]);
-        let mean_diag = (0..n).map(|i| hp[(i, i)]).sum::<f64>() / n.max(1) as f64;
-        for i in 0..n {
-            hp[(i, i)] += self.damping * mean_diag;
-        }
-        let u = upper_cholesky_of_inverse(hp.as_ref())?;
-
-        // Group of each position, and of each original input.
-        let group_of_position = |k: usize| {
+        // Per channel gs = n, so both forms give group 0.
+        let group_at = |k: usize| {
             if self.static_groups {
                 perm[k] / gs
             } else {
                 k / gs
             }
         };
-        let mut codes_p = vec![0u8; n * m]; // position-major: codes_p[k * m + j]
-        for i1 in (0..n).step_by(self.block_size) {
-            let i2 = (i1 + self.block_size).min(n);
-            let block_start = wp.as_ref().subcols(i1, i2 - i1).to_owned();
-            let mut err = Mat::<f32>::zeros(m, i2 - i1);
-            for i in i1..i2 {
-                if grouped && !self.static_groups && i % gs == 0 {
-                    let g = i / gs;
-                    for j in 0..m {
-                        let value = |k: usize| {
-                            if k < i2 {
-                                block_start[(j, k - i1)]
-                            } else {
-                                wp[(j, k)]
-                            }
-                        };
-                        grids[j * groups + g] = self.spec.fit((i..(i + gs).min(n)).map(value));
-                    }
+        let damp = self.damping * (0..n).map(diag).sum::<f64>() / n as f64;
+        let u = inverse_cholesky_upper(h, &perm, &dead, damp, self.par)?;
+
+        // Working weights, transposed and permuted: column k is input perm[k] across all
+        // outputs, so every per-input step runs on contiguous memory.
+        let mut wp = Mat::<f32>::from_fn(m, n, |j, k| weight(perm[k], j));
+        let mut codes = vec![0u8; n * m];
+        let bs = self.block_size.min(n);
+        let mut err = Mat::<f32>::zeros(m, bs);
+        for i1 in (0..n).step_by(bs) {
+            let i2 = (i1 + bs).min(n);
+            if dynamic_groups {
+                for start in (i1..i2).filter(|k| k % gs == 0) {
+                    fit_group(
+                        spec,
+                        wp.as_ref().subcols(start, gs),
+                        &mut grids[start / gs * m..(start / gs + 1) * m],
+                    );
                 }
-                let g = group_of_position(i);
+            }
+            for i in i1..i2 {
+                let g = group_at(i);
+                let grids_g = &grids[g * m..(g + 1) * m];
                 let d = u[(i, i)];
-                for j in 0..m {
-                    let grid = grids[if grouped { j * groups + g } else { j }];
-                    let x = wp[(j, i)];
-                    let code = grid.code(x);
-                    codes_p[i * m + j] = code as u8;
-                    err[(j, i - i1)] = (x - grid.value(code)) / d;
+                let e = err.col_as_slice_mut(i - i1);
+                for (j, (&x, e)) in wp.col_as_slice(i).iter().zip(e.iter_mut()).enumerate() {
+                    let code = grids_g[j].code(x);
+                    codes[j * n + perm[i]] = code as u8;
+                    *e = (x - grids_g[j].value(code)) / d;
                 }
                 let e = err.col_as_slice(i - i1);
                 for k in i + 1..i2 {
                     let uik = u[(i, k)];
-                    wp.col_as_slice_mut(k)
-                        .iter_mut()
-                        .zip(e)
-                        .for_each(|(w, e)| *w -= e * uik);
+                    for (wk, e) in wp.col_as_slice_mut(k).iter_mut().zip(e) {
+                        *wk -= e * uik;
+                    }
                 }
             }
             if i2 < n {
-                let rest = n - i2;
-                let u_block = u.as_ref().submatrix(i1, i2, i2 - i1, rest);
                 matmul(
-                    wp.as_mut().subcols_mut(i2, rest),
+                    wp.as_mut().subcols_mut(i2, n - i2),
                     Accum::Add,
-                    err.as_ref(),
-                    u_block,
+                    err.as_ref().subcols(0, i2 - i1),
+                    u.as_ref().submatrix(i1, i2, i2 - i1, n - i2),
                     -1.0,
                     self.par,
                 );
             }
         }
-        let mut codes = vec![0u8; n * m];
         let mut g_idx = vec![0u32; n];
-        for (k, &orig) in perm.iter().enumerate() {
-            g_idx[orig] = if grouped {
-                group_of_position(k) as u32
-            } else {
-                0
-            };
-            for j in 0..m {
-                codes[j * n + orig] = codes_p[k * m + j];
-            }
+        for (k, &input) in perm.iter().enumerate() {
+            g_idx[input] = group_at(k) as u32;
         }
-        if !grouped {
-            grids.truncate(m);
-        }
-        Ok(RawQuantization {
-            codes,
-            grids,
-            g_idx,
-        })
-    }
-}
-
-/// Upper `U` with `H^{-1} = U^T U`, via two Cholesky factorisations in f64, returned in f32.
-fn upper_cholesky_of_inverse(h: MatRef<'_, f64>) -> Result<Mat<f32>, QuantError> {
-    let n = h.nrows();
-    let inverse = h
-        .llt(Side::Lower)
-        .map_err(|_| QuantError::NotPositiveDefinite)?
-        .inverse();
-    let l = inverse
-        .llt(Side::Lower)
-        .map_err(|_| QuantError::NotPositiveDefinite)?;
-    let l = l.L();
-    Ok(Mat::from_fn(n, n, |i, k| {
-        if k >= i { l[(k, i)] as f32 } else { 0.0 }
-    }))
-}
-
-impl Quantizer for Optq {
-    fn quantize(&self, problem: &LayerProblem<'_>) -> Result<QuantizedLinear, QuantError> {
-        let raw = self.run(problem)?;
         Ok(QuantizedLinear::assemble(
-            self.spec, raw.codes, raw.grids, raw.g_idx, problem, self.par,
+            spec, codes, grids, g_idx, problem, self.par,
         ))
     }
+}
+
+/// Fits one grid per output to the columns of `w` (outputs x group inputs).
+fn fit_group(spec: GridSpec, w: MatRef<'_, f32>, grids: &mut [Grid]) {
+    let mut lo = vec![0.0f32; w.nrows()];
+    let mut hi = vec![0.0f32; w.nrows()];
+    for k in 0..w.ncols() {
+        let col = w.col(k);
+        for (j, (lo, hi)) in lo.iter_mut().zip(hi.iter_mut()).enumerate() {
+            *lo = lo.min(col[j]);
+            *hi = hi.max(col[j]);
+        }
+    }
+    for (grid, (lo, hi)) in grids.iter_mut().zip(lo.into_iter().zip(hi)) {
+        *grid = spec.fit_range(lo, hi);
+    }
+}
+
+/// The upper triangular `U` with `U^T U = A^{-1}`, where `A = P^T H' P + damp I` (`H'`:
+/// `H` with its dead diagonal entries set to 1; `P` the processing order), in f64 and
+/// returned in f32.
+///
+/// With `J` the reversal permutation, one Cholesky factorisation `J A J = M M^T` gives
+/// `A^{-1} = (J M^{-1} J)^T (J M^{-1} J)`, and `J M^{-1} J` is upper triangular with a
+/// positive diagonal, hence the factor (the reference's three steps, Cholesky,
+/// `cholesky_inverse`, upper Cholesky, reach the same matrix with twice the work).
+fn inverse_cholesky_upper(
+    h: MatRef<'_, f32>,
+    perm: &[usize],
+    dead: &[bool],
+    damp: f64,
+    par: Par,
+) -> Result<Mat<f32>, QuantError> {
+    let n = perm.len();
+    let reversed = |r: usize| perm[n - 1 - r];
+    let mut a = Mat::<f64>::from_fn(n, n, |r, c| {
+        if r < c {
+            return 0.0; // only the lower triangle is read
+        }
+        let (x, y) = (reversed(r), reversed(c));
+        if r == c {
+            (if dead[x] { 1.0 } else { h[(x, x)] as f64 }) + damp
+        } else {
+            h[(x, y)] as f64
+        }
+    });
+    let mut mem = MemBuffer::new(cholesky_in_place_scratch::<f64>(n, par, Default::default()));
+    cholesky_in_place(
+        a.as_mut(),
+        Default::default(),
+        par,
+        MemStack::new(&mut mem),
+        Default::default(),
+    )
+    .map_err(
+        |LltError::NonPositivePivot { index }| QuantError::NotPositiveDefinite {
+            input: reversed(index),
+        },
+    )?;
+    let mut inverse = Mat::<f64>::zeros(n, n);
+    invert_lower_triangular(inverse.as_mut(), a.as_ref(), par);
+    Ok(Mat::from_fn(n, n, |i, k| {
+        if k >= i {
+            inverse[(n - 1 - i, n - 1 - k)] as f32
+        } else {
+            0.0
+        }
+    }))
 }

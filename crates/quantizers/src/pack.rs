@@ -1,28 +1,51 @@
-//! Integer packing in the GPTQ checkpoint layout ("v1", as AutoGPTQ writes it).
+//! Integer packing in the GPTQ checkpoint layout ("v1", as AutoGPTQ's `QuantLinear.pack`
+//! writes it and AutoGPTQ, GPTQModel, transformers, vLLM and exllama read it).
 //!
-//! Every packed tensor is a sequence of little-endian bit streams cut into 32-bit words:
-//! code `k` of a stream occupies bits `bits*k .. bits*(k+1)` of the stream, bit `b` of the
-//! stream is bit `b % 32` of word `b / 32`. For 2, 4 and 8 bits a code never straddles
-//! a word; for 3 bits, 32 codes fill 3 words and codes 10 and 21 straddle (bits 30-32 and
-//! 63-65), which is exactly AutoGPTQ's hand-written 3-bit `pack`. Streams whose bit count
-//! is not a multiple of 32 are padded with zero bits (real layers have `in` and `out`
-//! multiples of 32, where the shapes below are the standard ones).
+//! Every packed tensor is a set of little-endian bit streams cut into 32-bit words: code
+//! `k` of a stream occupies stream bits `bits*k .. bits*(k+1)`, and stream bit `b` is bit
+//! `b % 32` of word `b / 32`. At 2, 4 and 8 bits a code never straddles a word. At 3 bits
+//! 32 codes fill 3 words and codes 10 and 21 straddle: word 0 holds codes 0-9 at bits
+//! `3k` and the low two bits of code 10 at bits 30-31; word 1 holds code 10's high bit at
+//! bit 0, codes 11-20 at bits `3(k-11)+1` and code 21's low bit at bit 31; word 2 holds
+//! code 21's high two bits at bits 0-1 and codes 22-31 at bits `3(k-22)+2`. That is
+//! exactly AutoGPTQ's hand-written 3-bit `pack` and the shift table of its unpacking.
 //!
-//! - `qweight` `[ceil(in*bits/32), out]`: one stream per output channel, along the inputs.
+//! Tensors (row-major), for `in` inputs, `out` outputs and `G` groups:
+//! - `qweight` `[ceil(in*bits/32), out]`: one stream per output, along the inputs;
 //! - `qzeros` `[G, ceil(out*bits/32)]`: one stream per group, along the outputs, holding
-//!   `(zero - 1) mod 2^bits` (loaders add the one back; a zero point of 0 is stored as
-//!   `2^bits - 1`, which v1 loaders read back as `2^bits`: a limitation of the format).
-//! - `scales` `[G, out]`, `g_idx` `[in]`.
+//!   `zero - 1` (v1; loaders add the one back), so zero points `1..=2^bits` only;
+//! - `scales` `[G, out]` (f32 here; a checkpoint stores f16, converted by the writer);
+//! - `g_idx` `[in]`.
+//!
+//! Sizes: real layers have `in` and `out` multiples of 32, where the shapes are the
+//! standard `in*bits/32` and `out*bits/32`. Other sizes are packed too, the last word of
+//! each stream padded with zero bits, so that every layer round-trips; GPTQ kernels do not
+//! accept such tensors.
 
+use faer::Mat;
+
+use crate::error::check_length;
 use crate::{QuantError, QuantizedLinear};
 
-/// Packs `codes` (each `< 2^bits`) into a little-endian bit stream of 32-bit words.
-pub fn pack_stream(codes: impl IntoIterator<Item = u32>, bits: u32, words: &mut Vec<u32>) {
+/// Words of a stream of `count` codes of `bits` bits.
+fn stream_words(count: usize, bits: u32) -> usize {
+    (count * bits as usize).div_ceil(32)
+}
+
+fn check_bits(bits: u32) -> Result<(), QuantError> {
+    if [2, 3, 4, 8].contains(&bits) {
+        Ok(())
+    } else {
+        Err(QuantError::Bits(bits))
+    }
+}
+
+/// Appends the stream of `codes` (each `< 2^bits`) to `words`.
+fn pack_stream(codes: impl IntoIterator<Item = u32>, bits: u32, words: &mut Vec<u32>) {
     let mut acc = 0u64;
     let mut filled = 0u32;
-    let mask = (1u64 << bits) - 1;
     for code in codes {
-        acc |= (code as u64 & mask) << filled;
+        acc |= (code as u64) << filled;
         filled += bits;
         if filled >= 32 {
             words.push(acc as u32);
@@ -35,139 +58,213 @@ pub fn pack_stream(codes: impl IntoIterator<Item = u32>, bits: u32, words: &mut 
     }
 }
 
-/// Reads `count` codes of `bits` bits from a little-endian stream of words.
-pub fn unpack_stream(words: &[u32], bits: u32, count: usize) -> Vec<u32> {
-    let mask = (1u64 << bits) - 1;
-    (0..count)
-        .map(|k| {
-            let bit = k * bits as usize;
-            let (w, off) = (bit / 32, (bit % 32) as u32);
-            let lo = words[w] as u64;
-            let hi = words.get(w + 1).copied().unwrap_or(0) as u64;
-            (((hi << 32) | lo) >> off & mask) as u32
-        })
-        .collect()
+/// Code `k` of a stream.
+fn stream_code(words: &[u32], bits: u32, k: usize) -> u32 {
+    let bit = k * bits as usize;
+    let (w, offset) = (bit / 32, (bit % 32) as u32);
+    let lo = words[w] as u64;
+    let hi = words.get(w + 1).copied().unwrap_or(0) as u64;
+    (((hi << 32) | lo) >> offset) as u32 & ((1u32 << bits) - 1)
 }
 
-/// The four tensors of a GPTQ checkpoint layer, row-major, with their shapes.
+/// Packs codes laid out as `W` (in x out column-major, `codes[j * inputs + i]`) into
+/// `qweight`, `[ceil(inputs*bits/32), outputs]` row-major, as `i32` bit patterns.
+///
+/// # Errors
+/// Bits outside {2, 3, 4, 8}; `codes.len() != inputs * outputs`; a code `>= 2^bits`.
+pub fn pack_qweight(
+    codes: &[u8],
+    inputs: usize,
+    outputs: usize,
+    bits: u32,
+) -> Result<Vec<i32>, QuantError> {
+    check_bits(bits)?;
+    check_length("codes", codes.len(), inputs * outputs)?;
+    if let Some((index, &code)) = codes
+        .iter()
+        .enumerate()
+        .find(|(_, c)| **c as u32 >> bits != 0)
+    {
+        return Err(QuantError::Code {
+            index,
+            code: code as u32,
+            bits,
+        });
+    }
+    let rows = stream_words(inputs, bits);
+    let mut qweight = vec![0i32; rows * outputs];
+    let mut words = Vec::with_capacity(rows);
+    for j in 0..outputs {
+        words.clear();
+        let column = &codes[j * inputs..(j + 1) * inputs];
+        pack_stream(column.iter().map(|&c| c as u32), bits, &mut words);
+        for (r, &word) in words.iter().enumerate() {
+            qweight[r * outputs + j] = word as i32;
+        }
+    }
+    Ok(qweight)
+}
+
+/// Inverse of [`pack_qweight`]: the codes, `[j * inputs + i]`.
+///
+/// # Errors
+/// Bits outside {2, 3, 4, 8}; `qweight.len() != ceil(inputs*bits/32) * outputs`.
+pub fn unpack_qweight(
+    qweight: &[i32],
+    inputs: usize,
+    outputs: usize,
+    bits: u32,
+) -> Result<Vec<u8>, QuantError> {
+    check_bits(bits)?;
+    let rows = stream_words(inputs, bits);
+    check_length("qweight", qweight.len(), rows * outputs)?;
+    let mut codes = Vec::with_capacity(inputs * outputs);
+    let mut words = Vec::with_capacity(rows);
+    for j in 0..outputs {
+        words.clear();
+        words.extend((0..rows).map(|r| qweight[r * outputs + j] as u32));
+        codes.extend((0..inputs).map(|i| stream_code(&words, bits, i) as u8));
+    }
+    Ok(codes)
+}
+
+/// Packs zero points `[groups, outputs]` row-major into v1 `qzeros`,
+/// `[groups, ceil(outputs*bits/32)]`, storing `zero - 1`.
+///
+/// # Errors
+/// Bits outside {2, 3, 4, 8}; `zeros.len() != groups * outputs`; a zero point outside
+/// `1..=2^bits`, which v1 cannot store ([`QuantError::ZeroPoint`]).
+pub fn pack_qzeros(
+    zeros: &[u32],
+    groups: usize,
+    outputs: usize,
+    bits: u32,
+) -> Result<Vec<i32>, QuantError> {
+    check_bits(bits)?;
+    check_length("zero points", zeros.len(), groups * outputs)?;
+    if let Some(index) = zeros.iter().position(|&z| z == 0 || z > 1 << bits) {
+        return Err(QuantError::ZeroPoint {
+            group: index / outputs,
+            output: index % outputs,
+            zero: zeros[index],
+            bits,
+        });
+    }
+    let mut words = Vec::with_capacity(groups * stream_words(outputs, bits));
+    for row in zeros.chunks(outputs.max(1)) {
+        pack_stream(row.iter().map(|&z| z - 1), bits, &mut words);
+    }
+    Ok(words.into_iter().map(|w| w as i32).collect())
+}
+
+/// Inverse of [`pack_qzeros`]: the zero points `[groups, outputs]`, each stored value
+/// plus one (as v1 loaders compute them).
+///
+/// # Errors
+/// Bits outside {2, 3, 4, 8}; `qzeros.len() != groups * ceil(outputs*bits/32)`.
+pub fn unpack_qzeros(
+    qzeros: &[i32],
+    groups: usize,
+    outputs: usize,
+    bits: u32,
+) -> Result<Vec<u32>, QuantError> {
+    check_bits(bits)?;
+    let cols = stream_words(outputs, bits);
+    check_length("qzeros", qzeros.len(), groups * cols)?;
+    let mut zeros = Vec::with_capacity(groups * outputs);
+    for g in 0..groups {
+        let words: Vec<u32> = qzeros[g * cols..(g + 1) * cols]
+            .iter()
+            .map(|&w| w as u32)
+            .collect();
+        zeros.extend((0..outputs).map(|j| stream_code(&words, bits, j) + 1));
+    }
+    Ok(zeros)
+}
+
+/// The four tensors of one GPTQ checkpoint layer (row-major, shapes in the module docs).
 #[derive(Debug, Clone, PartialEq)]
 pub struct GptqTensors {
     /// Bit width.
     pub bits: u32,
-    /// Packed codes, `[qweight_rows, out]`, as `i32` bit patterns.
-    pub qweight: Vec<i32>,
-    /// Rows of `qweight`: `ceil(in * bits / 32)`.
-    pub qweight_rows: usize,
-    /// Packed `zero - 1`, `[groups, qzeros_cols]`.
-    pub qzeros: Vec<i32>,
-    /// Columns of `qzeros`: `ceil(out * bits / 32)`.
-    pub qzeros_cols: usize,
-    /// Scales `[groups, out]` (f32 here; checkpoints store f16).
-    pub scales: Vec<f32>,
-    /// Group of each input `[in]`.
-    pub g_idx: Vec<i32>,
     /// Inputs.
     pub inputs: usize,
     /// Outputs.
     pub outputs: usize,
-    /// Groups.
+    /// Groups (1 per channel).
     pub groups: usize,
+    /// Packed codes, `[ceil(inputs*bits/32), outputs]`.
+    pub qweight: Vec<i32>,
+    /// Packed `zero - 1`, `[groups, ceil(outputs*bits/32)]`.
+    pub qzeros: Vec<i32>,
+    /// Scales, `[groups, outputs]`.
+    pub scales: Vec<f32>,
+    /// Group of each input, `[inputs]`.
+    pub g_idx: Vec<i32>,
 }
 
-/// Packs a quantized layer in the GPTQ "v1" layout.
-pub fn pack_gptq(q: &QuantizedLinear) -> GptqTensors {
-    let (n, m, groups, bits) = (q.inputs, q.outputs, q.groups(), q.spec.bits());
-    let qweight_rows = (n * bits as usize).div_ceil(32);
-    let mut qweight = vec![0i32; qweight_rows * m];
-    let mut words = Vec::with_capacity(qweight_rows);
-    for j in 0..m {
-        words.clear();
-        pack_stream(
-            q.codes[j * n..(j + 1) * n].iter().map(|&c| c as u32),
-            bits,
-            &mut words,
-        );
-        for (r, &w) in words.iter().enumerate() {
-            qweight[r * m + j] = w as i32;
-        }
+impl GptqTensors {
+    /// Shape of `qweight`.
+    pub fn qweight_shape(&self) -> [usize; 2] {
+        [stream_words(self.inputs, self.bits), self.outputs]
     }
-    let qzeros_cols = (m * bits as usize).div_ceil(32);
-    let mut qzeros = Vec::with_capacity(groups * qzeros_cols);
-    let maxq = q.spec.maxq();
-    let mut scales = vec![0f32; groups * m];
-    for g in 0..groups {
-        words.clear();
-        let zeros = (0..m).map(|j| q.grids[j * groups + g].zero.wrapping_sub(1) & maxq);
-        pack_stream(zeros, bits, &mut words);
-        qzeros.extend(words.iter().map(|&w| w as i32));
-        for j in 0..m {
-            scales[g * m + j] = q.grids[j * groups + g].scale;
-        }
+    /// Shape of `qzeros`.
+    pub fn qzeros_shape(&self) -> [usize; 2] {
+        [self.groups, stream_words(self.outputs, self.bits)]
     }
-    let g_idx = q.g_idx.iter().map(|&g| g as i32).collect();
-    GptqTensors {
+    /// Shape of `scales`.
+    pub fn scales_shape(&self) -> [usize; 2] {
+        [self.groups, self.outputs]
+    }
+}
+
+/// Packs a quantized layer in the GPTQ v1 layout.
+///
+/// # Errors
+/// A zero point outside `1..=2^bits` ([`QuantError::ZeroPoint`]): v1 cannot store it.
+/// Asymmetric grids have zero point 0 only for a group whose weights are all `>= 0`, and
+/// above `2^bits` never with [`crate::reference_beta`] except groups of all-`<= 0` weights
+/// at 8 bits with a custom `beta < 1`.
+pub fn pack_gptq(q: &QuantizedLinear) -> Result<GptqTensors, QuantError> {
+    let (n, m, groups, bits) = (q.inputs(), q.outputs(), q.groups(), q.spec().bits());
+    let zeros: Vec<u32> = q.grids().iter().map(|g| g.zero).collect();
+    Ok(GptqTensors {
         bits,
-        qweight,
-        qweight_rows,
-        qzeros,
-        qzeros_cols,
-        scales,
-        g_idx,
         inputs: n,
         outputs: m,
         groups,
-    }
+        qweight: pack_qweight(q.codes(), n, m, bits)?,
+        qzeros: pack_qzeros(&zeros, groups, m, bits)?,
+        scales: q.grids().iter().map(|g| g.scale).collect(),
+        g_idx: q.g_idx().iter().map(|&g| g as i32).collect(),
+    })
 }
 
-/// The dequantized weights (in x out, column-major: `[j * in + i]`) that a v1 loader
-/// computes from the tensors: `scale[g, j] * (code - (stored_zero + 1))`, with the
-/// stored zero read modulo `2^bits` as this crate writes it.
+/// The weights (in x out) a v1 loader computes from the tensors:
+/// `scales[g, j] * (code - (stored_zero + 1))` with `g = g_idx[i]`, in f32.
 ///
 /// # Errors
-/// Tensor lengths that do not match the shapes, or a `g_idx` entry out of range.
-pub fn dequantize_gptq(t: &GptqTensors) -> Result<Vec<f32>, QuantError> {
-    let (n, m, groups, bits) = (t.inputs, t.outputs, t.groups, t.bits);
-    if ![2, 3, 4, 8].contains(&bits) {
-        return Err(QuantError::Bits(bits));
-    }
-    let shape_ok = t.qweight.len() == t.qweight_rows * m
-        && t.qweight_rows == (n * bits as usize).div_ceil(32)
-        && t.qzeros.len() == groups * t.qzeros_cols
-        && t.qzeros_cols == (m * bits as usize).div_ceil(32)
-        && t.scales.len() == groups * m
-        && t.g_idx.len() == n;
-    if !shape_ok {
-        return Err(QuantError::Parameter(
-            "GPTQ tensors do not match their shapes".into(),
-        ));
-    }
-    if let Some(&bad) = t.g_idx.iter().find(|&&g| g < 0 || g as usize >= groups) {
+/// Bits outside {2, 3, 4, 8}; tensor lengths that do not match the shapes; a `g_idx`
+/// entry outside `0..groups`.
+pub fn dequantize_gptq(t: &GptqTensors) -> Result<Mat<f32>, QuantError> {
+    let (n, m) = (t.inputs, t.outputs);
+    let codes = unpack_qweight(&t.qweight, n, m, t.bits)?;
+    let zeros = unpack_qzeros(&t.qzeros, t.groups, m, t.bits)?;
+    check_length("scales", t.scales.len(), t.groups * m)?;
+    check_length("g_idx", t.g_idx.len(), n)?;
+    if let Some((i, &g)) = t
+        .g_idx
+        .iter()
+        .enumerate()
+        .find(|(_, g)| !(0..t.groups as i64).contains(&(**g as i64)))
+    {
         return Err(QuantError::Parameter(format!(
-            "g_idx entry {bad} outside 0..{groups}"
+            "g_idx[{i}] = {g} is outside 0..{}",
+            t.groups
         )));
     }
-    let maxq = (1u32 << bits) - 1;
-    let zeros: Vec<Vec<u32>> = (0..groups)
-        .map(|g| {
-            let words: Vec<u32> = t.qzeros[g * t.qzeros_cols..(g + 1) * t.qzeros_cols]
-                .iter()
-                .map(|&w| w as u32)
-                .collect();
-            unpack_stream(&words, bits, m)
-                .into_iter()
-                .map(|z| z.wrapping_add(1) & maxq)
-                .collect()
-        })
-        .collect();
-    let mut out = vec![0f32; n * m];
-    let mut column = Vec::with_capacity(t.qweight_rows);
-    for j in 0..m {
-        column.clear();
-        column.extend((0..t.qweight_rows).map(|r| t.qweight[r * m + j] as u32));
-        for (i, code) in unpack_stream(&column, bits, n).into_iter().enumerate() {
-            let g = t.g_idx[i] as usize;
-            out[j * n + i] = t.scales[g * m + j] * (code as f32 - zeros[g][j] as f32);
-        }
-    }
-    Ok(out)
+    Ok(Mat::from_fn(n, m, |i, j| {
+        let at = t.g_idx[i] as usize * m + j;
+        t.scales[at] * (codes[j * n + i] as f32 - zeros[at] as f32)
+    }))
 }
