@@ -3,6 +3,7 @@
 mod attention;
 pub mod capture;
 pub mod config;
+pub mod data;
 pub mod error;
 mod forward;
 pub mod gguf;

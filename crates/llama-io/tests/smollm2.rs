@@ -5,43 +5,12 @@
 //! `MAGR_MODEL=path/to/SmolLM2-135M-Instruct.Q4_1.gguf cargo test -p llama-io --release --test smollm2 -- --ignored --nocapture`.
 //! It fails, never passes silently, when the model or the text is absent.
 
-use std::path::PathBuf;
-
-use llama_io::{Model, perplexity};
-
-const SKIP: &str = "needs the SmolLM2 GGUF: run `cargo xtask fetch`";
-
-/// The model path: `MAGR_MODEL`.
-fn model_path() -> PathBuf {
-    let path = std::env::var_os("MAGR_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| panic!("{SKIP} (and set MAGR_MODEL to the .gguf file)"));
-    assert!(path.exists(), "{}: no such file; {SKIP}", path.display());
-    path
-}
-
-/// WikiText-2 test, its lines joined by a blank line (the papers' protocol), from
-/// `MAGR_DATA_DIR` or `../shared/data` beside the workspace.
-fn wikitext2_test() -> String {
-    let dir = std::env::var_os("MAGR_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data"))
-        });
-    let path = dir.join("wikitext-2-raw/wiki.test.raw");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} (set MAGR_DATA_DIR to the shared data directory)",
-            path.display()
-        )
-    });
-    text.lines().collect::<Vec<_>>().join("\n\n")
-}
+use llama_io::{Model, data, perplexity};
 
 #[test]
 #[ignore = "needs the SmolLM2 GGUF: run `cargo xtask fetch`"]
 fn smollm2_wikitext2_perplexity_seqlen_2048_first_40_windows() {
-    let model = Model::load(model_path()).unwrap();
+    let model = Model::load(data::default_model_path().unwrap()).unwrap();
     let c = model.config();
     // The data README's facts about this file.
     assert_eq!(
@@ -59,7 +28,7 @@ fn smollm2_wikitext2_perplexity_seqlen_2048_first_40_windows() {
         (49152, 100_000.0, true)
     );
 
-    let tokens = model.encode(&wikitext2_test()).unwrap();
+    let tokens = model.encode(&data::read_wikitext2_test().unwrap()).unwrap();
     let report = perplexity(&model, &tokens, 2048, Some(40), &mut |done, total| {
         eprintln!("window {done}/{total}");
     })

@@ -4,7 +4,9 @@
 
 use std::time::Instant;
 
-use faer::{Accum, Mat, Par, Side, linalg::matmul::matmul};
+use faer::dyn_stack::{MemBuffer, MemStack};
+use faer::linalg::cholesky::llt::factor::{cholesky_in_place, cholesky_in_place_scratch};
+use faer::{Accum, Mat, Par, linalg::matmul::matmul};
 use quantizers::{GridSpec, LayerProblem, Optq, Quantizer, Rtn, SweepOrder, refine};
 
 #[path = "../benches/layer.rs"]
@@ -30,14 +32,26 @@ fn main() {
             continue;
         }
         let (w, h) = layer::layer(inputs, outputs);
-        let p = LayerProblem {
-            weights: w.as_ref(),
-            original: None,
-            hessian: h.as_ref(),
-        };
+        let p = LayerProblem::new(w.as_ref(), h.as_ref());
+        // The floor factorises what OPTQ factorises: H in f64 with 1% damping.
         let floor = seconds(|| {
-            let h64 = Mat::<f64>::from_fn(inputs, inputs, |i, k| h[(i, k)] as f64);
-            let _ = h64.llt(Side::Lower).unwrap();
+            let damp = 0.01 * (0..inputs).map(|i| h[(i, i)] as f64).sum::<f64>() / inputs as f64;
+            let mut h64 = Mat::<f64>::from_fn(inputs, inputs, |i, k| {
+                h[(i, k)] as f64 + if i == k { damp } else { 0.0 }
+            });
+            let mut mem = MemBuffer::new(cholesky_in_place_scratch::<f64>(
+                inputs,
+                par,
+                Default::default(),
+            ));
+            cholesky_in_place(
+                h64.as_mut(),
+                Default::default(),
+                par,
+                MemStack::new(&mut mem),
+                Default::default(),
+            )
+            .unwrap();
             let mut out = Mat::<f32>::zeros(outputs, inputs);
             matmul(
                 out.as_mut(),
