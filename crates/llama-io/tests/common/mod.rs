@@ -202,8 +202,10 @@ pub fn write_hf(dir: &Path, spec: &Spec, tensors: &Tensors) {
 pub enum GValue {
     U32(u32),
     F32(f32),
+    Bool(bool),
     Str(String),
     Strs(Vec<String>),
+    I32s(Vec<i32>),
 }
 
 pub struct GTensor {
@@ -243,9 +245,21 @@ pub fn gguf_bytes(version: u32, kvs: &[(&str, GValue)], tensors: &[GTensor]) -> 
                 out.extend_from_slice(&6u32.to_le_bytes());
                 out.extend_from_slice(&v.to_le_bytes());
             }
+            GValue::Bool(v) => {
+                out.extend_from_slice(&7u32.to_le_bytes());
+                out.push(*v as u8);
+            }
             GValue::Str(s) => {
                 out.extend_from_slice(&8u32.to_le_bytes());
                 put_str(&mut out, s);
+            }
+            GValue::I32s(items) => {
+                out.extend_from_slice(&9u32.to_le_bytes());
+                out.extend_from_slice(&5u32.to_le_bytes());
+                out.extend_from_slice(&(items.len() as u64).to_le_bytes());
+                for v in items {
+                    out.extend_from_slice(&v.to_le_bytes());
+                }
             }
             GValue::Strs(items) => {
                 out.extend_from_slice(&9u32.to_le_bytes());
