@@ -10,7 +10,9 @@
 //!   data directory holds them; does nothing for what is already there.
 //! - `bench [ARGS]`: the l1-projection criterion benchmarks (extra arguments go to
 //!   criterion, e.g. `cargo xtask bench -- --measurement-time 3`), then MagR's speed
-//!   report (per-iteration time against one `H W` product, FISTA against plain).
+//!   report (per-iteration time against one `H W` product, FISTA against plain) and
+//!   OPTQ's (against a Cholesky factorisation plus one `W^T H` product; RTN weights
+//!   per second; one coordinate-descent sweep).
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -21,7 +23,7 @@ commands:
   ci       fetch the model, then run every test in release mode (the real-model ones too), as CI does
   fetch    download the SmolLM2 GGUF (and the calibration texts if no data directory holds them)
            into the cache (MAGR_CACHE_DIR, else $XDG_CACHE_HOME/magr, else ~/.cache/magr)
-  bench    run the projection benchmarks (extra args go to criterion) and MagR's speed report
+  bench    run the projection benchmarks (extra args go to criterion), then MagR's and OPTQ's speed reports
   help     print this message";
 
 fn main() -> ExitCode {
@@ -86,6 +88,14 @@ fn bench(extra: &[String]) -> Result<(), String> {
         "--release",
         "--example",
         "magr_speed",
+    ])?;
+    cargo(&[
+        "run",
+        "-p",
+        "quantizers",
+        "--release",
+        "--example",
+        "optq_speed",
     ])
 }
 

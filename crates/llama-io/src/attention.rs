@@ -2,16 +2,23 @@
 //!
 //! Queries are processed in chunks of [`QUERY_CHUNK`] positions: chunk `[c0, c1)`
 //! only needs the keys `[0, c1)`, so about half of the `t x t` score matrix of a
-//! long sequence is never computed. The masked softmax skips the entries above the
-//! diagonal instead of exponentiating `-inf`.
+//! long sequence is never computed. On the CPU the products are faer's and the
+//! softmax skips the entries above the diagonal instead of exponentiating `-inf`.
 
-use candle_core::{CpuStorage, D, DType, Device, Layout, Shape, Tensor};
+use candle_core::{D, DType, Device, Tensor};
+use faer::linalg::matmul::matmul;
+use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
 use crate::error::Result;
+use crate::forward::with_host_slice;
 
 /// Query positions per attention chunk.
 pub(crate) const QUERY_CHUNK: usize = 256;
+
+/// Query positions per task of the CPU path: small enough that a task's scores
+/// (`group * HOST_QUERY_CHUNK` rows of up to `t` keys) stay in a core's cache.
+const HOST_QUERY_CHUNK: usize = 64;
 
 /// RoPE tables `cos`, `sin`, each `[seq_len, head_dim / 2]`: entry `(p, i)` is the
 /// cosine / sine of `p * theta^(-2i / head_dim)`, computed in f64 and rounded.
@@ -37,11 +44,113 @@ pub(crate) fn rope_tables(
     ))
 }
 
-/// `softmax(q k^T + causal mask) v` for `q` `[b, n_heads, t, hd]` (already scaled by
-/// `1/sqrt(hd)` and rotated) and `k`, `v` `[b, n_kv_heads, t, hd]`; query head `h`
-/// reads key/value head `h / (n_heads / n_kv_heads)`. Returns `[b, n_heads, t, hd]`.
-pub(crate) fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+/// `softmax(scale q k^T + causal mask) v` for rotated `q` `[b, n_heads, t, hd]` and
+/// `k`, `v` `[b, n_kv_heads, t, hd]`; query head `h` reads key/value head
+/// `h / (n_heads / n_kv_heads)`. Returns the heads merged, `[b, t, n_heads * hd]`
+/// (position-major, head `h` in columns `h*hd..(h+1)*hd`), the input of `o_proj`.
+pub(crate) fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    if q.device().is_cpu() {
+        causal_attention_host(q, k, v, scale)
+    } else {
+        causal_attention_tensors(q, k, v, scale)
+    }
+}
+
+/// The CPU path: one task per (sequence, chunk of queries), in parallel. For each
+/// key/value head, a task stacks the chunk's rows of the query heads that share the
+/// key/value head (`Q_g`, `group * len` rows), forms `S = scale Q_g K[..c1]^T` and
+/// `O = softmax(S) V[..c1]` with two faer products, the softmax of each row over its
+/// visible keys `0..=c0 + r` only, and writes `O` into the merged-head layout.
+fn causal_attention_host(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
     let (b, n_heads, t, hd) = q.dims4()?;
+    let n_kv = k.dim(1)?;
+    let group = n_heads / n_kv;
+    let chunks = t.div_ceil(HOST_QUERY_CHUNK);
+    let width = n_heads * hd;
+    let out = with_host_slice(q, |q| {
+        with_host_slice(k, |k| {
+            with_host_slice(v, |v| {
+                // One task per (sequence, chunk), in that order; the key/value heads of
+                // a chunk run one after the other inside its task.
+                let tasks: Vec<(usize, usize)> = (0..b)
+                    .flat_map(|seq| (0..chunks).map(move |c| (seq, c)))
+                    .collect();
+                let blocks: Vec<Vec<f32>> = tasks
+                    .par_iter()
+                    .map_init(
+                        || (Vec::new(), Vec::new()),
+                        |(qg, scores), &(seq, c)| {
+                            let c0 = c * HOST_QUERY_CHUNK;
+                            let (len, c1) =
+                                (HOST_QUERY_CHUNK.min(t - c0), (c0 + HOST_QUERY_CHUNK).min(t));
+                            let rows_g = group * len;
+                            let mut o_chunk = vec![0.0f32; len * width];
+                            let mut o = vec![0.0f32; rows_g * hd];
+                            for kv in 0..n_kv {
+                                qg.clear();
+                                for g in 0..group {
+                                    let head = seq * n_heads + kv * group + g;
+                                    let first = (head * t + c0) * hd;
+                                    qg.extend_from_slice(&q[first..first + len * hd]);
+                                }
+                                let kv_first = (seq * n_kv + kv) * t;
+                                let (kc, vc) =
+                                    (rows(k, kv_first, c1, hd), rows(v, kv_first, c1, hd));
+                                scores.resize(rows_g * c1, 0.0);
+                                matmul(
+                                    MatMut::from_row_major_slice_mut(scores, rows_g, c1),
+                                    Accum::Replace,
+                                    MatRef::from_row_major_slice(qg, rows_g, hd),
+                                    kc.transpose(),
+                                    scale as f32,
+                                    Par::Seq,
+                                );
+                                for (r, s) in scores.chunks_exact_mut(c1).enumerate() {
+                                    let visible = c0 + r % len + 1;
+                                    crate::softmax::softmax_in_place(&mut s[..visible]);
+                                    s[visible..].fill(0.0);
+                                }
+                                matmul(
+                                    MatMut::from_row_major_slice_mut(&mut o, rows_g, hd),
+                                    Accum::Replace,
+                                    MatRef::from_row_major_slice(scores, rows_g, c1),
+                                    vc,
+                                    1.0,
+                                    Par::Seq,
+                                );
+                                for g in 0..group {
+                                    let col = (kv * group + g) * hd;
+                                    for r in 0..len {
+                                        o_chunk[r * width + col..r * width + col + hd]
+                                            .copy_from_slice(
+                                                &o[(g * len + r) * hd..(g * len + r + 1) * hd],
+                                            );
+                                    }
+                                }
+                            }
+                            o_chunk
+                        },
+                    )
+                    .collect();
+                // Tasks are in (sequence, chunk) order: concatenated, [b, t, width].
+                blocks.concat()
+            })
+        })
+    })???;
+    Ok(Tensor::from_vec(out, (b, t, width), q.device())?)
+}
+
+/// Rows `first..first + count` of a row-major matrix with `width` columns.
+fn rows(x: &[f32], first: usize, count: usize, width: usize) -> MatRef<'_, f32> {
+    MatRef::from_row_major_slice(&x[first * width..(first + count) * width], count, width)
+}
+
+/// The same attention with candle operations, for devices without the host path:
+/// queries in chunks that read only the keys they can see, an additive `-inf` mask
+/// and the library softmax.
+fn causal_attention_tensors(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    let (b, n_heads, t, hd) = q.dims4()?;
+    let q = (q * scale)?;
     let n_kv = k.dim(1)?;
     let group = n_heads / n_kv;
     // Heads sharing one key/value head are adjacent: [b, n_kv, group, t, hd].
@@ -57,27 +166,21 @@ pub(crate) fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Ten
         let kc = k.narrow(2, 0, c1)?;
         let vc = v.narrow(2, 0, c1)?;
         let scores = qc.matmul(&kc.t()?)?;
-        let probs = causal_softmax(&scores, len, c0)?;
+        let probs = masked_softmax(&scores, len, c0)?;
         outputs.push(probs.matmul(&vc)?.reshape((b, n_kv, group, len, hd))?);
     }
-    Ok(Tensor::cat(&outputs, 3)?.reshape((b, n_heads, t, hd))?)
+    Ok(Tensor::cat(&outputs, 3)?
+        .reshape((b, n_heads, t, hd))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((b, t, n_heads * hd))?)
 }
 
 /// Row-wise softmax of `scores` `[.., rows, c1]` where row `r` belongs to query
-/// position `offset + r % chunk` and may only see keys `0..=offset + r % chunk`;
-/// the other entries of the row are set to zero.
-pub(crate) fn causal_softmax(scores: &Tensor, chunk: usize, offset: usize) -> Result<Tensor> {
-    let scores = scores.contiguous()?;
-    if scores.device().is_cpu() {
-        Ok(scores.apply_op1_no_bwd(&CausalSoftmax { chunk, offset })?)
-    } else {
-        masked_softmax(&scores, chunk, offset)
-    }
-}
-
-/// [`causal_softmax`] for devices without the custom CPU kernel: an additive
-/// `-inf` mask and the library softmax.
+/// position `offset + r % chunk` and may only see keys `0..=offset + r % chunk`:
+/// an additive `-inf` mask and the library softmax.
 fn masked_softmax(scores: &Tensor, chunk: usize, offset: usize) -> Result<Tensor> {
+    let scores = scores.contiguous()?;
     let keys = scores.dim(D::Minus1)?;
     let mask: Vec<f32> = (0..chunk)
         .flat_map(|r| {
@@ -101,41 +204,6 @@ fn masked_softmax(scores: &Tensor, chunk: usize, offset: usize) -> Result<Tensor
     Ok(candle_nn::ops::softmax_last_dim(&masked)?)
 }
 
-struct CausalSoftmax {
-    chunk: usize,
-    offset: usize,
-}
-
-impl candle_core::CustomOp1 for CausalSoftmax {
-    fn name(&self) -> &'static str {
-        "causal-softmax"
-    }
-
-    fn cpu_fwd(
-        &self,
-        storage: &CpuStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(all) = storage else {
-            candle_core::bail!("causal softmax expects f32 scores")
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("causal softmax expects a contiguous tensor")
-        };
-        let src = &all[start..end];
-        let keys = layout.dims()[layout.dims().len() - 1];
-        let mut dst = vec![0.0f32; src.len()];
-        dst.par_chunks_mut(keys)
-            .zip(src.par_chunks(keys))
-            .enumerate()
-            .for_each(|(row, (out, scores))| {
-                let visible = (self.offset + row % self.chunk + 1).min(keys);
-                crate::softmax::softmax(&scores[..visible], &mut out[..visible]);
-            });
-        Ok((CpuStorage::F32(dst), layout.shape().clone()))
-    }
-}
-
 /// Checks that a tensor is f32 (the only dtype the forward pass uses).
 pub(crate) fn ensure_f32(t: &Tensor, what: &str) -> Result<()> {
     if t.dtype() == DType::F32 {
@@ -152,15 +220,20 @@ pub(crate) fn ensure_f32(t: &Tensor, what: &str) -> Result<()> {
 mod tests {
     use super::*;
 
-    /// The CPU kernel and the mask-and-softmax path of other devices agree.
+    /// The host path and the candle path agree (several chunks, a partial last chunk,
+    /// grouped heads, two sequences).
     #[test]
-    fn causal_kernel_matches_masked_softmax() {
+    fn host_attention_matches_the_tensor_path() {
         let device = Device::Cpu;
-        let (chunk, offset, keys) = (5, 7, 12);
-        let scores = Tensor::randn(0f32, 2.0, (2, 3, 2 * chunk, keys), &device).unwrap();
-        let fast = causal_softmax(&scores, chunk, offset).unwrap();
-        let masked = masked_softmax(&scores, chunk, offset).unwrap();
-        let diff = (fast - masked).unwrap().abs().unwrap().max_all().unwrap();
-        assert!(diff.to_scalar::<f32>().unwrap() < 1e-6);
+        let (b, nh, nkv, t, hd) = (2, 6, 2, 2 * QUERY_CHUNK + 37, 16);
+        assert!(t % HOST_QUERY_CHUNK != 0);
+        let q = Tensor::randn(0f32, 1.0, (b, nh, t, hd), &device).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (b, nkv, t, hd), &device).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (b, nkv, t, hd), &device).unwrap();
+        let host = causal_attention_host(&q, &k, &v, 0.25).unwrap();
+        let tensors = causal_attention_tensors(&q, &k, &v, 0.25).unwrap();
+        assert_eq!(host.dims(), &[b, t, nh * hd]);
+        let diff = (host - tensors).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
     }
 }

@@ -12,12 +12,18 @@
 //! `lm_head(RMSNorm(x))`.
 
 use candle_core::{Device, Tensor};
+use faer::linalg::matmul::matmul;
+use faer::{Accum, MatMut, MatRef, Par};
+use rayon::prelude::*;
 
 use crate::attention::{causal_attention, ensure_f32, rope_tables};
 use crate::capture::InputSink;
 use crate::error::{LlamaIoError, Result};
 use crate::linear::{LinearInput, LinearKind};
 use crate::model::Model;
+
+/// Elements per parallel task of the SwiGLU activation.
+const SWIGLU_CHUNK: usize = 1 << 16;
 
 /// What every block of one forward call shares: the RoPE tables for its length.
 pub(crate) struct SequenceContext {
@@ -96,8 +102,7 @@ impl Model {
     /// Final RMSNorm and output head: logits `[batch, seq, vocab]`.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         self.check_hidden(hidden)?;
-        let head = self.lm_head_tensor()?;
-        self.logits_with(&self.final_norm(hidden)?, &head)
+        self.head_logits(&self.final_norm(hidden)?)
     }
 
     /// Logits `[batch, seq, vocab]` of token sequences: embedding, every block, head.
@@ -122,17 +127,55 @@ impl Model {
         self.rms_norm(hidden, &gain)
     }
 
-    /// The output head as a `[vocab, hidden]` tensor on the model's device.
-    pub(crate) fn lm_head_tensor(&self) -> Result<Tensor> {
-        self.host_tensor(
-            self.lm_head(),
-            &[self.config.vocab_size, self.config.hidden_size],
-        )
+    /// `normed @ head^T` for `normed` `[.., hidden]`: logits `[.., vocab]`.
+    pub(crate) fn head_logits(&self, normed: &Tensor) -> Result<Tensor> {
+        let (vocab, d) = (self.config.vocab_size, self.config.hidden_size);
+        self.times_weight_t(normed, self.lm_head(), vocab, d)
     }
 
-    /// `normed @ head^T` for `normed` `[.., hidden]`.
-    pub(crate) fn logits_with(&self, normed: &Tensor, head: &Tensor) -> Result<Tensor> {
-        Ok(normed.broadcast_matmul(&head.t()?)?)
+    /// `x w^T` for `x` `[.., inp]` and host weights `w` `(out x inp)` row-major:
+    /// `[.., out]`. On the CPU a faer product straight from the host weights (no
+    /// copy into a tensor; faer is faster than candle's CPU matmul on these shapes),
+    /// elsewhere candle's matmul on the device.
+    fn times_weight_t(&self, x: &Tensor, w: &[f32], out: usize, inp: usize) -> Result<Tensor> {
+        let rows = x.elem_count() / inp;
+        let mut dims = x.dims().to_vec();
+        *dims.last_mut().expect("a matrix has a last dimension") = out;
+        if !self.device.is_cpu() {
+            let w = self.host_tensor(w, &[out, inp])?;
+            return Ok(x.reshape((rows, inp))?.matmul(&w.t()?)?.reshape(dims)?);
+        }
+        let y = with_host_slice(x, |xs| {
+            let mut y = vec![0.0f32; rows * out];
+            matmul(
+                MatMut::from_row_major_slice_mut(&mut y, rows, out),
+                Accum::Replace,
+                MatRef::from_row_major_slice(xs, rows, inp),
+                MatRef::from_row_major_slice(w, out, inp).transpose(),
+                1.0,
+                Par::rayon(0),
+            );
+            y
+        })?;
+        Ok(Tensor::from_vec(y, dims, &self.device)?)
+    }
+
+    /// `silu(gate) * up`: one vectorised pass over the host values on the CPU,
+    /// candle's operations elsewhere.
+    fn swiglu(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+        if !self.device.is_cpu() {
+            return Ok((candle_nn::ops::silu(gate)? * up)?);
+        }
+        let out = with_host_slice(gate, |g| {
+            with_host_slice(up, |u| {
+                let mut out = vec![0.0f32; g.len()];
+                out.par_chunks_mut(SWIGLU_CHUNK)
+                    .zip(g.par_chunks(SWIGLU_CHUNK).zip(u.par_chunks(SWIGLU_CHUNK)))
+                    .for_each(|(o, (g, u))| crate::softmax::silu_mul(g, u, o));
+                out
+            })
+        })??;
+        Ok(Tensor::from_vec(out, gate.dims(), &self.device)?)
     }
 
     fn rms_norm(&self, x: &Tensor, gain: &Tensor) -> Result<Tensor> {
@@ -172,8 +215,7 @@ impl Model {
         );
         let linear = |kind: LinearKind, x: &Tensor| -> Result<Tensor> {
             let (out, inp) = kind.shape(cfg);
-            let w = self.host_tensor(&weights.linears[kind.index()], &[out, inp])?;
-            Ok(x.matmul(&w.t()?)?)
+            self.times_weight_t(x, &weights.linears[kind.index()], out, inp)
         };
         let mut capture = |input: LinearInput, x: &Tensor| -> Result<()> {
             match sink.as_deref_mut() {
@@ -192,13 +234,10 @@ impl Model {
         let q = heads(linear(LinearKind::Q, &a)?, nh)?;
         let k = heads(linear(LinearKind::K, &a)?, nkv)?;
         let v = heads(linear(LinearKind::V, &a)?, nkv)?;
-        let q =
-            (candle_nn::rotary_emb::rope(&q, &ctx.cos, &ctx.sin)? * (1.0 / (hd as f64).sqrt()))?;
+        let q = candle_nn::rotary_emb::rope(&q, &ctx.cos, &ctx.sin)?;
         let k = candle_nn::rotary_emb::rope(&k, &ctx.cos, &ctx.sin)?;
-        let attn = causal_attention(&q, &k, &v)?
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((b * t, nh * hd))?;
+        let attn =
+            causal_attention(&q, &k, &v, 1.0 / (hd as f64).sqrt())?.reshape((b * t, nh * hd))?;
         capture(LinearInput::AttentionOutput, &attn)?;
         let hidden = (hidden + linear(LinearKind::O, &attn)?.reshape((b, t, d))?)?;
 
@@ -208,7 +247,7 @@ impl Model {
         capture(LinearInput::Mlp, &m)?;
         let gate = linear(LinearKind::Gate, &m)?;
         let up = linear(LinearKind::Up, &m)?;
-        let act = (candle_nn::ops::silu(&gate)? * up)?;
+        let act = self.swiglu(&gate, &up)?;
         capture(LinearInput::MlpHidden, &act)?;
         let down = linear(LinearKind::Down, &act)?.reshape((b, t, d))?;
         Ok((hidden + down)?)

@@ -63,7 +63,6 @@ pub fn perplexity(
         )));
     }
     let start = Instant::now();
-    let head = model.lm_head_tensor()?;
     let mut window_nll = Vec::with_capacity(windows);
     for (w, window) in tokens.chunks_exact(seqlen).take(windows).enumerate() {
         let hidden = model.hidden_states(&[window])?;
@@ -71,7 +70,7 @@ pub fn perplexity(
         let mut total = 0.0f64;
         for r0 in (0..seqlen - 1).step_by(LOSS_ROWS) {
             let rows = LOSS_ROWS.min(seqlen - 1 - r0);
-            let logits = model.logits_with(&normed.narrow(0, r0, rows)?, &head)?;
+            let logits = model.head_logits(&normed.narrow(0, r0, rows)?)?;
             let labels = &window[r0 + 1..r0 + 1 + rows];
             total += with_host_slice(&logits, |z| cross_entropy_sum(z, labels))?;
         }

@@ -1,5 +1,5 @@
-//! Vectorised softmax pieces for the two exponential-heavy loops of an evaluation:
-//! the attention softmax and the cross-entropy of the logits.
+//! Vectorised pieces for the three exponential-heavy loops of an evaluation: the
+//! attention softmax, the SwiGLU activation and the cross-entropy of the logits.
 //!
 //! `exp` is Cephes' single-precision algorithm (range reduction by `ln 2` in two
 //! parts, a degree-6 polynomial, the exponent set by bit manipulation; relative
@@ -54,16 +54,6 @@ fn max_portable(x: &[f32]) -> f32 {
         .fold(f32::NEG_INFINITY, f32::max)
 }
 
-/// `out[i] = exp(x[i] - shift)`, returning the sum of `out`. (Two simple passes:
-/// each one vectorises on its own, the fused loop did not.)
-#[inline(always)]
-fn exp_shifted_portable(x: &[f32], shift: f32, out: &mut [f32]) -> f32 {
-    for (o, &v) in out.iter_mut().zip(x) {
-        *o = exp(v - shift);
-    }
-    sum_portable(out)
-}
-
 /// Sum with `LANES` independent accumulators.
 #[inline(always)]
 fn sum_portable(x: &[f32]) -> f32 {
@@ -80,10 +70,11 @@ fn sum_portable(x: &[f32]) -> f32 {
 }
 
 #[inline(always)]
-fn softmax_portable(x: &[f32], out: &mut [f32]) {
+fn softmax_in_place_portable(x: &mut [f32]) {
     let max = max_portable(x);
-    let inv = 1.0 / exp_shifted_portable(x, max, out);
-    out.iter_mut().for_each(|o| *o *= inv);
+    x.iter_mut().for_each(|v| *v = exp(*v - max));
+    let inv = 1.0 / sum_portable(x);
+    x.iter_mut().for_each(|v| *v *= inv);
 }
 
 /// The sum is accumulated in f64: a vocabulary-long f32 sum drifts (rounding
@@ -108,8 +99,8 @@ fn log_sum_exp_portable(x: &[f32], scratch: &mut [f32]) -> f64 {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn softmax_avx2(x: &[f32], out: &mut [f32]) {
-    softmax_portable(x, out)
+fn softmax_in_place_avx2(x: &mut [f32]) {
+    softmax_in_place_portable(x)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -118,19 +109,43 @@ fn log_sum_exp_avx2(x: &[f32], scratch: &mut [f32]) -> f64 {
     log_sum_exp_portable(x, scratch)
 }
 
+/// `out[i] = silu(gate[i]) * up[i]` with `silu(x) = x / (1 + e^{-x})`.
+#[inline(always)]
+fn silu_mul_portable(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+        *o = g / (1.0 + exp(-g)) * u;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn silu_mul_avx2(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    silu_mul_portable(gate, up, out)
+}
+
 #[cfg(target_arch = "x86_64")]
 fn has_avx2() -> bool {
     std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
 }
 
-/// `out = softmax(x)` (same length, non-empty, finite `x`).
-pub(crate) fn softmax(x: &[f32], out: &mut [f32]) {
+/// `x = softmax(x)` (non-empty, finite `x`).
+pub(crate) fn softmax_in_place(x: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: the CPU supports AVX2 and FMA, as checked just above.
-        return unsafe { softmax_avx2(x, out) };
+        return unsafe { softmax_in_place_avx2(x) };
     }
-    softmax_portable(x, out)
+    softmax_in_place_portable(x)
+}
+
+/// `out = silu(gate) * up` elementwise, the SwiGLU activation (equal lengths).
+pub(crate) fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU supports AVX2 and FMA, as checked just above.
+        return unsafe { silu_mul_avx2(gate, up, out) };
+    }
+    silu_mul_portable(gate, up, out)
 }
 
 /// `ln sum_i e^{x_i}` of a non-empty finite row; `scratch` (same length) is
@@ -163,15 +178,32 @@ mod tests {
     }
 
     #[test]
+    fn silu_mul_matches_f64() {
+        let gate: Vec<f32> = (0..1001).map(|i| (i as f32 - 500.0) * 0.05).collect();
+        let up: Vec<f32> = (0..1001)
+            .map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.5)
+            .collect();
+        let mut out = vec![0.0; gate.len()];
+        silu_mul(&gate, &up, &mut out);
+        for ((&o, &g), &u) in out.iter().zip(&gate).zip(&up) {
+            let want = g as f64 / (1.0 + (-(g as f64)).exp()) * u as f64;
+            assert!(
+                (o as f64 - want).abs() <= 1e-6 * want.abs() + 1e-7,
+                "{g}: {o} vs {want}"
+            );
+        }
+    }
+
+    #[test]
     fn softmax_and_log_sum_exp_match_f64() {
         for n in [1usize, 7, 8, 9, 100, 1001] {
             let x: Vec<f32> = (0..n)
                 .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.3)
                 .collect();
-            let mut out = vec![0.0; n];
-            let mut out_portable = vec![0.0; n];
-            softmax(&x, &mut out);
-            softmax_portable(&x, &mut out_portable);
+            let mut out = x.clone();
+            let mut out_portable = x.clone();
+            softmax_in_place(&mut out);
+            softmax_in_place_portable(&mut out_portable);
             let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
             let z: f64 = x.iter().map(|&v| (v as f64 - max).exp()).sum();
             for ((&o, &p), &v) in out.iter().zip(&out_portable).zip(&x) {
