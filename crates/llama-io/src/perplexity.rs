@@ -9,6 +9,9 @@
 
 use std::time::Instant;
 
+use candle_core::Tensor;
+use faer::linalg::matmul::matmul;
+use faer::{Accum, MatMut, MatRef, Par};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
@@ -16,7 +19,7 @@ use rayon::prelude::*;
 use crate::error::{LlamaIoError, Result};
 use crate::forward::with_host_slice;
 use crate::model::Model;
-use crate::softmax::log_sum_exp;
+use crate::softmax::max_and_exp_sum_by_vocab;
 
 /// Rows of logits (`rows x vocab`) formed at once when scoring a window; bounds the
 /// memory of the loss to `LOSS_ROWS * vocab` floats.
@@ -70,9 +73,8 @@ pub fn perplexity(
         let mut total = 0.0f64;
         for r0 in (0..seqlen - 1).step_by(LOSS_ROWS) {
             let rows = LOSS_ROWS.min(seqlen - 1 - r0);
-            let logits = model.head_logits(&normed.narrow(0, r0, rows)?)?;
             let labels = &window[r0 + 1..r0 + 1 + rows];
-            total += with_host_slice(&logits, |z| cross_entropy_sum(z, labels))?;
+            total += cross_entropy_sum(model, &normed.narrow(0, r0, rows)?, labels)?;
         }
         window_nll.push(total / (seqlen - 1) as f64);
         progress(w + 1, windows);
@@ -89,17 +91,117 @@ pub fn perplexity(
     })
 }
 
-/// `sum_r (logsumexp(z_r) - z_r[labels_r])` over the rows of `z` (`rows x vocab`,
-/// row-major), in f64.
-fn cross_entropy_sum(z: &[f32], labels: &[u32]) -> f64 {
-    let vocab = z.len() / labels.len();
-    z.par_chunks_exact(vocab)
-        .zip(labels.par_iter())
-        .map_init(
-            || vec![0.0f32; vocab],
-            |scratch, (row, &label)| log_sum_exp(row, scratch) - f64::from(row[label as usize]),
-        )
-        .sum()
+/// The running `(max, sum e^{z - max})` of each row over part of the vocabulary, and
+/// the label's logit once its part is seen (`NaN` before).
+struct RowStats {
+    max: Vec<f32>,
+    sum: Vec<f64>,
+    label_logit: Vec<f32>,
+}
+
+impl RowStats {
+    /// The statistics of logits `z` stored by vocabulary entry (`z[j * rows + r]`)
+    /// for the entries `j0..j0 + z.len() / rows`.
+    fn of(z: &[f32], rows: usize, j0: usize, labels: &[u32]) -> Self {
+        let mut max = vec![0.0f32; rows];
+        let mut sum = vec![0.0f64; rows];
+        max_and_exp_sum_by_vocab(z, &mut max, &mut sum);
+        let entries = j0..j0 + z.len() / rows;
+        let label_logit = labels
+            .iter()
+            .enumerate()
+            .map(|(r, &l)| {
+                let l = l as usize;
+                if entries.contains(&l) {
+                    z[(l - j0) * rows + r]
+                } else {
+                    f32::NAN
+                }
+            })
+            .collect();
+        Self {
+            max,
+            sum,
+            label_logit,
+        }
+    }
+
+    /// The statistics of the union of two disjoint parts of the vocabulary:
+    /// `m = max(m1, m2)`, `s = s1 e^{m1 - m} + s2 e^{m2 - m}`.
+    fn merge(mut self, other: Self) -> Self {
+        for r in 0..self.max.len() {
+            let m = self.max[r].max(other.max[r]);
+            self.sum[r] = self.sum[r] * f64::from(self.max[r] - m).exp()
+                + other.sum[r] * f64::from(other.max[r] - m).exp();
+            self.max[r] = m;
+            if self.label_logit[r].is_nan() {
+                self.label_logit[r] = other.label_logit[r];
+            }
+        }
+        self
+    }
+
+    /// `sum_r (max_r + ln sum_r - z_r[label_r])`.
+    fn cross_entropy_sum(&self) -> f64 {
+        (0..self.max.len())
+            .map(|r| f64::from(self.max[r]) + self.sum[r].ln() - f64::from(self.label_logit[r]))
+            .sum()
+    }
+}
+
+/// Vocabulary entries per task of the CPU loss: a task's logits
+/// (`LOSS_ROWS x VOCAB_SLAB` f32, 2 MiB) stay in cache between the product that forms
+/// them and the reduction that reads them.
+const VOCAB_SLAB: usize = 2048;
+
+/// `sum_r (logsumexp(z_r) - z_r[labels_r])` for the logits `z = normed head^T` of the
+/// rows of `normed` (`[rows, hidden]`, `rows = labels.len()`), in f64.
+///
+/// On the CPU the vocabulary is cut into slabs, in parallel: each task forms its
+/// slab's logits with one faer product and reduces them at once, and the per-row
+/// statistics are merged. Elsewhere the logits are formed on the device and reduced
+/// on the host as one slab.
+fn cross_entropy_sum(model: &Model, normed: &Tensor, labels: &[u32]) -> Result<f64> {
+    if model.device().is_cpu() {
+        cross_entropy_sum_host(model, normed, labels)
+    } else {
+        cross_entropy_sum_tensors(model, normed, labels)
+    }
+}
+
+/// [`cross_entropy_sum`] with the logits formed by candle on the model's device.
+fn cross_entropy_sum_tensors(model: &Model, normed: &Tensor, labels: &[u32]) -> Result<f64> {
+    let logits = model.head_logits(normed)?.t()?.contiguous()?;
+    with_host_slice(&logits, |z| {
+        RowStats::of(z, labels.len(), 0, labels).cross_entropy_sum()
+    })
+}
+
+/// [`cross_entropy_sum`] on the CPU, by vocabulary slabs in parallel.
+fn cross_entropy_sum_host(model: &Model, normed: &Tensor, labels: &[u32]) -> Result<f64> {
+    let rows = labels.len();
+    let (vocab, d) = (model.config().vocab_size, model.config().hidden_size);
+    let head = model.lm_head();
+    let stats = with_host_slice(normed, |x| {
+        (0..vocab.div_ceil(VOCAB_SLAB))
+            .into_par_iter()
+            .map_init(Vec::new, |z: &mut Vec<f32>, slab| {
+                let j0 = slab * VOCAB_SLAB;
+                let n = VOCAB_SLAB.min(vocab - j0);
+                z.resize(rows * n, 0.0);
+                matmul(
+                    MatMut::from_column_major_slice_mut(z, rows, n),
+                    Accum::Replace,
+                    MatRef::from_row_major_slice(x, rows, d),
+                    MatRef::from_row_major_slice(&head[j0 * d..(j0 + n) * d], n, d).transpose(),
+                    1.0,
+                    Par::Seq,
+                );
+                RowStats::of(z, rows, j0, labels)
+            })
+            .reduce_with(RowStats::merge)
+    })?;
+    Ok(stats.map_or(0.0, |s| s.cross_entropy_sum()))
 }
 
 /// `n` calibration windows of `seqlen` consecutive tokens at offsets drawn
@@ -131,4 +233,62 @@ pub fn sample_calibration(
             tokens[start..start + seqlen].to_vec()
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::path::Path;
+
+    use super::*;
+    use crate::{HostTensor, LlamaConfig, TensorRole};
+
+    /// The CPU loss (slabs of the vocabulary, merged statistics) equals the tensor path
+    /// of other devices, run here on the CPU, over a vocabulary of several slabs.
+    #[test]
+    fn host_loss_matches_the_tensor_path() {
+        let config = LlamaConfig {
+            hidden_size: 16,
+            intermediate_size: 32,
+            num_hidden_layers: 1,
+            num_attention_heads: 2,
+            num_key_value_heads: 1,
+            head_dim: 8,
+            vocab_size: 2 * VOCAB_SLAB + 77,
+            rope_theta: 10_000.0,
+            rms_norm_eps: 1e-5,
+            tie_word_embeddings: true,
+            max_position_embeddings: 64,
+            bos_token_id: None,
+            eos_token_id: None,
+        };
+        let tensors: HashMap<String, HostTensor> = TensorRole::all(&config)
+            .into_iter()
+            .map(|role| {
+                let shape = role.shape(&config);
+                let n: usize = shape.iter().product();
+                let data = (0..n)
+                    .map(|i| ((i * 7919 % 1009) as f32 - 504.0) * 0.004)
+                    .collect();
+                (role.hf_name(), HostTensor { shape, data })
+            })
+            .collect();
+        let model = Model::from_hf_tensors(config, tensors, None, Path::new("generated")).unwrap();
+        let tokens: Vec<u32> = (0..40).map(|i| (i * 977 % 4173) as u32).collect();
+        let normed = model
+            .final_norm(&model.hidden_states(&[&tokens]).unwrap())
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .narrow(0, 0, 39)
+            .unwrap();
+        let labels = &tokens[1..];
+        let host = cross_entropy_sum_host(&model, &normed, labels).unwrap();
+        let tensors = cross_entropy_sum_tensors(&model, &normed, labels).unwrap();
+        assert!(
+            (host - tensors).abs() <= 1e-9 * tensors.abs(),
+            "{host} vs {tensors}"
+        );
+        assert!(host > 0.0);
+    }
 }
