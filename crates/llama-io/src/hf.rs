@@ -277,6 +277,18 @@ fn write_dir_contents(model: &Model, dir: &Path, dtype: WeightDtype) -> Result<(
             msg: format!("could not write safetensors: {e}"),
         }
     })?;
+    // The safetensors writer creates its file owner-only (0600); a model directory is
+    // as readable as the other files written here.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&weights_path, std::fs::Permissions::from_mode(0o644)).map_err(
+            |source| LlamaIoError::Io {
+                path: weights_path.clone(),
+                source,
+            },
+        )?;
+    }
 
     if let Some(tokenizer) = &model.tokenizer {
         let tokenizer_path = dir.join(TOKENIZER);

@@ -61,6 +61,20 @@ fn f32_round_trip_is_exact_for_tied_and_untied_models() {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(entries, vec![std::ffi::OsString::from("model")]);
+        // The weights are as readable as the other files (the safetensors writer
+        // creates its file owner-only).
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |name: &str| {
+                std::fs::metadata(target.join(name))
+                    .unwrap()
+                    .permissions()
+                    .mode()
+                    & 0o777
+            };
+            assert_eq!(mode("model.safetensors"), 0o644);
+        }
     }
 }
 
