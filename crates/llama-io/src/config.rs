@@ -109,14 +109,8 @@ impl LlamaConfig {
     /// `mlp_bias`), mixtures of experts, an activation other than SiLU, and any
     /// `rope_scaling` other than none / `"default"`.
     pub fn from_hf_json(json: &str, path: &Path) -> Result<Self> {
-        let format = |msg: String| LlamaIoError::Format {
-            path: path.to_path_buf(),
-            msg,
-        };
-        let unsupported = |msg: String| LlamaIoError::Unsupported {
-            path: path.to_path_buf(),
-            msg,
-        };
+        let format = |msg: String| LlamaIoError::format(path, msg);
+        let unsupported = |msg: String| LlamaIoError::unsupported(path, msg);
         let map: Map<String, Value> =
             serde_json::from_str(json).map_err(|e| format(format!("not a JSON object: {e}")))?;
         let model_type = map.get("model_type").and_then(Value::as_str);

@@ -1,7 +1,7 @@
 //! The one error type of `llama-io`: every variant names the file, tensor or
 //! setting that is wrong, so a user can act on the message alone.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Errors from reading, running, evaluating or writing a model.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +46,24 @@ pub enum LlamaIoError {
     /// An error from candle's tensor operations.
     #[error("tensor operation failed: {0}")]
     Candle(#[from] candle_core::Error),
+}
+
+impl LlamaIoError {
+    /// [`LlamaIoError::Format`] for the file at `path`.
+    pub(crate) fn format(path: &Path, msg: String) -> Self {
+        Self::Format {
+            path: path.to_path_buf(),
+            msg,
+        }
+    }
+
+    /// [`LlamaIoError::Unsupported`] for the file at `path`.
+    pub(crate) fn unsupported(path: &Path, msg: String) -> Self {
+        Self::Unsupported {
+            path: path.to_path_buf(),
+            msg,
+        }
+    }
 }
 
 /// Result alias for this crate.

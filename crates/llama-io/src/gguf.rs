@@ -85,10 +85,7 @@ fn reorder_qk(
 
 /// Reads a llama GGUF file into a [`Model`] (module docs).
 pub(crate) fn read_gguf(path: &Path) -> Result<Model> {
-    let format = |msg: String| LlamaIoError::Format {
-        path: path.to_path_buf(),
-        msg,
-    };
+    let format = |msg: String| LlamaIoError::format(path, msg);
     let file = File::open(path).map_err(|source| LlamaIoError::Io {
         path: path.to_path_buf(),
         source,
@@ -197,14 +194,8 @@ pub(crate) fn read_gguf(path: &Path) -> Result<Model> {
 /// [`LlamaConfig`] from the `llama.*` metadata of a GGUF file.
 pub(crate) fn config_from_gguf(content: &Content, path: &Path) -> Result<LlamaConfig> {
     let meta = &content.metadata;
-    let format = |msg: String| LlamaIoError::Format {
-        path: path.to_path_buf(),
-        msg,
-    };
-    let unsupported = |msg: String| LlamaIoError::Unsupported {
-        path: path.to_path_buf(),
-        msg,
-    };
+    let format = |msg: String| LlamaIoError::format(path, msg);
+    let unsupported = |msg: String| LlamaIoError::unsupported(path, msg);
     let arch = match meta.get("general.architecture") {
         Some(Value::String(a)) => a.as_str(),
         Some(v) => {

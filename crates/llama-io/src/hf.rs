@@ -91,10 +91,7 @@ pub(crate) fn read_hf_dir(dir: &Path) -> Result<Model> {
 
 /// The shards of a sharded checkpoint and the tensor names each one holds.
 fn read_index(path: &Path) -> Result<BTreeMap<String, Vec<String>>> {
-    let format = |msg: String| LlamaIoError::Format {
-        path: path.to_path_buf(),
-        msg,
-    };
+    let format = |msg: String| LlamaIoError::format(path, msg);
     let text = fs::read_to_string(path).map_err(io_error(path))?;
     let index: Value = serde_json::from_str(&text).map_err(|e| format(format!("not JSON: {e}")))?;
     let map = index

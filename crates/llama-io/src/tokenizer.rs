@@ -43,14 +43,8 @@ const CONTROL: i32 = 3;
 /// merges that are not two tokens, or merges of tokens not in the vocabulary.
 pub fn tokenizer_from_gguf(content: &Content, path: &Path) -> Result<Tokenizer> {
     let meta = &content.metadata;
-    let format = |msg: String| LlamaIoError::Format {
-        path: path.to_path_buf(),
-        msg,
-    };
-    let unsupported = |msg: String| LlamaIoError::Unsupported {
-        path: path.to_path_buf(),
-        msg,
-    };
+    let format = |msg: String| LlamaIoError::format(path, msg);
+    let unsupported = |msg: String| LlamaIoError::unsupported(path, msg);
     let field = |key: &str| {
         meta.get(key)
             .ok_or_else(|| format(format!("missing metadata `{key}`")))
