@@ -1,10 +1,20 @@
 //! magr: post-training quantization of Llama-family models with MagR (weight magnitude
 //! reduction, Zhang et al., NeurIPS 2024) in front of RTN, OPTQ and coordinate descent.
 //!
-//! This root package composes the workspace crates. Today it re-exports the ones that
-//! have landed, [`l1_projection`], [`prox_opt`] (MagR itself is [`prox_opt::magr`]) and
-//! [`quantizers`]; the layer-wise pipeline will live here.
+//! This root package composes the workspace crates: [`quantize_model`] runs the
+//! layer-wise pipeline on a [`llama_io::Model`], with MagR ([`prox_opt::magr`]) and a
+//! quantizer from [`quantizers`] per linear layer. The crates are re-exported.
+
+mod error;
+mod pipeline;
+
+pub use error::PipelineError;
+pub use pipeline::{
+    LayerRecord, MagrHessian, MagrRecord, MagrSettings, Method, PipelineReport, PipelineSettings,
+    Progress, StageSeconds, quantize_model,
+};
 
 pub use l1_projection;
+pub use llama_io;
 pub use prox_opt;
 pub use quantizers;

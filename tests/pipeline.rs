@@ -1,0 +1,247 @@
+//! The pipeline end to end on tiny generated models: every method and bit setting runs,
+//! quantized weights lie on grids, MagR lowers the layer loss of RTN, the output is
+//! deterministic, bad settings are errors.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+
+use faer::Par;
+use magr::llama_io::{HostTensor, LinearKind, LlamaConfig, Model, TensorRole};
+use magr::quantizers::GridSpec;
+use magr::{MagrHessian, MagrSettings, Method, PipelineError, PipelineSettings, quantize_model};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use rand_distr::{Distribution, Normal};
+
+/// A 2-block model (hidden 64, 4 heads / 2 KV heads, MLP 128, vocab 300) with N(0, 0.05)
+/// weights, unit norms, and an embedding whose rows share a few directions, so that
+/// the inputs of every linear layer are strongly correlated.
+fn tiny_model(seed: u64) -> Model {
+    let config = LlamaConfig {
+        hidden_size: 64,
+        intermediate_size: 128,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        head_dim: 16,
+        vocab_size: 300,
+        rope_theta: 10_000.0,
+        rms_norm_eps: 1e-5,
+        tie_word_embeddings: true,
+        max_position_embeddings: 256,
+        bos_token_id: None,
+        eos_token_id: None,
+    };
+    let mut rng = StdRng::seed_from_u64(seed);
+    let normal = Normal::new(0.0f32, 1.0).unwrap();
+    let basis: Vec<Vec<f32>> = (0..4)
+        .map(|_| (0..64).map(|_| normal.sample(&mut rng)).collect())
+        .collect();
+    let tensors: HashMap<String, HostTensor> = TensorRole::all(&config)
+        .into_iter()
+        .map(|role| {
+            let shape = role.shape(&config);
+            let n: usize = shape.iter().product();
+            let data: Vec<f32> = match role {
+                TensorRole::Embedding => (0..n)
+                    .map(|i| {
+                        let (row, col) = (i / 64, i % 64);
+                        basis[row % 4][col] + 0.1 * normal.sample(&mut rng)
+                    })
+                    .collect(),
+                TensorRole::Linear(..) | TensorRole::LmHead => {
+                    (0..n).map(|_| 0.05 * normal.sample(&mut rng)).collect()
+                }
+                _ => vec![1.0; n],
+            };
+            (role.hf_name(), HostTensor { shape, data })
+        })
+        .collect();
+    Model::from_hf_tensors(config, tensors, None, Path::new("generated")).unwrap()
+}
+
+fn windows(count: usize, len: usize, seed: u64) -> Vec<Vec<u32>> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..count)
+        .map(|_| (0..len).map(|_| rng.random_range(0..300)).collect())
+        .collect()
+}
+
+fn settings(spec: GridSpec, method: Method, magr: Option<MagrSettings>) -> PipelineSettings {
+    PipelineSettings {
+        spec,
+        method,
+        magr,
+        act_order: false,
+        batch: 3,
+        par: Par::Seq,
+    }
+}
+
+/// Distinct values per output channel (per group with groups) are at most `2^bits`.
+fn assert_on_grids(model: &Model, spec: GridSpec) {
+    for block in 0..model.num_blocks() {
+        for kind in LinearKind::ALL {
+            let (outputs, inputs) = model.linear_shape(kind);
+            let w = model.linear_weight(block, kind).unwrap();
+            let group = spec.group_size().unwrap_or(inputs);
+            for j in 0..outputs {
+                for g in 0..inputs / group {
+                    let values: BTreeSet<u32> = w
+                        [j * inputs + g * group..j * inputs + (g + 1) * group]
+                        .iter()
+                        .map(|v| v.to_bits())
+                        .collect();
+                    assert!(
+                        values.len() <= 1 << spec.bits(),
+                        "block {block} {kind:?} output {j} group {g}: {} values",
+                        values.len()
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn every_method_and_bit_setting_runs_and_lands_on_grids() {
+    let calibration = windows(6, 32, 1);
+    let magr = |spec: &GridSpec| {
+        Some(MagrSettings {
+            iterations: 20,
+            ..MagrSettings::reference(spec)
+        })
+    };
+    for (bits, group) in [
+        (2, Some(32)),
+        (3, None),
+        (4, None),
+        (4, Some(16)),
+        (8, None),
+    ] {
+        let spec = GridSpec::reference(bits, group).unwrap();
+        for method in [
+            Method::Rtn,
+            Method::Optq,
+            Method::OptqCd {
+                sweeps: 2,
+                lambda: Some(0.0),
+            },
+        ] {
+            for with_magr in [false, true] {
+                let mut model = tiny_model(7);
+                let s = settings(spec, method, if with_magr { magr(&spec) } else { None });
+                let report = quantize_model(&mut model, &calibration, &s, &mut |_| {}).unwrap();
+                assert_eq!(report.layers.len(), 2 * 7);
+                assert_eq!(report.calibration, [6, 32]);
+                assert!(
+                    report
+                        .layers
+                        .iter()
+                        .all(|l| l.layer_loss.is_finite() && l.layer_loss >= 0.0)
+                );
+                assert_eq!(report.layers.iter().all(|l| l.magr.is_some()), with_magr);
+                if with_magr {
+                    // MagR never increases the largest weight of a layer.
+                    assert!(
+                        report
+                            .layers
+                            .iter()
+                            .all(|l| l.max_abs_after <= l.max_abs_before)
+                    );
+                }
+                assert_on_grids(&model, spec);
+            }
+        }
+    }
+}
+
+#[test]
+fn magr_lowers_the_layer_loss_of_rtn_on_correlated_inputs() {
+    let calibration = windows(8, 32, 2);
+    for bits in [3, 4] {
+        let spec = GridSpec::reference(bits, None).unwrap();
+        let total = |magr: Option<MagrSettings>| {
+            let mut model = tiny_model(11);
+            let report = quantize_model(
+                &mut model,
+                &calibration,
+                &settings(spec, Method::Rtn, magr),
+                &mut |_| {},
+            )
+            .unwrap();
+            report.layers.iter().map(|l| l.layer_loss).sum::<f64>()
+        };
+        let rtn = total(None);
+        let magr_rtn = total(Some(MagrSettings::reference(&spec)));
+        assert!(
+            magr_rtn < rtn,
+            "{bits} bits: MagR+RTN {magr_rtn} vs RTN {rtn}"
+        );
+    }
+}
+
+#[test]
+fn same_inputs_give_the_same_bytes() {
+    let calibration = windows(5, 24, 3);
+    let spec = GridSpec::reference(3, Some(16)).unwrap();
+    let s = PipelineSettings {
+        act_order: true,
+        par: Par::rayon(2),
+        ..settings(
+            spec,
+            Method::Optq,
+            Some(MagrSettings {
+                fista: true,
+                hessian: MagrHessian::LastSample,
+                ..MagrSettings::reference(&spec)
+            }),
+        )
+    };
+    let run = || {
+        let mut model = tiny_model(5);
+        quantize_model(&mut model, &calibration, &s, &mut |_| {}).unwrap();
+        model
+            .hf_tensors()
+            .into_iter()
+            .flat_map(|(_, _, d)| d.to_vec())
+            .map(f32::to_bits)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(run(), run());
+}
+
+#[test]
+fn bad_calibration_and_settings_are_errors() {
+    let spec = GridSpec::reference(4, None).unwrap();
+    let mut model = tiny_model(1);
+    let s = settings(spec, Method::Rtn, None);
+    assert!(matches!(
+        quantize_model(&mut model, &[], &s, &mut |_| {}),
+        Err(PipelineError::Calibration(_))
+    ));
+    let uneven = vec![vec![1u32; 8], vec![2u32; 9]];
+    assert!(matches!(
+        quantize_model(&mut model, &uneven, &s, &mut |_| {}),
+        Err(PipelineError::Calibration(_))
+    ));
+    let zero_batch = PipelineSettings { batch: 0, ..s };
+    assert!(matches!(
+        quantize_model(&mut model, &windows(2, 8, 1), &zero_batch, &mut |_| {}),
+        Err(PipelineError::Settings(_))
+    ));
+    // A group size that divides the hidden size (64) but not the MLP width (128 does;
+    // 48 divides neither): the error names the block and layer.
+    let bad_group = settings(
+        GridSpec::reference(4, Some(48)).unwrap(),
+        Method::Optq,
+        None,
+    );
+    let err = quantize_model(&mut model, &windows(2, 8, 1), &bad_group, &mut |_| {}).unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("block 0") && message.contains("q_proj") && message.contains("48"),
+        "{message}"
+    );
+    let out_of_vocab = vec![vec![400u32; 8]];
+    assert!(quantize_model(&mut model, &out_of_vocab, &s, &mut |_| {}).is_err());
+}
