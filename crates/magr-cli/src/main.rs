@@ -1,0 +1,491 @@
+//! `magr`: quantize a Llama-family model with MagR in front of RTN, OPTQ or OPTQ plus
+//! coordinate descent, and evaluate perplexity.
+//!
+//! ```text
+//! magr quantize [--model PATH] [--bits 4] [--group-size G] [--method optq] [--no-magr] ...
+//! magr eval [--model PATH] [--text PATH] [--seqlen 2048] [--windows 40]
+//! ```
+//!
+//! Logs and progress go to stderr; the result lines (perplexities, times) to stdout.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use faer::Par;
+use indicatif::{ProgressBar, ProgressStyle};
+use magr::llama_io::{self, Model, WeightDtype, data};
+use magr::quantizers::GridSpec;
+use magr::{
+    MagrHessian, MagrSettings, Method, PipelineReport, PipelineSettings, Progress, quantize_model,
+};
+use serde::Serialize;
+
+#[derive(Parser)]
+#[command(
+    name = "magr",
+    version,
+    about = "MagR post-training quantization of Llama models"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// No progress bars or logs (errors and results only).
+    #[arg(long, global = true)]
+    quiet: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Quantize every linear layer (layer-wise, with calibration text), evaluate, write.
+    Quantize(QuantizeArgs),
+    /// Perplexity of a model on a text (the papers' protocol).
+    Eval(EvalArgs),
+}
+
+#[derive(Args)]
+struct ModelArg {
+    /// A Hugging Face directory or a .gguf file [default: the fetched SmolLM2 GGUF,
+    /// see `cargo xtask fetch`, or MAGR_MODEL].
+    #[arg(long)]
+    model: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct EvalTextArgs {
+    /// Evaluation text [default: WikiText-2 test from the data directory, lines joined
+    /// by a blank line].
+    #[arg(id = "eval_text", long = "eval-text")]
+    text: Option<PathBuf>,
+    /// Evaluation window length in tokens.
+    #[arg(id = "eval_seqlen", long = "eval-seqlen", default_value_t = 2048)]
+    seqlen: usize,
+    /// Evaluate the first N windows only (0: no evaluation).
+    #[arg(id = "eval_windows", long = "eval-windows", default_value_t = 40)]
+    windows: usize,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    #[command(flatten)]
+    eval: EvalTextArgs,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum MethodArg {
+    /// Round to nearest.
+    Rtn,
+    /// OPTQ (GPTQ).
+    Optq,
+    /// OPTQ then coordinate-descent sweeps (the paper's OPTQ-dagger).
+    OptqCd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum HessianArg {
+    /// All calibration windows.
+    All,
+    /// The last window only (the reference code).
+    Last,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DtypeArg {
+    F32,
+    F16,
+    Bf16,
+}
+
+#[derive(Args)]
+struct QuantizeArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// Bits per weight: 2, 3, 4 or 8.
+    #[arg(long, default_value_t = 4)]
+    bits: u32,
+    /// Inputs per group (one grid per group); per output channel when absent.
+    #[arg(long)]
+    group_size: Option<usize>,
+    /// Symmetric grids.
+    #[arg(long)]
+    symmetric: bool,
+    /// Grid shrink factor [default: the reference's: 1.0 at 4 bits, 0.9 at 3, 0.8 at 2
+    /// per channel; 0.95 with groups].
+    #[arg(long)]
+    beta: Option<f32>,
+    /// The quantizer.
+    #[arg(long, value_enum, default_value_t = MethodArg::Optq)]
+    method: MethodArg,
+    /// Coordinate-descent sweeps (method optq-cd).
+    #[arg(long, default_value_t = 1)]
+    sweeps: usize,
+    /// Damping lambda of the sweeps [default: 0.75 mean(diag H), the reference].
+    #[arg(long)]
+    cd_lambda: Option<f64>,
+    /// OPTQ's act-order.
+    #[arg(long)]
+    act_order: bool,
+    /// Skip MagR (plain RTN / OPTQ).
+    #[arg(long)]
+    no_magr: bool,
+    /// MagR's alpha [default: 1e-3 per channel, 1e-4 with groups].
+    #[arg(long)]
+    alpha: Option<f64>,
+    /// MagR iterations.
+    #[arg(long, default_value_t = 200)]
+    magr_iters: usize,
+    /// FISTA for MagR instead of plain proximal gradient.
+    #[arg(long)]
+    fista: bool,
+    /// Which calibration tokens form MagR's H.
+    #[arg(long, value_enum, default_value_t = HessianArg::All)]
+    magr_hessian: HessianArg,
+    /// Calibration text [default: the Wikipedia excerpt from the data directory].
+    #[arg(long)]
+    calib: Option<PathBuf>,
+    /// Calibration windows.
+    #[arg(long, default_value_t = 128)]
+    nsamples: usize,
+    /// Calibration window length in tokens.
+    #[arg(long, default_value_t = 2048)]
+    seqlen: usize,
+    /// Seed of the calibration sampler.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Calibration windows per forward batch.
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Also evaluate the model before quantizing.
+    #[arg(long)]
+    eval_float: bool,
+    #[command(flatten)]
+    eval: EvalTextArgs,
+    /// Write the fake-quant Hugging Face directory (and report.json in it) here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Weight dtype of the written directory.
+    #[arg(long, value_enum, default_value_t = DtypeArg::F16)]
+    dtype: DtypeArg,
+    /// Replace an existing output directory.
+    #[arg(long)]
+    force: bool,
+}
+
+type Error = Box<dyn std::error::Error>;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Quantize(args) => quantize(args, cli.quiet),
+        Command::Eval(args) => eval(args, cli.quiet),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("magr: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn log(quiet: bool, message: &str) {
+    if !quiet {
+        eprintln!("magr: {message}");
+    }
+}
+
+fn load_model(arg: &ModelArg, quiet: bool) -> Result<(Model, PathBuf), Error> {
+    let path = match &arg.model {
+        Some(p) => p.clone(),
+        None => data::default_model_path()?,
+    };
+    let start = Instant::now();
+    let model = Model::load(&path)?;
+    let c = model.config();
+    log(
+        quiet,
+        &format!(
+            "loaded {} in {:.1} s: {} blocks, hidden {}, {} heads / {} KV heads, vocab {}",
+            path.display(),
+            start.elapsed().as_secs_f64(),
+            c.num_hidden_layers,
+            c.hidden_size,
+            c.num_attention_heads,
+            c.num_key_value_heads,
+            c.vocab_size
+        ),
+    );
+    Ok((model, path))
+}
+
+/// The evaluation of one model: perplexity and throughput.
+#[derive(Serialize)]
+struct Evaluation {
+    text: PathBuf,
+    seqlen: usize,
+    windows: usize,
+    tokens_scored: usize,
+    ppl: f64,
+    seconds: f64,
+    tokens_per_second: f64,
+}
+
+fn evaluate(
+    model: &Model,
+    args: &EvalTextArgs,
+    label: &str,
+    quiet: bool,
+) -> Result<Option<Evaluation>, Error> {
+    if args.windows == 0 {
+        return Ok(None);
+    }
+    let (path, text) = match &args.text {
+        Some(p) => (p.clone(), data::read_text(p)?),
+        None => (
+            data::data_file(data::WIKITEXT2_TEST)?,
+            data::read_wikitext2_test()?,
+        ),
+    };
+    let tokens = model.encode(&text)?;
+    let bar = bar(
+        quiet,
+        args.windows.min(tokens.len() / args.seqlen.max(1)) as u64,
+        label,
+    );
+    let report = llama_io::perplexity(
+        model,
+        &tokens,
+        args.seqlen,
+        Some(args.windows),
+        &mut |done, _| bar.set_position(done as u64),
+    )?;
+    bar.finish_and_clear();
+    println!(
+        "{label}: ppl {:.4} on {} ({} windows of {}, {} tokens scored), {:.1} s, {:.1} tokens/s",
+        report.ppl,
+        path.display(),
+        report.windows,
+        args.seqlen,
+        report.tokens_scored,
+        report.seconds,
+        report.tokens_per_second
+    );
+    Ok(Some(Evaluation {
+        text: path,
+        seqlen: args.seqlen,
+        windows: report.windows,
+        tokens_scored: report.tokens_scored,
+        ppl: report.ppl,
+        seconds: report.seconds,
+        tokens_per_second: report.tokens_per_second,
+    }))
+}
+
+fn bar(quiet: bool, len: u64, label: &str) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} (ETA {eta}) {msg}",
+        )
+        .expect("a valid template"),
+    );
+    bar.set_prefix(label.to_string());
+    bar
+}
+
+fn eval(args: &EvalArgs, quiet: bool) -> Result<(), Error> {
+    let (model, _) = load_model(&args.model, quiet)?;
+    if evaluate(&model, &args.eval, "model", quiet)?.is_none() {
+        return Err("--eval-windows 0: nothing to evaluate".into());
+    }
+    Ok(())
+}
+
+/// Everything `report.json` holds.
+#[derive(Serialize)]
+struct RunReport<'a> {
+    model: &'a Path,
+    settings: SettingsRecord,
+    float: Option<Evaluation>,
+    quantized: Option<Evaluation>,
+    pipeline: &'a PipelineReport,
+    seconds_total: f64,
+}
+
+#[derive(Serialize)]
+struct SettingsRecord {
+    bits: u32,
+    group_size: Option<usize>,
+    symmetric: bool,
+    beta: f32,
+    method: Method,
+    magr: Option<MagrSettings>,
+    act_order: bool,
+    calibration_text: PathBuf,
+    nsamples: usize,
+    seqlen: usize,
+    seed: u64,
+}
+
+fn quantize(args: &QuantizeArgs, quiet: bool) -> Result<(), Error> {
+    let total = Instant::now();
+    // Settings first: a bad flag fails before anything is loaded.
+    let spec = match args.beta {
+        Some(beta) => GridSpec::new(args.bits, args.group_size, args.symmetric, beta)?,
+        None => {
+            let reference = GridSpec::reference(args.bits, args.group_size)?;
+            GridSpec::new(args.bits, args.group_size, args.symmetric, reference.beta())?
+        }
+    };
+    let method = match args.method {
+        MethodArg::Rtn => Method::Rtn,
+        MethodArg::Optq => Method::Optq,
+        MethodArg::OptqCd => Method::OptqCd {
+            sweeps: args.sweeps,
+            lambda: args.cd_lambda,
+        },
+    };
+    let magr = (!args.no_magr).then(|| {
+        let reference = MagrSettings::reference(&spec);
+        MagrSettings {
+            alpha: args.alpha.unwrap_or(reference.alpha),
+            iterations: args.magr_iters,
+            fista: args.fista,
+            hessian: match args.magr_hessian {
+                HessianArg::All => MagrHessian::AllSamples,
+                HessianArg::Last => MagrHessian::LastSample,
+            },
+        }
+    });
+    if let Some(out) = &args.out
+        && out.exists()
+        && !args.force
+    {
+        return Err(format!("{} exists: pass --force to replace it", out.display()).into());
+    }
+
+    let (mut model, model_path) = load_model(&args.model, quiet)?;
+    let calib_path = match &args.calib {
+        Some(p) => p.clone(),
+        None => data::data_file(data::ENWIKI_CALIBRATION)?,
+    };
+    let calib_tokens = model.encode(&data::read_text(&calib_path)?)?;
+    let windows =
+        llama_io::sample_calibration(&calib_tokens, args.nsamples, args.seqlen, args.seed)?;
+    log(
+        quiet,
+        &format!(
+            "calibration: {} windows of {} tokens from {} ({} tokens), seed {}",
+            args.nsamples,
+            args.seqlen,
+            calib_path.display(),
+            calib_tokens.len(),
+            args.seed
+        ),
+    );
+
+    let float = if args.eval_float {
+        evaluate(&model, &args.eval, "float", quiet)?
+    } else {
+        None
+    };
+
+    let settings = PipelineSettings {
+        spec,
+        method,
+        magr,
+        act_order: args.act_order,
+        batch: args.batch,
+        par: Par::rayon(0),
+    };
+    let label = format!(
+        "{}{} w{}{}",
+        if magr.is_some() { "MagR+" } else { "" },
+        match args.method {
+            MethodArg::Rtn => "RTN",
+            MethodArg::Optq => "OPTQ",
+            MethodArg::OptqCd => "OPTQ+CD",
+        },
+        args.bits,
+        args.group_size.map_or(String::new(), |g| format!(" g{g}"))
+    );
+    let blocks = model.num_blocks();
+    let bar = bar(quiet, (blocks * 7) as u64, &label);
+    let report = quantize_model(&mut model, &windows, &settings, &mut |p| match p {
+        Progress::Block { block, blocks } => {
+            bar.set_message(format!("block {}/{blocks}", block + 1))
+        }
+        Progress::Layer { kind, .. } => {
+            bar.inc(1);
+            bar.set_message(format!("{} done", kind.hf_suffix()));
+        }
+    })?;
+    bar.finish_and_clear();
+    let s = &report.seconds;
+    println!(
+        "{label}: quantized in {:.1} s (capture {:.1} s, MagR {:.1} s, quantizer {:.1} s, propagate {:.1} s); summed layer loss {:.4e}",
+        s.embed + s.capture + s.magr + s.quantize + s.propagate,
+        s.capture,
+        s.magr,
+        s.quantize,
+        s.propagate,
+        report.layers.iter().map(|l| l.layer_loss).sum::<f64>()
+    );
+    let quantized = evaluate(&model, &args.eval, &label, quiet)?;
+
+    if let Some(out) = &args.out {
+        let dtype = match args.dtype {
+            DtypeArg::F32 => WeightDtype::F32,
+            DtypeArg::F16 => WeightDtype::F16,
+            DtypeArg::Bf16 => WeightDtype::BF16,
+        };
+        let run = RunReport {
+            model: &model_path,
+            settings: SettingsRecord {
+                bits: spec.bits(),
+                group_size: spec.group_size(),
+                symmetric: spec.symmetric(),
+                beta: spec.beta(),
+                method,
+                magr,
+                act_order: args.act_order,
+                calibration_text: calib_path,
+                nsamples: args.nsamples,
+                seqlen: args.seqlen,
+                seed: args.seed,
+            },
+            float,
+            quantized,
+            pipeline: &report,
+            seconds_total: total.elapsed().as_secs_f64(),
+        };
+        write_outputs(&model, out, dtype, args.force, &run)?;
+        log(quiet, &format!("wrote {}", out.display()));
+    }
+    Ok(())
+}
+
+/// The fake-quant Hugging Face directory with `report.json` in it. The directory is
+/// written beside the target and renamed (by `write_hf_dir`); the report goes in under
+/// a temporary name and is renamed too.
+fn write_outputs(
+    model: &Model,
+    out: &Path,
+    dtype: WeightDtype,
+    force: bool,
+    run: &RunReport,
+) -> Result<(), Error> {
+    llama_io::write_hf_dir(model, out, dtype, force)?;
+    let json = serde_json::to_string_pretty(run)?;
+    let partial = out.join("report.json.partial");
+    std::fs::write(&partial, json).map_err(|e| format!("{}: {e}", partial.display()))?;
+    let target = out.join("report.json");
+    std::fs::rename(&partial, &target).map_err(|e| format!("{}: {e}", target.display()))?;
+    Ok(())
+}
