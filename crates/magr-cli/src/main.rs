@@ -163,7 +163,7 @@ struct QuantizeArgs {
     eval_float: bool,
     #[command(flatten)]
     eval: EvalTextArgs,
-    /// Write the fake-quant Hugging Face directory (and report.json in it) here.
+    /// Write the fake-quant Hugging Face directory (with report.json and report.md) here.
     #[arg(long)]
     out: Option<PathBuf>,
     /// Weight dtype of the written directory.
@@ -471,9 +471,97 @@ fn quantize(args: &QuantizeArgs, quiet: bool) -> Result<(), Error> {
     Ok(())
 }
 
-/// The fake-quant Hugging Face directory with `report.json` in it. The directory is
-/// written beside the target and renamed (by `write_hf_dir`); the report goes in under
-/// a temporary name and is renamed too.
+/// Writes `text` to `path` under a temporary name, then renames it.
+fn write_atomic(path: &Path, text: &str) -> Result<(), Error> {
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    std::fs::write(&partial, text).map_err(|e| format!("{}: {e}", partial.display()))?;
+    std::fs::rename(&partial, path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(())
+}
+
+/// `report.md`: the settings, the perplexities and times, and one row per layer.
+fn markdown_report(run: &RunReport) -> String {
+    use std::fmt::Write;
+    let s = &run.settings;
+    let mut md = String::new();
+    let _ = writeln!(md, "# magr quantize report\n");
+    let _ = writeln!(md, "- model: `{}`", run.model.display());
+    let _ = writeln!(
+        md,
+        "- grid: {} bits, {}, {}, beta {}",
+        s.bits,
+        s.group_size
+            .map_or("per channel".to_string(), |g| format!("groups of {g}")),
+        if s.symmetric {
+            "symmetric"
+        } else {
+            "asymmetric"
+        },
+        s.beta
+    );
+    let _ = writeln!(md, "- method: {:?}, act-order {}", s.method, s.act_order);
+    let _ = writeln!(
+        md,
+        "- MagR: {}",
+        s.magr.map_or("off".to_string(), |m| format!("{m:?}"))
+    );
+    let _ = writeln!(
+        md,
+        "- calibration: {} windows of {} tokens from `{}`, seed {}",
+        s.nsamples,
+        s.seqlen,
+        s.calibration_text.display(),
+        s.seed
+    );
+    for (label, e) in [("float", &run.float), ("quantized", &run.quantized)] {
+        if let Some(e) = e {
+            let _ = writeln!(
+                md,
+                "- {label} perplexity: **{:.4}** ({} windows of {}, {} tokens scored, `{}`)",
+                e.ppl,
+                e.windows,
+                e.seqlen,
+                e.tokens_scored,
+                e.text.display()
+            );
+        }
+    }
+    let t = &run.pipeline.seconds;
+    let _ = writeln!(
+        md,
+        "- seconds: embed {:.1}, capture {:.1}, MagR {:.1}, quantizer {:.1}, propagate {:.1}; total run {:.1}\n",
+        t.embed, t.capture, t.magr, t.quantize, t.propagate, run.seconds_total
+    );
+    let _ = writeln!(
+        md,
+        "| block | layer | in x out | max abs before | max abs after MagR | MagR objective before -> after | layer loss |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+    for l in &run.pipeline.layers {
+        let magr = l.magr.as_ref().map_or("-".to_string(), |m| {
+            format!("{:.4e} -> {:.4e}", m.objective_before, m.objective_after)
+        });
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} x {} | {:.4} | {:.4} | {} | {:.4e} |",
+            l.block,
+            l.layer,
+            l.shape[0],
+            l.shape[1],
+            l.max_abs_before,
+            l.max_abs_after,
+            magr,
+            l.layer_loss
+        );
+    }
+    md
+}
+
+/// The fake-quant Hugging Face directory with `report.json` and `report.md` in it. The
+/// directory is written beside the target and renamed (by `write_hf_dir`); each report
+/// goes in under a temporary name and is renamed too.
 fn write_outputs(
     model: &Model,
     out: &Path,
@@ -482,10 +570,10 @@ fn write_outputs(
     run: &RunReport,
 ) -> Result<(), Error> {
     llama_io::write_hf_dir(model, out, dtype, force)?;
-    let json = serde_json::to_string_pretty(run)?;
-    let partial = out.join("report.json.partial");
-    std::fs::write(&partial, json).map_err(|e| format!("{}: {e}", partial.display()))?;
-    let target = out.join("report.json");
-    std::fs::rename(&partial, &target).map_err(|e| format!("{}: {e}", target.display()))?;
+    write_atomic(
+        &out.join("report.json"),
+        &serde_json::to_string_pretty(run)?,
+    )?;
+    write_atomic(&out.join("report.md"), &markdown_report(run))?;
     Ok(())
 }
