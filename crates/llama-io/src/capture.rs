@@ -6,6 +6,8 @@
 //! ([`XtxAccumulator`]), so calibration never holds all of `X`.
 
 use candle_core::Tensor;
+use faer::linalg::matmul::matmul;
+use faer::{Accum, Mat, MatRef, Par};
 
 use crate::config::LlamaConfig;
 use crate::error::{LlamaIoError, Result};
@@ -26,16 +28,40 @@ impl<F: FnMut(LinearInput, &Tensor) -> Result<()>> InputSink for F {
 }
 
 /// `h += X^T X` for `x` `[tokens, width]` and `h` (`width x width`, row-major,
-/// symmetric). The product is formed in f32 by one matrix multiplication on `x`'s
-/// device; the running sum is kept in f64.
+/// symmetric). The product is formed in f32 by one matrix multiplication (faer on the
+/// CPU, candle on other devices); the running sum is kept in f64.
 pub fn accumulate_xtx(x: &Tensor, h: &mut [f64]) -> Result<()> {
-    let (_, width) = x.dims2()?;
+    let (tokens, width) = x.dims2()?;
     if h.len() != width * width {
         return Err(LlamaIoError::InvalidArgument(format!(
             "X^T X buffer has {} values, expected {width} x {width}",
             h.len()
         )));
     }
+    if x.device().is_cpu() {
+        return with_host_slice(x, |x| {
+            let x = MatRef::from_row_major_slice(x, tokens, width);
+            let mut product = Mat::<f32>::zeros(width, width);
+            matmul(
+                product.as_mut(),
+                Accum::Replace,
+                x.transpose(),
+                x,
+                1.0,
+                Par::rayon(0),
+            );
+            for (i, row) in h.chunks_exact_mut(width).enumerate() {
+                for (k, acc) in row.iter_mut().enumerate() {
+                    *acc += f64::from(product[(i, k)]);
+                }
+            }
+        });
+    }
+    accumulate_xtx_tensors(x, h)
+}
+
+/// [`accumulate_xtx`] with the product formed by candle on `x`'s device.
+fn accumulate_xtx_tensors(x: &Tensor, h: &mut [f64]) -> Result<()> {
     let xtx = x.t()?.matmul(x)?;
     with_host_slice(&xtx, |product| {
         h.iter_mut()
@@ -94,5 +120,24 @@ impl InputSink for XtxAccumulator {
         accumulate_xtx(x, &mut self.sums[i])?;
         self.tokens[i] += x.dim(0)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Device;
+
+    use super::*;
+
+    /// The faer path and the candle path give the same sums.
+    #[test]
+    fn host_product_matches_the_tensor_path() {
+        let x = Tensor::randn(0f32, 1.0, (37, 12), &Device::Cpu).unwrap();
+        let (mut host, mut tensors) = (vec![1.0; 144], vec![1.0; 144]);
+        accumulate_xtx(&x, &mut host).unwrap();
+        accumulate_xtx_tensors(&x, &mut tensors).unwrap();
+        for (a, b) in host.iter().zip(&tensors) {
+            assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{a} vs {b}");
+        }
     }
 }
