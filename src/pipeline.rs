@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use candle_core::Tensor;
 use faer::{Mat, MatRef, Par};
-use llama_io::{LinearKind, Model, XtxAccumulator};
+use llama_io::{LinearInput, LinearKind, Model, XtxAccumulator};
 use prox_opt::{Grouping, MagrOptions, Solver, magr};
 use quantizers::{
     CoordinateDescent, GridSpec, LayerProblem, Optq, QuantizedLinear, Quantizer, Rtn, SweepOrder,
@@ -220,6 +220,7 @@ pub fn quantize_model(
         for h in &hidden {
             model.run_block_capturing(block, h, &mut all)?;
         }
+        let all = hessians(all, model);
         let last = match settings.magr {
             Some(MagrSettings {
                 hessian: MagrHessian::LastSample,
@@ -229,14 +230,16 @@ pub fn quantize_model(
                 let h = hidden.last().expect("at least one batch");
                 let rows = h.dim(0)?;
                 model.run_block_capturing(block, &h.narrow(0, rows - 1, 1)?, &mut last)?;
-                Some(last)
+                Some(hessians(last, model))
             }
             _ => None,
         };
         report.seconds.capture += start.elapsed().as_secs_f64();
 
         for kind in LinearKind::ALL {
-            let record = quantize_layer(model, block, kind, &all, last.as_ref(), settings)
+            let input = kind.input().index();
+            let h_magr = last.as_ref().map(|l| &l[input]);
+            let record = quantize_layer(model, block, kind, &all[input], h_magr, settings)
                 .map_err(|e| e.in_layer(block, kind))?;
             report.seconds.magr += record.magr.as_ref().map_or(0.0, |m| m.seconds);
             report.seconds.quantize += record.quantize_seconds;
@@ -253,26 +256,28 @@ pub fn quantize_model(
     Ok(report)
 }
 
-/// `H` (f32, in x in) of the input read by `kind`.
-fn hessian(acc: &XtxAccumulator, kind: LinearKind) -> Mat<f32> {
-    let n = acc.width(kind);
-    let h = acc.xtx(kind);
-    Mat::from_fn(n, n, |i, k| h[i * n + k] as f32)
+/// `H` (f32, in x in) of each of a block's four inputs, in [`LinearInput::index`]
+/// order: converted once per block, shared by the layers that read the same input.
+fn hessians(mut acc: XtxAccumulator, model: &Model) -> [Mat<f32>; 4] {
+    LinearInput::ALL.map(|input| {
+        let n = input.width(model.config());
+        let h = acc.take(input);
+        Mat::from_fn(n, n, |i, k| h[i * n + k] as f32)
+    })
 }
 
 fn quantize_layer(
     model: &mut Model,
     block: usize,
     kind: LinearKind,
-    all: &XtxAccumulator,
-    last: Option<&XtxAccumulator>,
+    h: &Mat<f32>,
+    h_magr: Option<&Mat<f32>>,
     settings: &PipelineSettings,
 ) -> Result<LayerRecord, PipelineError> {
     let (outputs, inputs) = model.linear_shape(kind);
     // (out x in) row-major is W (in x out) column-major.
     let w0 = MatRef::from_column_major_slice(model.linear_weight(block, kind)?, inputs, outputs)
         .to_owned();
-    let h = hessian(all, kind);
     let max_abs_before = max_abs(w0.as_ref());
 
     let (weights, magr_record) = match settings.magr {
@@ -293,12 +298,7 @@ fn quantize_layer(
                 record_trace: false,
                 par: settings.par,
             };
-            let h_magr = last.map(|l| hessian(l, kind));
-            let (w, r) = magr(
-                w0.as_ref(),
-                h_magr.as_ref().unwrap_or(&h).as_ref(),
-                &options,
-            )?;
+            let (w, r) = magr(w0.as_ref(), h_magr.unwrap_or(h).as_ref(), &options)?;
             let record = MagrRecord {
                 objective_before: r.objective_before,
                 objective_after: r.objective_after,
@@ -337,9 +337,10 @@ fn quantize_layer(
     let quantize_seconds = start.elapsed().as_secs_f64();
     let layer_loss = q.layer_loss();
     let deq = q.into_dequantized();
-    let values: Vec<f32> = (0..outputs)
-        .flat_map(|j| deq.col(j).iter().copied().collect::<Vec<_>>())
-        .collect();
+    let mut values = Vec::with_capacity(inputs * outputs);
+    for j in 0..outputs {
+        values.extend_from_slice(deq.col_as_slice(j));
+    }
     model.set_linear_weight(block, kind, &values)?;
     Ok(LayerRecord {
         block,

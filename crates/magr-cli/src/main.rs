@@ -233,23 +233,31 @@ struct Evaluation {
     tokens_per_second: f64,
 }
 
-fn evaluate(
-    model: &Model,
-    args: &EvalTextArgs,
-    label: &str,
-    quiet: bool,
-) -> Result<Option<Evaluation>, Error> {
+/// The evaluation text's path and tokens, read and tokenized once per run; `None`
+/// when no evaluation is asked for (`--eval-windows 0`).
+fn eval_tokens(model: &Model, args: &EvalTextArgs) -> Result<Option<(PathBuf, Vec<u32>)>, Error> {
     if args.windows == 0 {
         return Ok(None);
     }
     let (path, text) = match &args.text {
         Some(p) => (p.clone(), data::read_text(p)?),
-        None => (
-            data::data_file(data::WIKITEXT2_TEST)?,
-            data::read_wikitext2_test()?,
-        ),
+        None => {
+            let path = data::data_file(data::WIKITEXT2_TEST)?;
+            let text = data::join_lines(&data::read_text(&path)?);
+            (path, text)
+        }
     };
     let tokens = model.encode(&text)?;
+    Ok(Some((path, tokens)))
+}
+
+fn evaluate(
+    model: &Model,
+    (path, tokens): &(PathBuf, Vec<u32>),
+    args: &EvalTextArgs,
+    label: &str,
+    quiet: bool,
+) -> Result<Evaluation, Error> {
     let bar = bar(
         quiet,
         args.windows.min(tokens.len() / args.seqlen.max(1)) as u64,
@@ -257,7 +265,7 @@ fn evaluate(
     );
     let report = llama_io::perplexity(
         model,
-        &tokens,
+        tokens,
         args.seqlen,
         Some(args.windows),
         &mut |done, _| bar.set_position(done as u64),
@@ -273,15 +281,15 @@ fn evaluate(
         report.seconds,
         report.tokens_per_second
     );
-    Ok(Some(Evaluation {
-        text: path,
+    Ok(Evaluation {
+        text: path.clone(),
         seqlen: args.seqlen,
         windows: report.windows,
         tokens_scored: report.tokens_scored,
         ppl: report.ppl,
         seconds: report.seconds,
         tokens_per_second: report.tokens_per_second,
-    }))
+    })
 }
 
 fn bar(quiet: bool, len: u64, label: &str) -> ProgressBar {
@@ -301,9 +309,8 @@ fn bar(quiet: bool, len: u64, label: &str) -> ProgressBar {
 
 fn eval(args: &EvalArgs, quiet: bool) -> Result<(), Error> {
     let (model, _) = load_model(&args.model, quiet)?;
-    if evaluate(&model, &args.eval, "model", quiet)?.is_none() {
-        return Err("--eval-windows 0: nothing to evaluate".into());
-    }
+    let text = eval_tokens(&model, &args.eval)?.ok_or("--eval-windows 0: nothing to evaluate")?;
+    evaluate(&model, &text, &args.eval, "model", quiet)?;
     Ok(())
 }
 
@@ -390,10 +397,10 @@ fn quantize(args: &QuantizeArgs, quiet: bool) -> Result<(), Error> {
         ),
     );
 
-    let float = if args.eval_float {
-        evaluate(&model, &args.eval, "float", quiet)?
-    } else {
-        None
+    let eval_text = eval_tokens(&model, &args.eval)?;
+    let float = match &eval_text {
+        Some(text) if args.eval_float => Some(evaluate(&model, text, &args.eval, "float", quiet)?),
+        _ => None,
     };
 
     let settings = PipelineSettings {
@@ -437,7 +444,10 @@ fn quantize(args: &QuantizeArgs, quiet: bool) -> Result<(), Error> {
         s.propagate,
         report.layers.iter().map(|l| l.layer_loss).sum::<f64>()
     );
-    let quantized = evaluate(&model, &args.eval, &label, quiet)?;
+    let quantized = eval_text
+        .as_ref()
+        .map(|text| evaluate(&model, text, &args.eval, &label, quiet))
+        .transpose()?;
 
     if let Some(out) = &args.out {
         let dtype = match args.dtype {
