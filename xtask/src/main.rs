@@ -11,14 +11,18 @@
 //! - `quantize [ARGS]`: with no arguments, the end-to-end demonstration on SmolLM2
 //!   (float, OPTQ and MagR+OPTQ at 3 bits per channel; see `QUICK_*` for the sizes
 //!   chosen so that it runs in minutes on 2 cores); with arguments, `magr quantize ARGS`.
-//! - `bench [ARGS]`: the l1-projection criterion benchmarks (extra arguments go to
-//!   criterion, e.g. `cargo xtask bench -- --measurement-time 3`), then MagR's speed
-//!   report (per-iteration time against one `H W` product, FISTA against plain) and
-//!   OPTQ's (against a Cholesky factorisation plus one `W^T H` product; RTN weights
+//! - `bench [--fresh]`: the accuracy and time table on SmolLM2 into `docs/results.md`
+//!   (see `table.rs`).
+//! - `bench --micro [ARGS]`: the l1-projection criterion benchmarks (extra arguments go
+//!   to criterion, e.g. `cargo xtask bench --micro --measurement-time 3`), then MagR's
+//!   speed report (per-iteration time against one `H W` product, FISTA against plain)
+//!   and OPTQ's (against a Cholesky factorisation plus one `W^T H` product; RTN weights
 //!   per second; one coordinate-descent sweep).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
+
+mod table;
 
 const USAGE: &str = "usage: cargo xtask <command> [args]
 
@@ -28,7 +32,11 @@ commands:
            into the cache (MAGR_CACHE_DIR, else $XDG_CACHE_HOME/magr, else ~/.cache/magr)
   quantize with no arguments: fetch, build, and on SmolLM2 compare float / OPTQ / MagR+OPTQ
            at 3 bits per channel (perplexities and times); with arguments: `magr quantize ARGS`
-  bench    run the projection benchmarks (extra args go to criterion), then MagR's and OPTQ's speed reports
+  bench    the SmolLM2 table (RTN, MagR+RTN, OPTQ, MagR+OPTQ, MagR+OPTQ-dagger at w4, w3, w3g128,
+           w2g128) into docs/results.md; continues an interrupted table (--fresh: from scratch;
+           about 3 h on 2 cores)
+  bench --micro [ARGS]
+           the projection benchmarks (ARGS go to criterion), then MagR's and OPTQ's speed reports
   help     print this message";
 
 fn main() -> ExitCode {
@@ -81,7 +89,28 @@ fn ci() -> Result<(), String> {
     Ok(())
 }
 
-fn bench(extra: &[String]) -> Result<(), String> {
+/// `bench`: the SmolLM2 table into `docs/results.md` (see [`table`]); `bench --fresh`
+/// measures every cell again; `bench --micro [ARGS]`: the projection criterion
+/// benchmarks (ARGS go to criterion), then MagR's and OPTQ's speed reports.
+fn bench(args: &[String]) -> Result<(), String> {
+    let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    match args.first().map(String::as_str) {
+        Some("--micro") => micro_bench(&args[1..]),
+        None | Some("--fresh") => {
+            fetch()?;
+            cargo(&["build", "--release", "-p", "magr-cli"])?;
+            table::run(
+                root,
+                &root.join("target/release/magr"),
+                &root.join("docs/results.md"),
+                !args.is_empty(),
+            )
+        }
+        Some(other) => Err(format!("bench: unknown argument `{other}`\n\n{USAGE}")),
+    }
+}
+
+fn micro_bench(extra: &[String]) -> Result<(), String> {
     let mut args = vec!["bench", "-p", "l1-projection", "--bench", "projection"];
     let passthrough = extra.iter().skip_while(|a| *a == "--");
     args.push("--");

@@ -72,6 +72,20 @@ struct EvalArgs {
     model: ModelArg,
     #[command(flatten)]
     eval: EvalTextArgs,
+    /// Also write the result (perplexity, windows, tokens, time) to this JSON file.
+    #[arg(long)]
+    report: Option<PathBuf>,
+}
+
+/// What `magr quantize --out` writes besides the reports.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum FormatArg {
+    /// `fake-quant/`: a Hugging Face directory with the dequantized weights.
+    FakeQuant,
+    /// `gptq/`: the packed GPTQ checkpoint (int32 codes, f16 scales, `quantization_config`).
+    Gptq,
+    /// Reports only.
+    None,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -163,9 +177,13 @@ struct QuantizeArgs {
     eval_float: bool,
     #[command(flatten)]
     eval: EvalTextArgs,
-    /// Write the fake-quant Hugging Face directory (with report.json and report.md) here.
+    /// Output directory: report.json, report.md and the formats asked for, each in its
+    /// own subdirectory. Written as `OUT.partial`, renamed when complete.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Model formats to write under `--out` (comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "fake-quant")]
+    formats: Vec<FormatArg>,
     /// Weight dtype of the written directory.
     #[arg(long, value_enum, default_value_t = DtypeArg::F16)]
     dtype: DtypeArg,
@@ -310,7 +328,10 @@ fn bar(quiet: bool, len: u64, label: &str) -> ProgressBar {
 fn eval(args: &EvalArgs, quiet: bool) -> Result<(), Error> {
     let (model, _) = load_model(&args.model, quiet)?;
     let text = eval_tokens(&model, &args.eval)?.ok_or("--eval-windows 0: nothing to evaluate")?;
-    evaluate(&model, &text, &args.eval, "model", quiet)?;
+    let evaluation = evaluate(&model, &text, &args.eval, "model", quiet)?;
+    if let Some(path) = &args.report {
+        write_atomic(path, &serde_json::to_string_pretty(&evaluation)?)?;
+    }
     Ok(())
 }
 
@@ -370,12 +391,19 @@ fn quantize(args: &QuantizeArgs, quiet: bool) -> Result<(), Error> {
             },
         }
     });
-    if let Some(out) = &args.out
-        && out.exists()
-        && !args.force
-    {
-        return Err(format!("{} exists: pass --force to replace it", out.display()).into());
+    if args.formats.contains(&FormatArg::None) && args.formats.len() > 1 {
+        return Err("--formats none cannot be combined with other formats".into());
     }
+    if args.formats.contains(&FormatArg::Gptq) {
+        return Err("--formats gptq: the packed GPTQ writer is not implemented yet".into());
+    }
+    // The output's staging directory is made before anything is loaded: an unwritable
+    // or existing output fails at once.
+    let staging = args
+        .out
+        .as_deref()
+        .map(|out| Staging::create(out, args.force))
+        .transpose()?;
 
     let (mut model, model_path) = load_model(&args.model, quiet)?;
     let calib_path = match &args.calib {
@@ -449,7 +477,7 @@ fn quantize(args: &QuantizeArgs, quiet: bool) -> Result<(), Error> {
         .map(|text| evaluate(&model, text, &args.eval, &label, quiet))
         .transpose()?;
 
-    if let Some(out) = &args.out {
+    if let Some(staging) = staging {
         let dtype = match args.dtype {
             DtypeArg::F32 => WeightDtype::F32,
             DtypeArg::F16 => WeightDtype::F16,
@@ -475,7 +503,7 @@ fn quantize(args: &QuantizeArgs, quiet: bool) -> Result<(), Error> {
             pipeline: &report,
             seconds_total: total.elapsed().as_secs_f64(),
         };
-        write_outputs(&model, out, dtype, args.force, &run)?;
+        let out = staging.finish(|dir| write_outputs(&model, dir, &args.formats, dtype, &run))?;
         log(quiet, &format!("wrote {}", out.display()));
     }
     Ok(())
@@ -569,21 +597,84 @@ fn markdown_report(run: &RunReport) -> String {
     md
 }
 
-/// The fake-quant Hugging Face directory with `report.json` and `report.md` in it. The
-/// directory is written beside the target and renamed (by `write_hf_dir`); each report
-/// goes in under a temporary name and is renamed too.
+/// The output directory while it is being written: `OUT.partial` beside `OUT`, renamed
+/// to `OUT` when everything is in it, removed if the run fails.
+struct Staging {
+    out: PathBuf,
+    partial: PathBuf,
+    force: bool,
+}
+
+impl Staging {
+    /// Refuses an existing `out` without `force`; creates `OUT.partial` (replacing a
+    /// leftover one).
+    fn create(out: &Path, force: bool) -> Result<Self, Error> {
+        if out.exists() && !force {
+            return Err(format!("{} exists: pass --force to replace it", out.display()).into());
+        }
+        let mut partial = out.as_os_str().to_owned();
+        partial.push(".partial");
+        let partial = PathBuf::from(partial);
+        if partial.exists() {
+            std::fs::remove_dir_all(&partial).map_err(|e| format!("{}: {e}", partial.display()))?;
+        }
+        std::fs::create_dir_all(&partial).map_err(|e| {
+            format!(
+                "cannot create the output directory {}: {e}",
+                partial.display()
+            )
+        })?;
+        Ok(Staging {
+            out: out.to_path_buf(),
+            partial,
+            force,
+        })
+    }
+
+    /// Runs `write` on the staging directory, then renames it to the output.
+    fn finish(self, write: impl FnOnce(&Path) -> Result<(), Error>) -> Result<PathBuf, Error> {
+        write(&self.partial)?;
+        if self.out.exists() && self.force {
+            std::fs::remove_dir_all(&self.out)
+                .map_err(|e| format!("{}: {e}", self.out.display()))?;
+        }
+        std::fs::rename(&self.partial, &self.out)
+            .map_err(|e| format!("{}: {e}", self.out.display()))?;
+        Ok(self.out.clone())
+    }
+}
+
+impl Drop for Staging {
+    /// A run that fails or panics leaves no partial output behind.
+    fn drop(&mut self) {
+        if self.partial.exists() {
+            let _ = std::fs::remove_dir_all(&self.partial);
+        }
+    }
+}
+
+/// Everything under the output directory `dir`: `report.json`, `report.md` and one
+/// subdirectory per format.
 fn write_outputs(
     model: &Model,
-    out: &Path,
+    dir: &Path,
+    formats: &[FormatArg],
     dtype: WeightDtype,
-    force: bool,
     run: &RunReport,
 ) -> Result<(), Error> {
-    llama_io::write_hf_dir(model, out, dtype, force)?;
+    for format in formats {
+        match format {
+            FormatArg::FakeQuant => {
+                llama_io::write_hf_dir(model, &dir.join("fake-quant"), dtype, false)?
+            }
+            FormatArg::Gptq => unreachable!("refused before the run"),
+            FormatArg::None => {}
+        }
+    }
     write_atomic(
-        &out.join("report.json"),
+        &dir.join("report.json"),
         &serde_json::to_string_pretty(run)?,
     )?;
-    write_atomic(&out.join("report.md"), &markdown_report(run))?;
+    write_atomic(&dir.join("report.md"), &markdown_report(run))?;
     Ok(())
 }
