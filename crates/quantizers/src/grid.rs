@@ -106,8 +106,9 @@ impl GridSpec {
     /// Fits the grid of one group of one channel to its weights:
     /// `xmin = min(min x, 0)`, `xmax = max(max x, 0)`; symmetric: `xmax = max(|xmin|, xmax)`
     /// and `xmin = -xmax` where `xmin < 0`; `[-1, 1]` if both are 0;
-    /// `scale = beta (xmax - xmin) / maxq`; `zero = round(-xmin / scale)` (ties to even)
-    /// or `2^bits / 2` (symmetric).
+    /// `scale = beta (xmax - xmin) / maxq` rounded to the nearest f16 value (checkpoints
+    /// store scales in f16, so the dequantized weights are exactly what a loader computes);
+    /// `zero = round(-xmin / scale)` (ties to even) or `2^bits / 2` (symmetric).
     ///
     /// With `beta < 1` the asymmetric zero point can exceed `maxq` (up to
     /// `round(maxq / beta)`); codes stay in `0..=maxq`.
@@ -132,7 +133,7 @@ impl GridSpec {
             xmax = 1.0;
         }
         let maxq = self.maxq();
-        let scale = self.beta * (xmax - xmin) / maxq as f32;
+        let scale = f16_scale(self.beta * (xmax - xmin) / maxq as f32);
         let zero = if self.symmetric {
             1 << (self.bits - 1)
         } else {
@@ -142,10 +143,17 @@ impl GridSpec {
     }
 }
 
+/// `scale` rounded to the nearest f16 value (ties to even), kept within the positive
+/// finite f16 range so that the grid stays usable.
+fn f16_scale(scale: f32) -> f32 {
+    let rounded = half::f16::from_f32(scale).to_f32();
+    rounded.clamp(half::f16::from_bits(1).to_f32(), half::f16::MAX.to_f32())
+}
+
 /// One fitted grid: `x ~ scale * (q - zero)` with integer code `q` in `0..=maxq`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Grid {
-    /// Step between grid points (positive).
+    /// Step between grid points (positive, an f16 value).
     pub scale: f32,
     /// Integer zero point.
     pub zero: u32,

@@ -84,28 +84,35 @@ proptest! {
 
 #[test]
 fn grid_examples_by_hand() {
-    // Asymmetric 4 bits: range [-0.3, 0.5], scale 0.8 / 15, zero round(0.3 / scale) = round(5.625) = 6.
+    // Scales are rounded to the nearest f16 (the values below by hand: f16 has 10 stored
+    // mantissa bits, so in [2^-5, 2^-4) the step is 2^-15).
+    // Asymmetric 4 bits: range [-0.3, 0.5], 0.8 / 15 = 0.053333 -> 1748 * 2^-15 =
+    // 0.0533447265625; zero round(0.3 / scale) = round(5.6238) = 6.
     let spec = GridSpec::new(4, None, false, 1.0).unwrap();
     let g = spec.fit([-0.3f32, 0.1, 0.5]);
-    assert_eq!(g.scale, 0.8f32 / 15.0);
+    assert_eq!(g.scale, 1748.0 / 32768.0);
     assert_eq!(g.zero, 6);
-    // Symmetric: xmax = 0.5, range [-0.5, 0.5], scale 1 / 15, zero 8.
+    // Symmetric: xmax = 0.5, range [-0.5, 0.5], 1 / 15 -> 2184 * 2^-15 = 0.066650390625, zero 8.
     let s = GridSpec::new(4, None, true, 1.0)
         .unwrap()
         .fit([-0.3f32, 0.1, 0.5]);
-    assert_eq!((s.scale, s.zero), (1.0f32 / 15.0, 8));
-    // All zeros: range [-1, 1], scale 2 / 15 (0.13333334 in f32, just above 2 / 15), so
-    // -xmin / scale = 7.4999996 in f32 and the zero point is 7, as in PyTorch's f32.
+    assert_eq!((s.scale, s.zero), (2184.0 / 32768.0, 8));
+    // All zeros: range [-1, 1], 2 / 15 -> 1092 * 2^-13 = 0.13330078125, just below 2 / 15,
+    // so -xmin / scale = 7.5018 and the zero point is 8.
     let z = spec.fit([0.0f32; 4]);
-    assert_eq!((z.scale, z.zero), (2.0f32 / 15.0, 7));
+    assert_eq!((z.scale, z.zero), (1092.0 / 8192.0, 8));
     // All positive: xmin = 0, zero point 0.
     assert_eq!(spec.fit([0.2f32, 0.4]).zero, 0);
-    // Shrink: beta scales the step; the zero point can pass maxq (7 / 0.9 = 7.8 -> 8).
+    // Shrink: beta scales the step, 0.9 * 0.35 / 7 = 0.045 -> 1475 * 2^-15; the zero point
+    // can pass maxq (0.35 / scale = 7.775 -> 8).
     let b = GridSpec::new(3, None, false, 0.9)
         .unwrap()
         .fit([-0.35f32, 0.0]);
-    assert_eq!(b.scale, 0.9f32 * 0.35 / 7.0);
+    assert_eq!(b.scale, 1475.0 / 32768.0);
     assert_eq!(b.zero, 8);
+    // A step below f16's smallest value becomes that value (2^-24), not zero.
+    let tiny = spec.fit([0.0f32, 1e-9]);
+    assert_eq!(tiny.scale, 2f32.powi(-24));
     // Ties go to even: scale 1, zero 0.
     let t = GridSpec::new(2, None, false, 1.0)
         .unwrap()

@@ -21,8 +21,8 @@ pub struct RefSpec {
 
 impl RefSpec {
     /// `xmin = min(min, 0)`, `xmax = max(max, 0)`; symmetric: `xmax = max(|xmin|, xmax)`,
-    /// `xmin = -xmax` if `xmin < 0`; `[-1, 1]` if both 0; `scale = beta (xmax - xmin) / maxq`;
-    /// `zero = round(-xmin / scale)` or `(maxq + 1) / 2`.
+    /// `xmin = -xmax` if `xmin < 0`; `[-1, 1]` if both 0; `scale = beta (xmax - xmin) / maxq`
+    /// rounded to f16; `zero = round(-xmin / scale)` or `(maxq + 1) / 2`.
     pub fn fit(&self, values: &[f32]) -> RefGrid {
         let maxq = ((1u32 << self.bits) - 1) as f32;
         let mut xmin = 0.0f32;
@@ -47,7 +47,9 @@ impl RefSpec {
             xmin = -1.0;
             xmax = 1.0;
         }
-        let scale = self.beta * (xmax - xmin) / maxq;
+        // Rounded to f16, as checkpoints store it.
+        let scale = half::f16::from_f32(self.beta * (xmax - xmin) / maxq).to_f32();
+        let scale = scale.max(half::f16::from_bits(1).to_f32());
         let zero = if self.symmetric {
             (maxq + 1.0) / 2.0
         } else {
