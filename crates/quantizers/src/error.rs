@@ -77,11 +77,10 @@ pub enum QuantError {
         /// The bit width.
         bits: u32,
     },
-    /// The GPTQ "v1" layout stores `zero - 1` in `bits` bits, so it holds zero points
-    /// `1..=2^bits` only.
+    /// A zero point the GPTQ layout `format` cannot store in `bits` bits (v1 stores
+    /// `zero - 1`, so `1..=2^bits`; v2 stores `zero`, so `0..2^bits`).
     #[error(
-        "zero point {zero} of group {group}, output {output} cannot be stored in the GPTQ v1 layout at {bits} bits (it holds 1..={max})",
-        max = 1u32 << bits
+        "zero point {zero} of group {group}, output {output} cannot be stored in the GPTQ {format:?} layout at {bits} bits"
     )]
     ZeroPoint {
         /// Group of the grid.
@@ -92,6 +91,8 @@ pub enum QuantError {
         zero: u32,
         /// The bit width.
         bits: u32,
+        /// The layout.
+        format: crate::ZeroFormat,
     },
 }
 

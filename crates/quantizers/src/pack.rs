@@ -1,5 +1,6 @@
-//! Integer packing in the GPTQ checkpoint layout ("v1", as AutoGPTQ's `QuantLinear.pack`
-//! writes it and AutoGPTQ, GPTQModel, transformers, vLLM and exllama read it).
+//! Integer packing in the GPTQ checkpoint layout, as AutoGPTQ's `QuantLinear.pack`
+//! writes it and AutoGPTQ, GPTQModel, transformers, vLLM and exllama read it, with the
+//! zero points in the "v1" or the "v2" convention ([`ZeroFormat`]).
 //!
 //! Every packed tensor is a set of little-endian bit streams cut into 32-bit words: code
 //! `k` of a stream occupies stream bits `bits*k .. bits*(k+1)`, and stream bit `b` is bit
@@ -13,7 +14,8 @@
 //! Tensors (row-major), for `in` inputs, `out` outputs and `G` groups:
 //! - `qweight` `[ceil(in*bits/32), out]`: one stream per output, along the inputs;
 //! - `qzeros` `[G, ceil(out*bits/32)]`: one stream per group, along the outputs, holding
-//!   `zero - 1` (v1; loaders add the one back), so zero points `1..=2^bits` only;
+//!   `zero - 1` (v1; loaders add the one back), so zero points `1..=2^bits` only, or
+//!   `zero` itself (v2, `checkpoint_format: "gptq_v2"`), so `0..2^bits` only;
 //! - `scales` `[G, out]` (f32 here; a checkpoint stores f16, converted by the writer);
 //! - `g_idx` `[in]`.
 //!
@@ -128,37 +130,91 @@ pub fn unpack_qweight(
     Ok(codes)
 }
 
-/// Packs zero points `[groups, outputs]` row-major into v1 `qzeros`,
-/// `[groups, ceil(outputs*bits/32)]`, storing `zero - 1`.
+/// How `qzeros` stores a zero point `z` in `bits` bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ZeroFormat {
+    /// `z - 1` (the original GPTQ layout, read by every loader): `z` in `1..=2^bits`.
+    V1,
+    /// `z` itself (GPTQModel's `gptq_v2`): `z` in `0..2^bits`.
+    V2,
+}
+
+impl ZeroFormat {
+    /// Whether zero point `zero` can be stored at `bits` bits.
+    pub fn holds(self, zero: u32, bits: u32) -> bool {
+        match self {
+            ZeroFormat::V1 => (1..=1 << bits).contains(&zero),
+            ZeroFormat::V2 => zero < 1 << bits,
+        }
+    }
+
+    /// The stored value of `zero` (which [`ZeroFormat::holds`]).
+    fn stored(self, zero: u32) -> u32 {
+        match self {
+            ZeroFormat::V1 => zero - 1,
+            ZeroFormat::V2 => zero,
+        }
+    }
+
+    /// The zero point a loader reads from a stored value.
+    fn loaded(self, stored: u32) -> u32 {
+        match self {
+            ZeroFormat::V1 => stored + 1,
+            ZeroFormat::V2 => stored,
+        }
+    }
+
+    /// The `checkpoint_format` of `quantization_config`: `"gptq"` or `"gptq_v2"`.
+    pub fn checkpoint_format(self) -> &'static str {
+        match self {
+            ZeroFormat::V1 => "gptq",
+            ZeroFormat::V2 => "gptq_v2",
+        }
+    }
+
+    /// The format of a checkpoint holding `zeros` at `bits` bits: v1 (the most widely
+    /// read) when it holds them all, else v2 when it does, else `None` (zero points
+    /// both 0 and `2^bits`, which no GPTQ layout stores together).
+    pub fn choose(zeros: impl IntoIterator<Item = u32> + Clone, bits: u32) -> Option<Self> {
+        [ZeroFormat::V1, ZeroFormat::V2]
+            .into_iter()
+            .find(|f| zeros.clone().into_iter().all(|z| f.holds(z, bits)))
+    }
+}
+
+/// Packs zero points `[groups, outputs]` row-major into `qzeros`,
+/// `[groups, ceil(outputs*bits/32)]`, in `format`.
 ///
 /// # Errors
-/// Bits outside {2, 3, 4, 8}; `zeros.len() != groups * outputs`; a zero point outside
-/// `1..=2^bits`, which v1 cannot store ([`QuantError::ZeroPoint`]).
+/// Bits outside {2, 3, 4, 8}; `zeros.len() != groups * outputs`; a zero point `format`
+/// cannot store ([`QuantError::ZeroPoint`]).
 pub fn pack_qzeros(
     zeros: &[u32],
     groups: usize,
     outputs: usize,
     bits: u32,
+    format: ZeroFormat,
 ) -> Result<Vec<i32>, QuantError> {
     check_bits(bits)?;
     check_length("zero points", zeros.len(), groups * outputs)?;
-    if let Some(index) = zeros.iter().position(|&z| z == 0 || z > 1 << bits) {
+    if let Some(index) = zeros.iter().position(|&z| !format.holds(z, bits)) {
         return Err(QuantError::ZeroPoint {
             group: index / outputs,
             output: index % outputs,
             zero: zeros[index],
             bits,
+            format,
         });
     }
     let mut words = Vec::with_capacity(groups * stream_words(outputs, bits));
     for row in zeros.chunks(outputs.max(1)) {
-        pack_stream(row.iter().map(|&z| z - 1), bits, &mut words);
+        pack_stream(row.iter().map(|&z| format.stored(z)), bits, &mut words);
     }
     Ok(words.into_iter().map(|w| w as i32).collect())
 }
 
-/// Inverse of [`pack_qzeros`]: the zero points `[groups, outputs]`, each stored value
-/// plus one (as v1 loaders compute them).
+/// Inverse of [`pack_qzeros`]: the zero points `[groups, outputs]` a loader of `format`
+/// computes.
 ///
 /// # Errors
 /// Bits outside {2, 3, 4, 8}; `qzeros.len() != groups * ceil(outputs*bits/32)`.
@@ -167,6 +223,7 @@ pub fn unpack_qzeros(
     groups: usize,
     outputs: usize,
     bits: u32,
+    format: ZeroFormat,
 ) -> Result<Vec<u32>, QuantError> {
     check_bits(bits)?;
     let cols = stream_words(outputs, bits);
@@ -177,7 +234,7 @@ pub fn unpack_qzeros(
             .iter()
             .map(|&w| w as u32)
             .collect();
-        zeros.extend((0..outputs).map(|j| stream_code(&words, bits, j) + 1));
+        zeros.extend((0..outputs).map(|j| format.loaded(stream_code(&words, bits, j))));
     }
     Ok(zeros)
 }
@@ -195,7 +252,9 @@ pub struct GptqTensors {
     pub groups: usize,
     /// Packed codes, `[ceil(inputs*bits/32), outputs]`.
     pub qweight: Vec<i32>,
-    /// Packed `zero - 1`, `[groups, ceil(outputs*bits/32)]`.
+    /// How `qzeros` stores the zero points.
+    pub format: ZeroFormat,
+    /// Packed zero points, `[groups, ceil(outputs*bits/32)]`.
     pub qzeros: Vec<i32>,
     /// Scales, `[groups, outputs]`.
     pub scales: Vec<f32>,
@@ -218,14 +277,14 @@ impl GptqTensors {
     }
 }
 
-/// Packs a quantized layer in the GPTQ v1 layout.
+/// Packs a quantized layer in the GPTQ layout with zero points in `format` (see
+/// [`ZeroFormat::choose`] for a whole model).
 ///
 /// # Errors
-/// A zero point outside `1..=2^bits` ([`QuantError::ZeroPoint`]): v1 cannot store it.
-/// Asymmetric grids have zero point 0 only for a group whose weights are all `>= 0`, and
-/// above `2^bits` never with [`crate::reference_beta`] except groups of all-`<= 0` weights
-/// at 8 bits with a custom `beta < 1`.
-pub fn pack_gptq(q: &QuantizedLinear) -> Result<GptqTensors, QuantError> {
+/// A zero point `format` cannot store ([`QuantError::ZeroPoint`]). Asymmetric grids have
+/// zero point 0 (not in v1) for a group whose weights are all `>= 0`, and `2^bits` (not
+/// in v2) for a group of all-`<= 0` weights with `beta < 1`.
+pub fn pack_gptq(q: &QuantizedLinear, format: ZeroFormat) -> Result<GptqTensors, QuantError> {
     let (n, m, groups, bits) = (q.inputs(), q.outputs(), q.groups(), q.spec().bits());
     let zeros: Vec<u32> = q.grids().iter().map(|g| g.zero).collect();
     Ok(GptqTensors {
@@ -234,14 +293,45 @@ pub fn pack_gptq(q: &QuantizedLinear) -> Result<GptqTensors, QuantError> {
         outputs: m,
         groups,
         qweight: pack_qweight(q.codes(), n, m, bits)?,
-        qzeros: pack_qzeros(&zeros, groups, m, bits)?,
+        format,
+        qzeros: pack_qzeros(&zeros, groups, m, bits, format)?,
         scales: q.grids().iter().map(|g| g.scale).collect(),
         g_idx: q.g_idx().iter().map(|&g| g as i32).collect(),
     })
 }
 
-/// The weights (in x out) a v1 loader computes from the tensors:
-/// `scales[g, j] * (code - (stored_zero + 1))` with `g = g_idx[i]`, in f32.
+impl GptqTensors {
+    /// The zero points `[groups, outputs]`.
+    ///
+    /// # Errors
+    /// `qzeros` of the wrong length.
+    pub fn zero_points(&self) -> Result<Vec<u32>, QuantError> {
+        unpack_qzeros(
+            &self.qzeros,
+            self.groups,
+            self.outputs,
+            self.bits,
+            self.format,
+        )
+    }
+
+    /// The same layer with its zero points stored in `format`.
+    ///
+    /// # Errors
+    /// A zero point `format` cannot store.
+    pub fn to_format(&self, format: ZeroFormat) -> Result<GptqTensors, QuantError> {
+        let zeros = self.zero_points()?;
+        Ok(GptqTensors {
+            format,
+            qzeros: pack_qzeros(&zeros, self.groups, self.outputs, self.bits, format)?,
+            ..self.clone()
+        })
+    }
+}
+
+/// The weights (in x out) a loader computes from the tensors:
+/// `scales[g, j] * (code - zero)` with `g = g_idx[i]` and the zero point as `t.format`
+/// reads it (v1: stored value + 1), in f32.
 ///
 /// # Errors
 /// Bits outside {2, 3, 4, 8}; tensor lengths that do not match the shapes; a `g_idx`
@@ -249,7 +339,7 @@ pub fn pack_gptq(q: &QuantizedLinear) -> Result<GptqTensors, QuantError> {
 pub fn dequantize_gptq(t: &GptqTensors) -> Result<Mat<f32>, QuantError> {
     let (n, m) = (t.inputs, t.outputs);
     let codes = unpack_qweight(&t.qweight, n, m, t.bits)?;
-    let zeros = unpack_qzeros(&t.qzeros, t.groups, m, t.bits)?;
+    let zeros = t.zero_points()?;
     check_length("scales", t.scales.len(), t.groups * m)?;
     check_length("g_idx", t.g_idx.len(), n)?;
     if let Some((i, &g)) = t

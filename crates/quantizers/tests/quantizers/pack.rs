@@ -3,8 +3,8 @@
 use faer::Par;
 use proptest::prelude::*;
 use quantizers::{
-    GridSpec, Optq, QuantError, Quantizer, dequantize_gptq, pack_gptq, pack_qweight, pack_qzeros,
-    unpack_qweight, unpack_qzeros,
+    GridSpec, Optq, QuantError, Quantizer, ZeroFormat, dequantize_gptq, pack_gptq, pack_qweight,
+    pack_qzeros, unpack_qweight, unpack_qzeros,
 };
 
 use crate::{correlated_hessian, problem, random_weights};
@@ -53,18 +53,21 @@ proptest! {
         prop_assert_eq!(unpack_qweight(&qweight, inputs, outputs, bits).unwrap(), codes);
     }
 
-    /// `qzeros` stores `zero - 1` along the outputs; unpacking adds the one back.
+    /// `qzeros` stores `zero - 1` (v1) or `zero` (v2) along the outputs; unpacking gives
+    /// the zero points back.
     #[test]
     fn qzeros_round_trip(
         bits in bits_strategy(),
         groups in 1usize..5,
         outputs in 1usize..70,
         seed in any::<u64>(),
+        v2 in any::<bool>(),
     ) {
+        let (format, offset) = if v2 { (ZeroFormat::V2, 0) } else { (ZeroFormat::V1, 1) };
         let zeros: Vec<u32> = (0..groups * outputs)
-            .map(|t| 1 + (seed.wrapping_add(t as u64 * 0x9e37_79b9) % (1u64 << bits)) as u32)
+            .map(|t| offset + (seed.wrapping_add(t as u64 * 0x9e37_79b9) % (1u64 << bits)) as u32)
             .collect();
-        let qzeros = pack_qzeros(&zeros, groups, outputs, bits).unwrap();
+        let qzeros = pack_qzeros(&zeros, groups, outputs, bits, format).unwrap();
         let cols = (outputs * bits as usize).div_ceil(32);
         prop_assert_eq!(qzeros.len(), groups * cols);
         for g in 0..groups {
@@ -73,15 +76,16 @@ proptest! {
                 let stored: u32 = (0..bits as usize)
                     .map(|b| stream_bit(&row, bits as usize * j + b) << b)
                     .sum();
-                prop_assert_eq!(stored + 1, zeros[g * outputs + j]);
+                prop_assert_eq!(stored + offset, zeros[g * outputs + j]);
             }
         }
-        prop_assert_eq!(unpack_qzeros(&qzeros, groups, outputs, bits).unwrap(), zeros);
+        prop_assert_eq!(unpack_qzeros(&qzeros, groups, outputs, bits, format).unwrap(), zeros);
     }
 
-    /// A quantized layer packed and dequantized as a v1 loader does gives back exactly
-    /// its dequantized weights, for every width, groups, act-order and odd output counts;
-    /// the only refusal is a zero point v1 cannot store.
+    /// A quantized layer packed and dequantized as a loader does gives back exactly its
+    /// dequantized weights, for every width, groups, act-order, odd output counts and
+    /// both zero layouts; the only refusal is a zero point the layout cannot store, and
+    /// `ZeroFormat::choose` finds a layout whenever one holds every zero point.
     #[test]
     fn layer_round_trip(
         seed in any::<u64>(),
@@ -90,14 +94,21 @@ proptest! {
         m in 1usize..40,
         act_order in any::<bool>(),
         symmetric in any::<bool>(),
+        v2 in any::<bool>(),
     ) {
         let n = 8 * n_groups;
         let w = random_weights(n, m, seed);
         let h = correlated_hessian(n, 64, seed ^ 1);
         let spec = GridSpec::new(bits, Some(8), symmetric, 0.95).unwrap();
         let q = Optq { act_order, par: Par::Seq, ..Optq::new(spec) }.quantize(&problem(&w, &h)).unwrap();
-        let storable = |z: u32| (1..=1u32 << bits).contains(&z);
-        let t = match pack_gptq(&q) {
+        let format = if v2 { ZeroFormat::V2 } else { ZeroFormat::V1 };
+        let storable = |z: u32| if v2 { z < 1 << bits } else { (1..=1u32 << bits).contains(&z) };
+        let zeros = q.grids().iter().map(|g| g.zero);
+        let chosen = ZeroFormat::choose(zeros.clone(), bits);
+        if let Some(chosen) = chosen {
+            prop_assert!(zeros.clone().all(|z| chosen.holds(z, bits)));
+        }
+        let t = match pack_gptq(&q, format) {
             Ok(t) => t,
             Err(QuantError::ZeroPoint { group, output, zero, .. }) => {
                 prop_assert!(!symmetric && !storable(zero));
@@ -106,12 +117,33 @@ proptest! {
             }
             Err(e) => return Err(TestCaseError::fail(e.to_string())),
         };
-        prop_assert!(q.grids().iter().all(|g| storable(g.zero)));
+        prop_assert!(zeros.clone().all(storable));
+        prop_assert!(chosen.is_some());
         prop_assert_eq!(t.qweight_shape(), [(n * bits as usize).div_ceil(32), m]);
         prop_assert_eq!(t.qzeros_shape(), [n_groups, (m * bits as usize).div_ceil(32)]);
         prop_assert_eq!(t.scales_shape(), [n_groups, m]);
         prop_assert_eq!(dequantize_gptq(&t).unwrap(), q.dequantized().to_owned());
+        // Converting to the other layout, where it holds the zero points, changes nothing
+        // a loader computes.
+        let other = if v2 { ZeroFormat::V1 } else { ZeroFormat::V2 };
+        if let Ok(t2) = t.to_format(other) {
+            prop_assert_eq!(dequantize_gptq(&t2).unwrap(), q.dequantized().to_owned());
+        }
     }
+}
+
+/// Zero points 0 (all-non-negative group) and `2^bits` (all-non-positive group with
+/// beta < 1) each fit one layout only.
+#[test]
+fn zero_format_choice() {
+    assert_eq!(ZeroFormat::choose([1, 8, 16], 4), Some(ZeroFormat::V1));
+    assert_eq!(ZeroFormat::choose([0, 8, 15], 4), Some(ZeroFormat::V2));
+    assert_eq!(ZeroFormat::choose([0, 16], 4), None);
+    assert_eq!(ZeroFormat::V1.checkpoint_format(), "gptq");
+    assert_eq!(ZeroFormat::V2.checkpoint_format(), "gptq_v2");
+    // v2 stores the zero point itself: zero 5 at 4 bits is the stored nibble 5.
+    assert_eq!(pack_qzeros(&[5], 1, 1, 4, ZeroFormat::V2).unwrap(), vec![5]);
+    assert_eq!(pack_qzeros(&[5], 1, 1, 4, ZeroFormat::V1).unwrap(), vec![4]);
 }
 
 /// AutoGPTQ's 3-bit pack of 32 codes, written out word by word: codes 0-9 at bits `3k`
@@ -163,20 +195,25 @@ fn bad_packing_input_is_a_clear_error() {
             bits: 3
         })
     );
-    let zero = pack_qzeros(&[1, 0], 1, 2, 4).unwrap_err();
+    let zero = pack_qzeros(&[1, 0], 1, 2, 4, ZeroFormat::V1).unwrap_err();
     assert_eq!(
         zero,
         QuantError::ZeroPoint {
             group: 0,
             output: 1,
             zero: 0,
-            bits: 4
+            bits: 4,
+            format: ZeroFormat::V1
         }
     );
     assert!(zero.to_string().contains("zero point 0"));
     assert!(matches!(
-        pack_qzeros(&[17], 1, 1, 4),
+        pack_qzeros(&[17], 1, 1, 4, ZeroFormat::V1),
         Err(QuantError::ZeroPoint { zero: 17, .. })
+    ));
+    assert!(matches!(
+        pack_qzeros(&[16], 1, 1, 4, ZeroFormat::V2),
+        Err(QuantError::ZeroPoint { zero: 16, .. })
     ));
     assert!(matches!(
         unpack_qweight(&[0; 3], 32, 1, 4),
@@ -186,7 +223,7 @@ fn bad_packing_input_is_a_clear_error() {
         })
     ));
     assert!(matches!(
-        unpack_qzeros(&[0; 2], 1, 8, 4),
+        unpack_qzeros(&[0; 2], 1, 8, 4, ZeroFormat::V1),
         Err(QuantError::Length { what: "qzeros", .. })
     ));
 }
