@@ -5,13 +5,18 @@
 //! layer-wise pipeline on a [`llama_io::Model`], with MagR ([`prox_opt::magr`]) and a
 //! quantizer from [`quantizers`] per linear layer. The crates are re-exported.
 
+mod checkpoint;
 mod error;
+mod gptq;
 mod pipeline;
 
+pub use checkpoint::{RunCheckpoint, run_fingerprint};
 pub use error::PipelineError;
+pub use gptq::GptqCheckpoint;
 pub use pipeline::{
-    LayerRecord, MagrHessian, MagrRecord, MagrSettings, Method, PipelineReport, PipelineSettings,
-    Progress, StageSeconds, quantize_model,
+    LayerRecord, MagrHessian, MagrRecord, MagrSettings, Method, PipelineObserver, PipelineReport,
+    PipelineSettings, PipelineState, Progress, StageSeconds, continue_quantize_model,
+    quantize_model,
 };
 
 pub use l1_projection;

@@ -6,21 +6,26 @@
 //! quantize (RTN, OPTQ or OPTQ + coordinate descent, the loss target always `W0`) and
 //! write the dequantized weights into the block; then run the quantized block to get
 //! the hidden states of the next block, so each block sees the quantized blocks before
-//! it. Embeddings, norms and the output head stay in float. Every input of a block is
-//! captured from the float block (no "true sequential" order).
+//! it. Embeddings, norms and the output head stay in float. By default every input of a
+//! block is captured from the float block; in the "true sequential" order the four
+//! inputs (q/k/v, o, gate/up, down) are captured one after the other, each from the
+//! block with the layers before it already quantized.
 //!
-//! Deterministic: the same model, windows and settings give the same bytes.
+//! A run is a sequence of [`PipelineState`]s, one per finished block, handed to a
+//! [`PipelineObserver`] (which may checkpoint them); [`continue_quantize_model`] resumes
+//! from one. Deterministic: the same model, windows and settings give the same bytes,
+//! resumed or not.
 
 use std::time::Instant;
 
 use candle_core::Tensor;
 use faer::{Mat, MatRef, Par};
-use llama_io::{LinearInput, LinearKind, Model, XtxAccumulator};
+use llama_io::{InputSink, LinearInput, LinearKind, Model, XtxAccumulator};
 use prox_opt::{Grouping, MagrOptions, Solver, magr};
 use quantizers::{
     CoordinateDescent, GridSpec, LayerProblem, Optq, QuantizedLinear, Quantizer, Rtn, SweepOrder,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::PipelineError;
 
@@ -92,6 +97,8 @@ pub struct PipelineSettings {
     pub magr: Option<MagrSettings>,
     /// OPTQ's act-order.
     pub act_order: bool,
+    /// Capture each input of a block after the layers before it are quantized.
+    pub true_sequential: bool,
     /// Calibration windows per forward batch (bounds the memory of one forward call).
     pub batch: usize,
     /// Parallelism of the linear algebra.
@@ -99,12 +106,12 @@ pub struct PipelineSettings {
 }
 
 /// What happened to one linear layer.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LayerRecord {
     /// Decoder block.
     pub block: usize,
     /// Hugging Face name suffix (`q_proj`, ...).
-    pub layer: &'static str,
+    pub layer: String,
     /// Inputs x outputs.
     pub shape: [usize; 2],
     /// MagR's objective before and after, its iterations and seconds (if it ran).
@@ -120,7 +127,7 @@ pub struct LayerRecord {
 }
 
 /// MagR's figures for one layer.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MagrRecord {
     /// Objective at `W0`.
     pub objective_before: f64,
@@ -135,7 +142,7 @@ pub struct MagrRecord {
 }
 
 /// Wall time of each stage, summed over blocks.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StageSeconds {
     /// Embedding the calibration windows.
     pub embed: f64,
@@ -150,7 +157,7 @@ pub struct StageSeconds {
 }
 
 /// The pipeline's record of a run.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PipelineReport {
     /// One record per linear layer, in block and forward order.
     pub layers: Vec<LayerRecord>,
@@ -179,91 +186,214 @@ pub enum Progress {
     },
 }
 
+/// Receives what the pipeline produces while it runs. Every method has a default that
+/// does nothing; a closure `FnMut(Progress)` is an observer that only shows progress.
+pub trait PipelineObserver {
+    /// Where the run is.
+    fn progress(&mut self, _progress: Progress) {}
+
+    /// Layer `kind` of `block` is quantized (its codes and grids; the dequantized weights
+    /// are written into the model right after).
+    ///
+    /// # Errors
+    /// Any error stops the run.
+    fn layer_quantized(
+        &mut self,
+        _block: usize,
+        _kind: LinearKind,
+        _quantized: &QuantizedLinear,
+    ) -> Result<(), PipelineError> {
+        Ok(())
+    }
+
+    /// A block is finished: `model` holds its quantized weights and `state` is where a
+    /// resumed run would start.
+    ///
+    /// # Errors
+    /// Any error stops the run.
+    fn block_finished(
+        &mut self,
+        _model: &Model,
+        _state: &PipelineState,
+    ) -> Result<(), PipelineError> {
+        Ok(())
+    }
+}
+
+impl<F: FnMut(Progress)> PipelineObserver for F {
+    fn progress(&mut self, progress: Progress) {
+        self(progress)
+    }
+}
+
+/// Where a run stands between blocks: blocks before `next_block` are quantized (in the
+/// model), `hidden` holds the calibration hidden states that enter `next_block` (one
+/// tensor `[batch, seqlen, hidden]` per batch of windows), `report` the records so far.
+#[derive(Debug, Clone)]
+pub struct PipelineState {
+    /// The first block not yet quantized.
+    pub next_block: usize,
+    /// Hidden states entering `next_block`, per batch of calibration windows.
+    pub hidden: Vec<Tensor>,
+    /// Records of the finished blocks.
+    pub report: PipelineReport,
+}
+
+impl PipelineState {
+    /// The start of a run: the calibration `windows` (equal, non-zero lengths) embedded
+    /// in batches of `batch`.
+    ///
+    /// # Errors
+    /// No windows, windows of different lengths, a batch of zero, and embedding errors.
+    pub fn start(model: &Model, windows: &[Vec<u32>], batch: usize) -> Result<Self, PipelineError> {
+        let seqlen = windows.first().map_or(0, Vec::len);
+        if seqlen == 0 || windows.iter().any(|w| w.len() != seqlen) {
+            return Err(PipelineError::Calibration(
+                "calibration needs at least one window, all of the same non-zero length".into(),
+            ));
+        }
+        if batch == 0 {
+            return Err(PipelineError::Settings("batch must be at least 1".into()));
+        }
+        let start = Instant::now();
+        let hidden = windows
+            .chunks(batch)
+            .map(|b| model.embed(b))
+            .collect::<Result<_, _>>()?;
+        let mut report = PipelineReport {
+            calibration: [windows.len(), seqlen],
+            ..PipelineReport::default()
+        };
+        report.seconds.embed = start.elapsed().as_secs_f64();
+        Ok(PipelineState {
+            next_block: 0,
+            hidden,
+            report,
+        })
+    }
+}
+
 /// Quantizes every linear layer of `model` in place (dequantized weights written back)
 /// using the calibration `windows` (equal lengths), and reports per layer.
 ///
 /// # Errors
 /// No windows or windows of different lengths, a batch of zero, a group size that does
-/// not divide a layer's width, and any error of the forward pass, MagR or the quantizer,
-/// named with the block and layer. On error the model may hold some quantized blocks.
+/// not divide a layer's width, any error of the forward pass, MagR or the quantizer,
+/// named with the block and layer, and the observer's errors. On error the model may
+/// hold some quantized blocks.
 pub fn quantize_model(
     model: &mut Model,
     windows: &[Vec<u32>],
     settings: &PipelineSettings,
-    progress: &mut dyn FnMut(Progress),
+    observer: &mut dyn PipelineObserver,
 ) -> Result<PipelineReport, PipelineError> {
-    let seqlen = windows.first().map_or(0, Vec::len);
-    if seqlen == 0 || windows.iter().any(|w| w.len() != seqlen) {
-        return Err(PipelineError::Calibration(
-            "calibration needs at least one window, all of the same non-zero length".into(),
-        ));
-    }
-    if settings.batch == 0 {
-        return Err(PipelineError::Settings("batch must be at least 1".into()));
-    }
-    let mut report = PipelineReport {
-        calibration: [windows.len(), seqlen],
-        ..PipelineReport::default()
-    };
-    let start = Instant::now();
-    let mut hidden: Vec<Tensor> = windows
-        .chunks(settings.batch)
-        .map(|batch| model.embed(batch))
-        .collect::<Result<_, _>>()?;
-    report.seconds.embed = start.elapsed().as_secs_f64();
-
-    let blocks = model.num_blocks();
-    for block in 0..blocks {
-        progress(Progress::Block { block, blocks });
-        let start = Instant::now();
-        let mut all = XtxAccumulator::new(model.config());
-        for h in &hidden {
-            model.run_block_capturing(block, h, &mut all)?;
-        }
-        let all = hessians(all, model);
-        let last = match settings.magr {
-            Some(MagrSettings {
-                hessian: MagrHessian::LastSample,
-                ..
-            }) => {
-                let mut last = XtxAccumulator::new(model.config());
-                let h = hidden.last().expect("at least one batch");
-                let rows = h.dim(0)?;
-                model.run_block_capturing(block, &h.narrow(0, rows - 1, 1)?, &mut last)?;
-                Some(hessians(last, model))
-            }
-            _ => None,
-        };
-        report.seconds.capture += start.elapsed().as_secs_f64();
-
-        for kind in LinearKind::ALL {
-            let input = kind.input().index();
-            let h_magr = last.as_ref().map(|l| &l[input]);
-            let record = quantize_layer(model, block, kind, &all[input], h_magr, settings)
-                .map_err(|e| e.in_layer(block, kind))?;
-            report.seconds.magr += record.magr.as_ref().map_or(0.0, |m| m.seconds);
-            report.seconds.quantize += record.quantize_seconds;
-            report.layers.push(record);
-            progress(Progress::Layer { block, kind });
-        }
-
-        let start = Instant::now();
-        for h in &mut hidden {
-            *h = model.run_block(block, h)?;
-        }
-        report.seconds.propagate += start.elapsed().as_secs_f64();
-    }
-    Ok(report)
+    let state = PipelineState::start(model, windows, settings.batch)?;
+    continue_quantize_model(model, state, settings, observer)
 }
 
-/// `H` (f32, in x in) of each of a block's four inputs, in [`LinearInput::index`]
-/// order: converted once per block, shared by the layers that read the same input.
-fn hessians(mut acc: XtxAccumulator, model: &Model) -> [Mat<f32>; 4] {
-    LinearInput::ALL.map(|input| {
-        let n = input.width(model.config());
-        let h = acc.take(input);
-        Mat::from_fn(n, n, |i, k| h[i * n + k] as f32)
-    })
+/// [`quantize_model`] from `state` on: `model` must hold the quantized weights of the
+/// blocks before `state.next_block` (as the run that produced `state` left them).
+///
+/// # Errors
+/// As [`quantize_model`]; also a state past the last block.
+pub fn continue_quantize_model(
+    model: &mut Model,
+    mut state: PipelineState,
+    settings: &PipelineSettings,
+    observer: &mut dyn PipelineObserver,
+) -> Result<PipelineReport, PipelineError> {
+    let blocks = model.num_blocks();
+    if state.next_block > blocks || state.hidden.is_empty() {
+        return Err(PipelineError::Settings(format!(
+            "cannot resume at block {} of a {blocks}-block model with {} batches",
+            state.next_block,
+            state.hidden.len()
+        )));
+    }
+    for block in state.next_block..blocks {
+        observer.progress(Progress::Block { block, blocks });
+        let report = &mut state.report;
+        let groups: Vec<&[LinearInput]> = if settings.true_sequential {
+            LinearInput::ALL.iter().map(std::slice::from_ref).collect()
+        } else {
+            vec![&LinearInput::ALL[..]]
+        };
+        for inputs in groups {
+            let start = Instant::now();
+            let all = capture(model, block, &state.hidden, inputs, false)?;
+            let last = match settings.magr {
+                Some(MagrSettings {
+                    hessian: MagrHessian::LastSample,
+                    ..
+                }) => Some(capture(model, block, &state.hidden, inputs, true)?),
+                _ => None,
+            };
+            report.seconds.capture += start.elapsed().as_secs_f64();
+            for (n, &input) in inputs.iter().enumerate() {
+                for &kind in input.consumers() {
+                    let h_magr = last.as_ref().map(|l| &l[n]);
+                    let record =
+                        quantize_layer(model, block, kind, &all[n], h_magr, settings, observer)
+                            .map_err(|e| e.in_layer(block, kind))?;
+                    report.seconds.magr += record.magr.as_ref().map_or(0.0, |m| m.seconds);
+                    report.seconds.quantize += record.quantize_seconds;
+                    report.layers.push(record);
+                    observer.progress(Progress::Layer { block, kind });
+                }
+            }
+        }
+
+        let start = Instant::now();
+        for h in &mut state.hidden {
+            *h = model.run_block(block, h)?;
+        }
+        state.report.seconds.propagate += start.elapsed().as_secs_f64();
+        state.next_block = block + 1;
+        observer.block_finished(model, &state)?;
+    }
+    Ok(state.report)
+}
+
+/// `H` of each of `inputs` of `block` (in that order), from the block as the model holds
+/// it now, over all batches of `hidden` or (`last_window`) the last window only.
+fn capture(
+    model: &Model,
+    block: usize,
+    hidden: &[Tensor],
+    inputs: &[LinearInput],
+    last_window: bool,
+) -> Result<Vec<Mat<f32>>, PipelineError> {
+    let mut acc = XtxAccumulator::new(model.config());
+    let mut wanted = |input: LinearInput, x: &Tensor| {
+        if inputs.contains(&input) {
+            acc.consume(input, x)
+        } else {
+            Ok(())
+        }
+    };
+    if last_window {
+        let h = hidden.last().expect("at least one batch");
+        let rows = h.dim(0)?;
+        model.run_block_capturing(block, &h.narrow(0, rows - 1, 1)?, &mut wanted)?;
+    } else {
+        for h in hidden {
+            model.run_block_capturing(block, h, &mut wanted)?;
+        }
+    }
+    Ok(hessians(acc, model, inputs))
+}
+
+/// `H` (f32, in x in) of each of `inputs`: converted once per block, shared by the
+/// layers that read the same input.
+fn hessians(mut acc: XtxAccumulator, model: &Model, inputs: &[LinearInput]) -> Vec<Mat<f32>> {
+    inputs
+        .iter()
+        .map(|&input| {
+            let n = input.width(model.config());
+            let h = acc.take(input);
+            Mat::from_fn(n, n, |i, k| h[i * n + k] as f32)
+        })
+        .collect()
 }
 
 fn quantize_layer(
@@ -273,6 +403,7 @@ fn quantize_layer(
     h: &Mat<f32>,
     h_magr: Option<&Mat<f32>>,
     settings: &PipelineSettings,
+    observer: &mut dyn PipelineObserver,
 ) -> Result<LayerRecord, PipelineError> {
     let (outputs, inputs) = model.linear_shape(kind);
     // (out x in) row-major is W (in x out) column-major.
@@ -335,6 +466,7 @@ fn quantize_layer(
         .quantize(&problem)?,
     };
     let quantize_seconds = start.elapsed().as_secs_f64();
+    observer.layer_quantized(block, kind, &q)?;
     let layer_loss = q.layer_loss();
     let deq = q.into_dequantized();
     let mut values = Vec::with_capacity(inputs * outputs);
@@ -344,7 +476,7 @@ fn quantize_layer(
     model.set_linear_weight(block, kind, &values)?;
     Ok(LayerRecord {
         block,
-        layer: kind.hf_suffix(),
+        layer: kind.hf_suffix().to_string(),
         shape: [inputs, outputs],
         magr: magr_record,
         max_abs_before,

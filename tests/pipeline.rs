@@ -2,69 +2,15 @@
 //! quantized weights lie on grids, MagR lowers the layer loss of RTN, the output is
 //! deterministic, bad settings are errors.
 
-use std::collections::{BTreeSet, HashMap};
-use std::path::Path;
+mod common;
 
+use std::collections::BTreeSet;
+
+use common::{tiny_model, windows};
 use faer::Par;
-use magr::llama_io::{HostTensor, LinearKind, LlamaConfig, Model, TensorRole};
+use magr::llama_io::{LinearKind, Model};
 use magr::quantizers::GridSpec;
 use magr::{MagrHessian, MagrSettings, Method, PipelineError, PipelineSettings, quantize_model};
-use rand::{Rng, SeedableRng, rngs::StdRng};
-use rand_distr::{Distribution, Normal};
-
-/// A 2-block model (hidden 64, 4 heads / 2 KV heads, MLP 128, vocab 300) with N(0, 0.05)
-/// weights, unit norms, and an embedding whose rows share a few directions, so that
-/// the inputs of every linear layer are strongly correlated.
-fn tiny_model(seed: u64) -> Model {
-    let config = LlamaConfig {
-        hidden_size: 64,
-        intermediate_size: 128,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        head_dim: 16,
-        vocab_size: 300,
-        rope_theta: 10_000.0,
-        rms_norm_eps: 1e-5,
-        tie_word_embeddings: true,
-        max_position_embeddings: 256,
-        bos_token_id: None,
-        eos_token_id: None,
-    };
-    let mut rng = StdRng::seed_from_u64(seed);
-    let normal = Normal::new(0.0f32, 1.0).unwrap();
-    let basis: Vec<Vec<f32>> = (0..4)
-        .map(|_| (0..64).map(|_| normal.sample(&mut rng)).collect())
-        .collect();
-    let tensors: HashMap<String, HostTensor> = TensorRole::all(&config)
-        .into_iter()
-        .map(|role| {
-            let shape = role.shape(&config);
-            let n: usize = shape.iter().product();
-            let data: Vec<f32> = match role {
-                TensorRole::Embedding => (0..n)
-                    .map(|i| {
-                        let (row, col) = (i / 64, i % 64);
-                        basis[row % 4][col] + 0.1 * normal.sample(&mut rng)
-                    })
-                    .collect(),
-                TensorRole::Linear(..) | TensorRole::LmHead => {
-                    (0..n).map(|_| 0.05 * normal.sample(&mut rng)).collect()
-                }
-                _ => vec![1.0; n],
-            };
-            (role.hf_name(), HostTensor { shape, data })
-        })
-        .collect();
-    Model::from_hf_tensors(config, tensors, None, Path::new("generated")).unwrap()
-}
-
-fn windows(count: usize, len: usize, seed: u64) -> Vec<Vec<u32>> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    (0..count)
-        .map(|_| (0..len).map(|_| rng.random_range(0..300)).collect())
-        .collect()
-}
 
 fn settings(spec: GridSpec, method: Method, magr: Option<MagrSettings>) -> PipelineSettings {
     PipelineSettings {
@@ -72,6 +18,7 @@ fn settings(spec: GridSpec, method: Method, magr: Option<MagrSettings>) -> Pipel
         method,
         magr,
         act_order: false,
+        true_sequential: false,
         batch: 3,
         par: Par::Seq,
     }

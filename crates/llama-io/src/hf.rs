@@ -232,6 +232,85 @@ impl View for OutputTensor<'_> {
     }
 }
 
+/// Values of a tensor written as they are (the parts of a packed quantized layer).
+#[derive(Debug, Clone, PartialEq)]
+pub enum PackedData {
+    /// 32-bit integers (packed codes, zero points, group indices).
+    I32(Vec<i32>),
+    /// Values stored as f16 (each must be an f16 value to be stored exactly).
+    F16(Vec<f32>),
+}
+
+/// One tensor of a packed linear layer, written as `{layer}.{suffix}` (for example
+/// `model.layers.0.self_attn.q_proj.qweight`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PackedTensor {
+    /// Name suffix after the layer's module name (`qweight`, `scales`, ...).
+    pub suffix: &'static str,
+    /// Shape (row-major).
+    pub shape: Vec<usize>,
+    /// Values.
+    pub data: PackedData,
+}
+
+/// Linear layers stored in a packed form instead of a float `weight`, and the
+/// `quantization_config` entry of `config.json` that tells loaders how to read them.
+#[derive(Debug, Clone, Default)]
+pub struct PackedLinears {
+    /// The tensors replacing `weight`, per (block, layer).
+    pub layers: BTreeMap<(usize, crate::LinearKind), Vec<PackedTensor>>,
+    /// `config.json`'s `quantization_config`.
+    pub quantization_config: Value,
+}
+
+/// A float weight or a packed part, as the serializer sees them.
+enum AnyTensor<'a> {
+    Float(OutputTensor<'a>),
+    Packed(&'a PackedTensor),
+}
+
+impl View for AnyTensor<'_> {
+    fn dtype(&self) -> Dtype {
+        match self {
+            AnyTensor::Float(t) => t.dtype(),
+            AnyTensor::Packed(p) => match p.data {
+                PackedData::I32(_) => Dtype::I32,
+                PackedData::F16(_) => Dtype::F16,
+            },
+        }
+    }
+
+    fn shape(&self) -> &[usize] {
+        match self {
+            AnyTensor::Float(t) => t.shape(),
+            AnyTensor::Packed(p) => &p.shape,
+        }
+    }
+
+    fn data(&self) -> Cow<'_, [u8]> {
+        match self {
+            AnyTensor::Float(t) => t.data(),
+            AnyTensor::Packed(p) => Cow::Owned(match &p.data {
+                PackedData::I32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                PackedData::F16(v) => v
+                    .iter()
+                    .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+                    .collect(),
+            }),
+        }
+    }
+
+    fn data_len(&self) -> usize {
+        match self {
+            AnyTensor::Float(t) => t.data_len(),
+            AnyTensor::Packed(p) => match &p.data {
+                PackedData::I32(v) => 4 * v.len(),
+                PackedData::F16(v) => 2 * v.len(),
+            },
+        }
+    }
+}
+
 /// Writes `model` as a Hugging Face directory `dir`: `config.json`,
 /// `model.safetensors` (weights in `dtype`), and when the model has a tokenizer
 /// `tokenizer.json` plus a `tokenizer_config.json` naming the fast tokenizer class.
@@ -240,6 +319,38 @@ impl View for OutputTensor<'_> {
 /// renamed, so `dir` never holds a partial model. An existing `dir` is an error
 /// unless `overwrite` is true, in which case it is replaced as a whole.
 pub fn write_hf_dir(model: &Model, dir: &Path, dtype: WeightDtype, overwrite: bool) -> Result<()> {
+    write_dir(model, dir, dtype, overwrite, None)
+}
+
+/// [`write_hf_dir`] with the linear layers of `packed` stored as its tensors (every
+/// other tensor in `dtype`) and its `quantization_config` in `config.json`.
+///
+/// # Errors
+/// As [`write_hf_dir`]; a packed layer outside the model.
+pub fn write_packed_hf_dir(
+    model: &Model,
+    dir: &Path,
+    dtype: WeightDtype,
+    overwrite: bool,
+    packed: &PackedLinears,
+) -> Result<()> {
+    if let Some(&(block, kind)) = packed.layers.keys().find(|(b, _)| *b >= model.num_blocks()) {
+        return Err(LlamaIoError::InvalidArgument(format!(
+            "packed layer {} is outside the {}-block model",
+            kind.hf_name(block),
+            model.num_blocks()
+        )));
+    }
+    write_dir(model, dir, dtype, overwrite, Some(packed))
+}
+
+fn write_dir(
+    model: &Model,
+    dir: &Path,
+    dtype: WeightDtype,
+    overwrite: bool,
+    packed: Option<&PackedLinears>,
+) -> Result<()> {
     if dir.exists() && !overwrite {
         return Err(LlamaIoError::InvalidArgument(format!(
             "output directory {} exists (pass overwrite to replace it)",
@@ -247,7 +358,7 @@ pub fn write_hf_dir(model: &Model, dir: &Path, dtype: WeightDtype, overwrite: bo
         )));
     }
     let temp = sibling(dir, "tmp")?;
-    let written = write_dir_contents(model, &temp, dtype);
+    let written = write_dir_contents(model, &temp, dtype, packed);
     let result = written.and_then(|()| replace_dir(&temp, dir));
     if result.is_err() {
         // Best effort: the temporary directory is ours and holds nothing else.
@@ -256,17 +367,51 @@ pub fn write_hf_dir(model: &Model, dir: &Path, dtype: WeightDtype, overwrite: bo
     result
 }
 
-fn write_dir_contents(model: &Model, dir: &Path, dtype: WeightDtype) -> Result<()> {
+fn write_dir_contents(
+    model: &Model,
+    dir: &Path,
+    dtype: WeightDtype,
+    packed: Option<&PackedLinears>,
+) -> Result<()> {
     fs::create_dir(dir).map_err(io_error(dir))?;
     let config_path = dir.join(CONFIG);
-    let config = model.config().to_hf_json(dtype.torch_name());
+    let mut config = model.config().to_hf_json(dtype.torch_name());
+    if let (Some(packed), Value::Object(map)) = (packed, &mut config) {
+        map.insert(
+            "quantization_config".into(),
+            packed.quantization_config.clone(),
+        );
+    }
     write_json(&config_path, &config)?;
 
     let weights_path = dir.join(WEIGHTS);
-    let tensors = model
-        .hf_tensors()
-        .into_iter()
-        .map(|(name, shape, data)| (name, OutputTensor { dtype, shape, data }));
+    let mut tensors = Vec::new();
+    for role in crate::TensorRole::all(model.config()) {
+        let layer = match role {
+            crate::TensorRole::Linear(block, kind) => packed.and_then(|p| {
+                p.layers
+                    .get(&(block, kind))
+                    .map(|t| (kind.hf_name(block), t))
+            }),
+            _ => None,
+        };
+        match layer {
+            Some((name, parts)) => {
+                let module = name.trim_end_matches(".weight");
+                for part in parts {
+                    tensors.push((format!("{module}.{}", part.suffix), AnyTensor::Packed(part)));
+                }
+            }
+            None => tensors.push((
+                role.hf_name(),
+                AnyTensor::Float(OutputTensor {
+                    dtype,
+                    shape: role.shape(model.config()),
+                    data: model.tensor(role)?,
+                }),
+            )),
+        }
+    }
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
     safetensors::serialize_to_file(tensors, Some(metadata), &weights_path).map_err(|e| {
         LlamaIoError::Format {

@@ -18,7 +18,9 @@ pub mod tokenizer;
 pub use capture::{InputSink, XtxAccumulator, accumulate_xtx};
 pub use config::LlamaConfig;
 pub use error::{LlamaIoError, Result};
-pub use hf::{WeightDtype, write_hf_dir};
+pub use hf::{
+    PackedData, PackedLinears, PackedTensor, WeightDtype, write_hf_dir, write_packed_hf_dir,
+};
 pub use linear::{LinearInput, LinearKind};
 pub use model::{HostTensor, Model};
 pub use names::TensorRole;

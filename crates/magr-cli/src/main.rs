@@ -15,10 +15,12 @@ use std::time::Instant;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use faer::Par;
 use indicatif::{ProgressBar, ProgressStyle};
-use magr::llama_io::{self, Model, WeightDtype, data};
-use magr::quantizers::GridSpec;
+use magr::llama_io::{self, LinearKind, Model, WeightDtype, data};
+use magr::quantizers::{GridSpec, QuantizedLinear};
 use magr::{
-    MagrHessian, MagrSettings, Method, PipelineReport, PipelineSettings, Progress, quantize_model,
+    GptqCheckpoint, MagrHessian, MagrSettings, Method, PipelineError, PipelineObserver,
+    PipelineReport, PipelineSettings, PipelineState, Progress, RunCheckpoint,
+    continue_quantize_model, quantize_model, run_fingerprint,
 };
 use serde::Serialize;
 
@@ -78,7 +80,8 @@ struct EvalArgs {
 }
 
 /// What `magr quantize --out` writes besides the reports.
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
 enum FormatArg {
     /// `fake-quant/`: a Hugging Face directory with the dequantized weights.
     FakeQuant,
@@ -139,9 +142,13 @@ struct QuantizeArgs {
     /// Damping lambda of the sweeps [default: 0.75 mean(diag H), the reference].
     #[arg(long)]
     cd_lambda: Option<f64>,
-    /// OPTQ's act-order.
+    /// OPTQ's act-order (stored as `desc_act`).
     #[arg(long)]
     act_order: bool,
+    /// Capture each input of a block after the layers before it are quantized
+    /// (q/k/v, then o, then gate/up, then down).
+    #[arg(long)]
+    true_sequential: bool,
     /// Skip MagR (plain RTN / OPTQ).
     #[arg(long)]
     no_magr: bool,
@@ -182,8 +189,18 @@ struct QuantizeArgs {
     #[arg(long)]
     out: Option<PathBuf>,
     /// Model formats to write under `--out` (comma-separated).
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "fake-quant")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "fake-quant,gptq"
+    )]
     formats: Vec<FormatArg>,
+    /// Continue a killed run from the blocks checkpointed in `OUT.partial` (same
+    /// model, settings and calibration); the output is byte-identical to an
+    /// uninterrupted run's.
+    #[arg(long)]
+    resume: bool,
     /// Weight dtype of the written directory.
     #[arg(long, value_enum, default_value_t = DtypeArg::F16)]
     dtype: DtypeArg,
@@ -339,6 +356,7 @@ fn eval(args: &EvalArgs, quiet: bool) -> Result<(), Error> {
 #[derive(Serialize)]
 struct RunReport<'a> {
     model: &'a Path,
+    formats: &'a [FormatArg],
     settings: SettingsRecord,
     float: Option<Evaluation>,
     quantized: Option<Evaluation>,
@@ -355,6 +373,7 @@ struct SettingsRecord {
     method: Method,
     magr: Option<MagrSettings>,
     act_order: bool,
+    true_sequential: bool,
     calibration_text: PathBuf,
     nsamples: usize,
     seqlen: usize,
@@ -394,17 +413,46 @@ fn quantize(args: &QuantizeArgs, quiet: bool) -> Result<(), Error> {
     if args.formats.contains(&FormatArg::None) && args.formats.len() > 1 {
         return Err("--formats none cannot be combined with other formats".into());
     }
-    if args.formats.contains(&FormatArg::Gptq) {
-        return Err("--formats gptq: the packed GPTQ writer is not implemented yet".into());
+    if args.resume && args.out.is_none() {
+        return Err("--resume needs --out (the checkpoint lives in OUT.partial)".into());
     }
     // The output's staging directory is made before anything is loaded: an unwritable
     // or existing output fails at once.
     let staging = args
         .out
         .as_deref()
-        .map(|out| Staging::create(out, args.force))
+        .map(|out| Staging::create(out, args.force, args.resume))
         .transpose()?;
+    let result = quantize_into(args, quiet, total, spec, method, magr, staging.as_ref());
+    if let (Err(e), Some(staging)) = (&result, &staging)
+        && let Some(done) = staging.checkpoint_blocks()
+    {
+        staging.keep();
+        return Err(format!(
+            "{e}\n{done} finished blocks are kept in {}: run the same command with --resume to continue",
+            staging.partial.display()
+        )
+        .into());
+    }
+    result?;
+    if let Some(staging) = staging {
+        let out = staging.out.clone();
+        staging.commit()?;
+        log(quiet, &format!("wrote {}", out.display()));
+    }
+    Ok(())
+}
 
+/// The run of `magr quantize` after the flags are checked, writing into `staging`.
+fn quantize_into(
+    args: &QuantizeArgs,
+    quiet: bool,
+    total: Instant,
+    spec: GridSpec,
+    method: Method,
+    magr: Option<MagrSettings>,
+    staging: Option<&Staging>,
+) -> Result<(), Error> {
     let (mut model, model_path) = load_model(&args.model, quiet)?;
     let calib_path = match &args.calib {
         Some(p) => p.clone(),
@@ -436,9 +484,31 @@ fn quantize(args: &QuantizeArgs, quiet: bool) -> Result<(), Error> {
         method,
         magr,
         act_order: args.act_order,
+        true_sequential: args.true_sequential,
         batch: args.batch,
         par: Par::rayon(0),
     };
+    let checkpoint = staging.map(|s| {
+        let source = format!("model {}; formats {:?}", model_path.display(), args.formats);
+        RunCheckpoint::new(
+            s.checkpoint_dir(),
+            run_fingerprint(&source, &settings, &windows),
+        )
+    });
+    let mut gptq = (staging.is_some() && args.formats.contains(&FormatArg::Gptq))
+        .then(|| GptqCheckpoint::new(spec, args.act_order));
+    let resumed = match &checkpoint {
+        Some(c) if args.resume => c.load(&mut model, gptq.as_mut())?,
+        _ => None,
+    };
+    match &resumed {
+        Some(state) => log(
+            quiet,
+            &format!("resuming after {} finished blocks", state.next_block),
+        ),
+        None if args.resume => log(quiet, "no checkpoint to resume from: starting afresh"),
+        None => {}
+    }
     let label = format!(
         "{}{} w{}{}",
         if magr.is_some() { "MagR+" } else { "" },
@@ -452,15 +522,18 @@ fn quantize(args: &QuantizeArgs, quiet: bool) -> Result<(), Error> {
     );
     let blocks = model.num_blocks();
     let bar = bar(quiet, (blocks * 7) as u64, &label);
-    let report = quantize_model(&mut model, &windows, &settings, &mut |p| match p {
-        Progress::Block { block, blocks } => {
-            bar.set_message(format!("block {}/{blocks}", block + 1))
+    let mut observer = RunObserver {
+        bar: &bar,
+        checkpoint: checkpoint.as_ref(),
+        gptq: gptq.as_mut(),
+    };
+    let report = match resumed {
+        Some(state) => {
+            bar.set_position((state.next_block * 7) as u64);
+            continue_quantize_model(&mut model, state, &settings, &mut observer)?
         }
-        Progress::Layer { kind, .. } => {
-            bar.inc(1);
-            bar.set_message(format!("{} done", kind.hf_suffix()));
-        }
-    })?;
+        None => quantize_model(&mut model, &windows, &settings, &mut observer)?,
+    };
     bar.finish_and_clear();
     let s = &report.seconds;
     println!(
@@ -485,6 +558,7 @@ fn quantize(args: &QuantizeArgs, quiet: bool) -> Result<(), Error> {
         };
         let run = RunReport {
             model: &model_path,
+            formats: &args.formats,
             settings: SettingsRecord {
                 bits: spec.bits(),
                 group_size: spec.group_size(),
@@ -493,6 +567,7 @@ fn quantize(args: &QuantizeArgs, quiet: bool) -> Result<(), Error> {
                 method,
                 magr,
                 act_order: args.act_order,
+                true_sequential: args.true_sequential,
                 calibration_text: calib_path,
                 nsamples: args.nsamples,
                 seqlen: args.seqlen,
@@ -503,8 +578,7 @@ fn quantize(args: &QuantizeArgs, quiet: bool) -> Result<(), Error> {
             pipeline: &report,
             seconds_total: total.elapsed().as_secs_f64(),
         };
-        let out = staging.finish(|dir| write_outputs(&model, dir, &args.formats, dtype, &run))?;
-        log(quiet, &format!("wrote {}", out.display()));
+        write_outputs(&model, &staging.partial, gptq.as_ref(), dtype, &run, quiet)?;
     }
     Ok(())
 }
@@ -597,25 +671,27 @@ fn markdown_report(run: &RunReport) -> String {
     md
 }
 
-/// The output directory while it is being written: `OUT.partial` beside `OUT`, renamed
-/// to `OUT` when everything is in it, removed if the run fails.
+/// The output directory while it is being written: `OUT.partial` beside `OUT`, holding
+/// the run checkpoint (`checkpoint/`) while blocks are quantized; renamed to `OUT` when
+/// everything is in it, removed if the run fails before any block is checkpointed.
 struct Staging {
     out: PathBuf,
     partial: PathBuf,
     force: bool,
+    keep: std::cell::Cell<bool>,
 }
 
 impl Staging {
-    /// Refuses an existing `out` without `force`; creates `OUT.partial` (replacing a
-    /// leftover one).
-    fn create(out: &Path, force: bool) -> Result<Self, Error> {
+    /// Refuses an existing `out` without `force`; creates `OUT.partial`, replacing a
+    /// leftover one unless `resume`.
+    fn create(out: &Path, force: bool, resume: bool) -> Result<Self, Error> {
         if out.exists() && !force {
             return Err(format!("{} exists: pass --force to replace it", out.display()).into());
         }
         let mut partial = out.as_os_str().to_owned();
         partial.push(".partial");
         let partial = PathBuf::from(partial);
-        if partial.exists() {
+        if partial.exists() && !resume {
             std::fs::remove_dir_all(&partial).map_err(|e| format!("{}: {e}", partial.display()))?;
         }
         std::fs::create_dir_all(&partial).map_err(|e| {
@@ -628,48 +704,119 @@ impl Staging {
             out: out.to_path_buf(),
             partial,
             force,
+            keep: std::cell::Cell::new(false),
         })
     }
 
-    /// Runs `write` on the staging directory, then renames it to the output.
-    fn finish(self, write: impl FnOnce(&Path) -> Result<(), Error>) -> Result<PathBuf, Error> {
-        write(&self.partial)?;
+    fn checkpoint_dir(&self) -> PathBuf {
+        self.partial.join("checkpoint")
+    }
+
+    /// Blocks saved in the checkpoint, if any.
+    fn checkpoint_blocks(&self) -> Option<usize> {
+        RunCheckpoint::new(self.checkpoint_dir(), String::new())
+            .blocks_done()
+            .filter(|&n| n > 0)
+    }
+
+    /// Keep `OUT.partial` when dropped (a failed run with checkpointed blocks).
+    fn keep(&self) {
+        self.keep.set(true);
+    }
+
+    /// Removes the checkpoint and renames the staging directory to the output.
+    fn commit(self) -> Result<(), Error> {
+        let checkpoint = self.checkpoint_dir();
+        if checkpoint.exists() {
+            std::fs::remove_dir_all(&checkpoint)
+                .map_err(|e| format!("{}: {e}", checkpoint.display()))?;
+        }
         if self.out.exists() && self.force {
             std::fs::remove_dir_all(&self.out)
                 .map_err(|e| format!("{}: {e}", self.out.display()))?;
         }
         std::fs::rename(&self.partial, &self.out)
             .map_err(|e| format!("{}: {e}", self.out.display()))?;
-        Ok(self.out.clone())
+        Ok(())
     }
 }
 
 impl Drop for Staging {
-    /// A run that fails or panics leaves no partial output behind.
+    /// A run that fails before checkpointing a block leaves no partial output behind.
     fn drop(&mut self) {
-        if self.partial.exists() {
+        if !self.keep.get() && self.partial.exists() {
             let _ = std::fs::remove_dir_all(&self.partial);
         }
     }
 }
 
-/// Everything under the output directory `dir`: `report.json`, `report.md` and one
-/// subdirectory per format.
+/// The pipeline observer of `magr quantize`: the progress bar, the packed layers (when
+/// the GPTQ format is asked for) and the run checkpoint (with `--out`).
+struct RunObserver<'a> {
+    bar: &'a ProgressBar,
+    checkpoint: Option<&'a RunCheckpoint>,
+    gptq: Option<&'a mut GptqCheckpoint>,
+}
+
+impl PipelineObserver for RunObserver<'_> {
+    fn progress(&mut self, progress: Progress) {
+        match progress {
+            Progress::Block { block, blocks } => self
+                .bar
+                .set_message(format!("block {}/{blocks}", block + 1)),
+            Progress::Layer { kind, .. } => {
+                self.bar.inc(1);
+                self.bar.set_message(format!("{} done", kind.hf_suffix()));
+            }
+        }
+    }
+
+    fn layer_quantized(
+        &mut self,
+        block: usize,
+        kind: LinearKind,
+        quantized: &QuantizedLinear,
+    ) -> Result<(), PipelineError> {
+        match self.gptq.as_deref_mut() {
+            Some(gptq) => gptq.add(block, kind, quantized),
+            None => Ok(()),
+        }
+    }
+
+    fn block_finished(
+        &mut self,
+        model: &Model,
+        state: &PipelineState,
+    ) -> Result<(), PipelineError> {
+        match self.checkpoint {
+            Some(c) => c.save(model, state, self.gptq.as_deref()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Everything under the output directory `dir`: `report.json`, `report.md`, the
+/// magnitude plot, and one subdirectory per format (`fake-quant/`, `gptq/`).
 fn write_outputs(
     model: &Model,
     dir: &Path,
-    formats: &[FormatArg],
+    gptq: Option<&GptqCheckpoint>,
     dtype: WeightDtype,
     run: &RunReport,
+    quiet: bool,
 ) -> Result<(), Error> {
-    for format in formats {
-        match format {
-            FormatArg::FakeQuant => {
-                llama_io::write_hf_dir(model, &dir.join("fake-quant"), dtype, false)?
-            }
-            FormatArg::Gptq => unreachable!("refused before the run"),
-            FormatArg::None => {}
-        }
+    if run.formats.contains(&FormatArg::FakeQuant) {
+        llama_io::write_hf_dir(model, &dir.join("fake-quant"), dtype, true)?;
+    }
+    if let Some(gptq) = gptq {
+        let format = gptq.write(model, &dir.join("gptq"), dtype, true)?;
+        log(
+            quiet,
+            &format!(
+                "GPTQ checkpoint with zero points in the {} layout",
+                format.checkpoint_format()
+            ),
+        );
     }
     write_atomic(
         &dir.join("report.json"),

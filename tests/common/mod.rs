@@ -1,0 +1,120 @@
+//! Tiny generated models and texts shared by the end-to-end tests (also compiled into
+//! `crates/magr-cli/tests` by path).
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use magr::llama_io::{HostTensor, LlamaConfig, Model, TensorRole, WeightDtype};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use rand_distr::{Distribution, Normal};
+
+/// Words of the tiny tokenizer: `w0` .. `w299`, one token each (id = number).
+pub const VOCAB: usize = 300;
+
+/// A 2-block model (hidden 64, 4 heads / 2 KV heads, MLP 128, vocab 300) with N(0, 0.05)
+/// weights, unit norms, and an embedding whose rows share a few directions, so that
+/// the inputs of every linear layer are strongly correlated.
+pub fn tiny_model(seed: u64) -> Model {
+    let config = LlamaConfig {
+        hidden_size: 64,
+        intermediate_size: 128,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        head_dim: 16,
+        vocab_size: VOCAB,
+        rope_theta: 10_000.0,
+        rms_norm_eps: 1e-5,
+        tie_word_embeddings: true,
+        max_position_embeddings: 256,
+        bos_token_id: None,
+        eos_token_id: None,
+    };
+    let mut rng = StdRng::seed_from_u64(seed);
+    let normal = Normal::new(0.0f32, 1.0).unwrap();
+    let basis: Vec<Vec<f32>> = (0..4)
+        .map(|_| (0..64).map(|_| normal.sample(&mut rng)).collect())
+        .collect();
+    let tensors: HashMap<String, HostTensor> = TensorRole::all(&config)
+        .into_iter()
+        .map(|role| {
+            let shape = role.shape(&config);
+            let n: usize = shape.iter().product();
+            let data: Vec<f32> = match role {
+                TensorRole::Embedding => (0..n)
+                    .map(|i| {
+                        let (row, col) = (i / 64, i % 64);
+                        basis[row % 4][col] + 0.1 * normal.sample(&mut rng)
+                    })
+                    .collect(),
+                TensorRole::Linear(..) | TensorRole::LmHead => {
+                    (0..n).map(|_| 0.05 * normal.sample(&mut rng)).collect()
+                }
+                _ => vec![1.0; n],
+            };
+            (role.hf_name(), HostTensor { shape, data })
+        })
+        .collect();
+    Model::from_hf_tensors(config, tensors, None, Path::new("generated")).unwrap()
+}
+
+/// `count` random windows of `len` token ids below [`VOCAB`].
+pub fn windows(count: usize, len: usize, seed: u64) -> Vec<Vec<u32>> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..count)
+        .map(|_| {
+            (0..len)
+                .map(|_| rng.random_range(0..VOCAB as u32))
+                .collect()
+        })
+        .collect()
+}
+
+/// A text of `words` random words of the tiny vocabulary, separated by spaces.
+pub fn word_text(words: usize, seed: u64) -> String {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..words)
+        .map(|_| format!("w{}", rng.random_range(0..VOCAB)))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Writes [`tiny_model`] as a Hugging Face directory `dir` (f32 weights) with a
+/// word-level `tokenizer.json` (whitespace-split words `w0` .. `w299`, unknown words
+/// mapped to `w0`).
+pub fn write_tiny_model_dir(dir: &Path, seed: u64) {
+    let vocab: serde_json::Map<String, serde_json::Value> = (0..VOCAB)
+        .map(|i| (format!("w{i}"), serde_json::Value::from(i)))
+        .collect();
+    let tokenizer = serde_json::json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": [],
+        "normalizer": null,
+        "pre_tokenizer": {"type": "Whitespace"},
+        "post_processor": null,
+        "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "w0"}
+    });
+    let scratch = dir.with_extension("tokenizer.json");
+    std::fs::write(&scratch, tokenizer.to_string()).unwrap();
+    let tokenizer = magr::llama_io::tokenizer::tokenizer_from_json(&scratch).unwrap();
+    std::fs::remove_file(&scratch).unwrap();
+    let model = tiny_model(seed);
+    let mut tensors = HashMap::new();
+    for (name, shape, data) in model.hf_tensors() {
+        tensors.insert(
+            name,
+            HostTensor {
+                shape,
+                data: data.to_vec(),
+            },
+        );
+    }
+    let model =
+        Model::from_hf_tensors(model.config().clone(), tensors, Some(tokenizer), dir).unwrap();
+    magr::llama_io::write_hf_dir(&model, dir, WeightDtype::F32, false).unwrap();
+}
+
