@@ -6,7 +6,7 @@
 //! ([`XtxAccumulator`]), so calibration never holds all of `X`.
 
 use candle_core::Tensor;
-use faer::linalg::matmul::matmul;
+use faer::linalg::matmul::triangular::{self, BlockStructure};
 use faer::{Accum, Mat, MatRef, Par};
 
 use crate::config::LlamaConfig;
@@ -28,8 +28,8 @@ impl<F: FnMut(LinearInput, &Tensor) -> Result<()>> InputSink for F {
 }
 
 /// `h += X^T X` for `x` `[tokens, width]` and `h` (`width x width`, row-major,
-/// symmetric). The product is formed in f32 by one matrix multiplication (faer on the
-/// CPU, candle on other devices); the running sum is kept in f64.
+/// symmetric). The product is formed in f32 (on the CPU its lower triangle by faer,
+/// mirrored; candle's full product on other devices); the running sum is kept in f64.
 pub fn accumulate_xtx(x: &Tensor, h: &mut [f64]) -> Result<()> {
     let (tokens, width) = x.dims2()?;
     if h.len() != width * width {
@@ -41,18 +41,24 @@ pub fn accumulate_xtx(x: &Tensor, h: &mut [f64]) -> Result<()> {
     if x.device().is_cpu() {
         return with_host_slice(x, |x| {
             let x = MatRef::from_row_major_slice(x, tokens, width);
+            // The lower triangle only (half the work); mirrored, so `H` is exactly
+            // symmetric.
             let mut product = Mat::<f32>::zeros(width, width);
-            matmul(
+            triangular::matmul(
                 product.as_mut(),
+                BlockStructure::TriangularLower,
                 Accum::Replace,
                 x.transpose(),
+                BlockStructure::Rectangular,
                 x,
+                BlockStructure::Rectangular,
                 1.0,
                 Par::rayon(0),
             );
             for (i, row) in h.chunks_exact_mut(width).enumerate() {
                 for (k, acc) in row.iter_mut().enumerate() {
-                    *acc += f64::from(product[(i, k)]);
+                    let (a, b) = if k <= i { (i, k) } else { (k, i) };
+                    *acc += f64::from(product[(a, b)]);
                 }
             }
         });

@@ -15,7 +15,7 @@ pub use grid::{Grid, GridSpec, reference_beta};
 pub use layer::{LayerProblem, QuantizedLinear, Quantizer, layer_loss};
 pub use optq::Optq;
 pub use pack::{
-    GptqTensors, ZeroFormat, dequantize_gptq, pack_gptq, pack_qweight, pack_qzeros,
-    unpack_qweight, unpack_qzeros,
+    GptqTensors, ZeroFormat, dequantize_gptq, pack_gptq, pack_qweight, pack_qzeros, unpack_qweight,
+    unpack_qzeros,
 };
 pub use rtn::Rtn;
