@@ -117,4 +117,3 @@ pub fn write_tiny_model_dir(dir: &Path, seed: u64) {
         Model::from_hf_tensors(model.config().clone(), tensors, Some(tokenizer), dir).unwrap();
     magr::llama_io::write_hf_dir(&model, dir, WeightDtype::F32, false).unwrap();
 }
-
