@@ -14,9 +14,9 @@ pub use checkpoint::{RunCheckpoint, run_fingerprint};
 pub use error::PipelineError;
 pub use gptq::GptqCheckpoint;
 pub use pipeline::{
-    LayerRecord, MagrHessian, MagrRecord, MagrSettings, Method, PipelineObserver, PipelineReport,
-    PipelineSettings, PipelineState, Progress, StageSeconds, continue_quantize_model,
-    quantize_model,
+    LayerRecord, MagnitudeHistogram, MagrHessian, MagrRecord, MagrSettings, Method,
+    PipelineObserver, PipelineReport, PipelineSettings, PipelineState, Progress, StageSeconds,
+    continue_quantize_model, quantize_model,
 };
 
 pub use l1_projection;

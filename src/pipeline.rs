@@ -120,10 +120,52 @@ pub struct LayerRecord {
     pub max_abs_before: f32,
     /// Largest `|w|` after MagR (equal to `max_abs_before` without MagR).
     pub max_abs_after: f32,
+    /// Distribution of `|w|` before and after MagR.
+    pub magnitudes: MagnitudeHistogram,
     /// `tr((W0 - Q)^T H (W0 - Q))` of the quantized layer against the original weights.
     pub layer_loss: f64,
     /// Seconds of the quantizer.
     pub quantize_seconds: f64,
+}
+
+/// Counts of `|w|` of one layer in [`MagnitudeHistogram::BINS`] equal bins on
+/// `[0, upper]`, `upper` the largest `|w|` before MagR.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MagnitudeHistogram {
+    /// Upper end of the last bin.
+    pub upper: f32,
+    /// Counts of the original weights.
+    pub before: Vec<u64>,
+    /// Counts of the weights handed to the quantizer (after MagR, if it ran).
+    pub after: Vec<u64>,
+}
+
+impl MagnitudeHistogram {
+    /// Number of bins.
+    pub const BINS: usize = 48;
+
+    fn new(before: MatRef<'_, f32>, after: MatRef<'_, f32>, upper: f32) -> Self {
+        let counts = |w: MatRef<'_, f32>| {
+            let mut counts = vec![0u64; Self::BINS];
+            let scale = if upper > 0.0 {
+                Self::BINS as f32 / upper
+            } else {
+                0.0
+            };
+            for j in 0..w.ncols() {
+                for &x in w.col(j).iter() {
+                    let bin = ((x.abs() * scale) as usize).min(Self::BINS - 1);
+                    counts[bin] += 1;
+                }
+            }
+            counts
+        };
+        MagnitudeHistogram {
+            upper,
+            before: counts(before),
+            after: counts(after),
+        }
+    }
 }
 
 /// MagR's figures for one layer.
@@ -442,6 +484,7 @@ fn quantize_layer(
     };
     let to_quantize = weights.as_ref().unwrap_or(&w0);
     let max_abs_after = max_abs(to_quantize.as_ref());
+    let magnitudes = MagnitudeHistogram::new(w0.as_ref(), to_quantize.as_ref(), max_abs_before);
     let problem = LayerProblem::new(to_quantize.as_ref(), h.as_ref()).with_original(w0.as_ref());
 
     let start = Instant::now();
@@ -481,6 +524,7 @@ fn quantize_layer(
         magr: magr_record,
         max_abs_before,
         max_abs_after,
+        magnitudes,
         layer_loss,
         quantize_seconds,
     })

@@ -62,6 +62,21 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> LlamaIoError + '_ {
 pub(crate) fn read_hf_dir(dir: &Path) -> Result<Model> {
     let config_path = dir.join(CONFIG);
     let text = fs::read_to_string(&config_path).map_err(io_error(&config_path))?;
+    if let Some(q) = serde_json::from_str::<Value>(&text)
+        .ok()
+        .and_then(|v| v.get("quantization_config").cloned())
+    {
+        return Err(LlamaIoError::unsupported(
+            &config_path,
+            format!(
+                "a packed quantized checkpoint ({}): only float weights are read; \
+                 load the fake-quant directory written beside it instead",
+                q.get("quant_method")
+                    .and_then(Value::as_str)
+                    .unwrap_or("unknown method")
+            ),
+        ));
+    }
     let config = LlamaConfig::from_hf_json(&text, &config_path)?;
 
     let mut tensors = HashMap::new();

@@ -8,6 +8,7 @@ pub mod error;
 mod forward;
 pub mod gguf;
 mod hf;
+pub mod inspect;
 pub mod linear;
 mod model;
 pub mod names;
@@ -21,6 +22,7 @@ pub use error::{LlamaIoError, Result};
 pub use hf::{
     PackedData, PackedLinears, PackedTensor, WeightDtype, write_hf_dir, write_packed_hf_dir,
 };
+pub use inspect::{Inventory, TensorSummary, inspect};
 pub use linear::{LinearInput, LinearKind};
 pub use model::{HostTensor, Model};
 pub use names::TensorRole;

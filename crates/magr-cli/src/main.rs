@@ -2,8 +2,10 @@
 //! coordinate descent, and evaluate perplexity.
 //!
 //! ```text
-//! magr quantize [--model PATH] [--bits 4] [--group-size G] [--method optq] [--no-magr] ...
-//! magr eval [--model PATH] [--text PATH] [--seqlen 2048] [--windows 40]
+//! magr quantize [--model PATH] [--bits 4] [--group-size G] [--method optq] [--no-magr]
+//!               [--out DIR [--formats fake-quant,gptq] [--resume] [--force]] ...
+//! magr eval [--model PATH] [--eval-text PATH] [--eval-seqlen 2048] [--eval-windows 40]
+//! magr inspect PATH
 //! ```
 //!
 //! Logs and progress go to stderr; the result lines (perplexities, times) to stdout.
@@ -23,6 +25,8 @@ use magr::{
     continue_quantize_model, quantize_model, run_fingerprint,
 };
 use serde::Serialize;
+
+mod plot;
 
 #[derive(Parser)]
 #[command(
@@ -44,6 +48,15 @@ enum Command {
     Quantize(QuantizeArgs),
     /// Perplexity of a model on a text (the papers' protocol).
     Eval(EvalArgs),
+    /// Configuration, metadata and tensors (name, dtype, shape, size) of a Hugging Face
+    /// directory or a GGUF file, from the headers only.
+    Inspect(InspectArgs),
+}
+
+#[derive(Args)]
+struct InspectArgs {
+    /// A Hugging Face directory or a .gguf file.
+    path: PathBuf,
 }
 
 #[derive(Args)]
@@ -216,6 +229,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Quantize(args) => quantize(args, cli.quiet),
         Command::Eval(args) => eval(args, cli.quiet),
+        Command::Inspect(args) => inspect(&args.path),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -352,6 +366,47 @@ fn eval(args: &EvalArgs, quiet: bool) -> Result<(), Error> {
     Ok(())
 }
 
+fn inspect(path: &Path) -> Result<(), Error> {
+    let inventory = llama_io::inspect(path)?;
+    println!("{}: {}", inventory.path.display(), inventory.format);
+    for (key, value) in &inventory.metadata {
+        let value = if value.len() > 200 {
+            format!(
+                "{}... ({} characters)",
+                &value[..value.floor_char_boundary(200)],
+                value.len()
+            )
+        } else {
+            value.clone()
+        };
+        println!("  {key}: {value}");
+    }
+    let width = inventory
+        .tensors
+        .iter()
+        .map(|t| t.name.len())
+        .max()
+        .unwrap_or(4);
+    println!(
+        "\n  {:width$}  {:>6}  {:>16}  {:>12}",
+        "tensor", "dtype", "shape", "bytes"
+    );
+    for t in &inventory.tensors {
+        let shape = format!("{:?}", t.shape);
+        println!(
+            "  {:width$}  {:>6}  {:>16}  {:>12}",
+            t.name, t.dtype, shape, t.bytes
+        );
+    }
+    let bytes: u64 = inventory.tensors.iter().map(|t| t.bytes).sum();
+    println!(
+        "\n  {} tensors, {:.1} MB of data",
+        inventory.tensors.len(),
+        bytes as f64 / 1e6
+    );
+    Ok(())
+}
+
 /// Everything `report.json` holds.
 #[derive(Serialize)]
 struct RunReport<'a> {
@@ -460,7 +515,8 @@ fn quantize_into(
     };
     let calib_tokens = model.encode(&data::read_text(&calib_path)?)?;
     let windows =
-        llama_io::sample_calibration(&calib_tokens, args.nsamples, args.seqlen, args.seed)?;
+        llama_io::sample_calibration(&calib_tokens, args.nsamples, args.seqlen, args.seed)
+            .map_err(|e| format!("{}: {e}", calib_path.display()))?;
     log(
         quiet,
         &format!(
@@ -639,6 +695,12 @@ fn markdown_report(run: &RunReport) -> String {
                 e.text.display()
             );
         }
+    }
+    if s.magr.is_some() {
+        let _ = writeln!(
+            md,
+            "- weight magnitudes: ![before and after MagR](magnitudes.svg)"
+        );
     }
     let t = &run.pipeline.seconds;
     let _ = writeln!(
@@ -823,5 +885,13 @@ fn write_outputs(
         &serde_json::to_string_pretty(run)?,
     )?;
     write_atomic(&dir.join("report.md"), &markdown_report(run))?;
+    if run.settings.magr.is_some()
+        && let Some(svg) = plot::magnitude_svg(
+            &run.pipeline.layers,
+            "Weight magnitudes before and after MagR",
+        )
+    {
+        write_atomic(&dir.join("magnitudes.svg"), &svg)?;
+    }
     Ok(())
 }

@@ -46,3 +46,172 @@ fn a_missing_model_is_named() {
     let (ok, err) = magr(&["eval"]);
     assert!(!ok && err.contains("/nonexistent/model.gguf"), "{err}");
 }
+
+#[path = "../../../tests/common/mod.rs"]
+mod common;
+
+use std::path::{Path, PathBuf};
+
+/// A scratch directory holding a tiny model (`model/`, f32 with a word-level tokenizer)
+/// and texts of its words: `calib.txt` (2,000 words), `eval.txt` (400), `short.txt` (10)
+/// and `empty.txt`.
+fn workspace(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("magr-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    common::write_tiny_model_dir(&dir.join("model"), 8);
+    std::fs::write(dir.join("calib.txt"), common::word_text(2000, 1)).unwrap();
+    std::fs::write(dir.join("eval.txt"), common::word_text(400, 2)).unwrap();
+    std::fs::write(dir.join("short.txt"), common::word_text(10, 3)).unwrap();
+    std::fs::write(dir.join("empty.txt"), "").unwrap();
+    dir
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// `magr quantize` on the tiny model with small calibration and evaluation sizes; `extra`
+/// holds `(flag, value)` pairs that replace or add to the defaults.
+fn quantize_tiny(dir: &Path, out: &Path, extra: &[(&str, &str)]) -> (bool, String) {
+    let (model, calib, eval) = (
+        dir.join("model"),
+        dir.join("calib.txt"),
+        dir.join("eval.txt"),
+    );
+    let mut flags = vec![
+        ("--model", s(&model)),
+        ("--calib", s(&calib)),
+        ("--nsamples", "4"),
+        ("--seqlen", "32"),
+        ("--eval-text", s(&eval)),
+        ("--eval-seqlen", "32"),
+        ("--eval-windows", "4"),
+        ("--magr-iters", "10"),
+        ("--out", s(out)),
+    ];
+    for &(flag, value) in extra {
+        match flags.iter_mut().find(|(f, _)| *f == flag) {
+            Some(pair) => pair.1 = value,
+            None => flags.push((flag, value)),
+        }
+    }
+    let mut args = vec!["quantize", "--quiet"];
+    args.extend(flags.iter().flat_map(|&(f, v)| [f, v]));
+    magr(&args)
+}
+
+/// Nothing named `out` or `out.partial` exists.
+fn assert_no_output(out: &Path) {
+    assert!(!out.exists(), "{} was left behind", out.display());
+    let partial = PathBuf::from(format!("{}.partial", out.display()));
+    assert!(!partial.exists(), "{} was left behind", partial.display());
+}
+
+#[test]
+fn quantize_writes_every_output_and_they_load_back() {
+    let dir = workspace("outputs");
+    let out = dir.join("out");
+    let (ok, err) = quantize_tiny(&dir, &out, &[("--bits", "3"), ("--group-size", "32")]);
+    assert!(ok, "{err}");
+    for file in [
+        "report.json",
+        "report.md",
+        "magnitudes.svg",
+        "fake-quant/config.json",
+        "fake-quant/model.safetensors",
+        "fake-quant/tokenizer.json",
+        "gptq/config.json",
+        "gptq/model.safetensors",
+    ] {
+        assert!(out.join(file).is_file(), "{file} missing");
+    }
+    assert!(!out.join("checkpoint").exists());
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["settings"]["bits"], 3);
+    assert_eq!(report["pipeline"]["layers"].as_array().unwrap().len(), 14);
+    assert!(report["quantized"]["ppl"].as_f64().unwrap().is_finite());
+    assert!(
+        std::fs::read_to_string(out.join("magnitudes.svg"))
+            .unwrap()
+            .starts_with("<svg")
+    );
+    // The fake-quant directory is a model `magr eval` reads.
+    let (ok, err) = magr(&[
+        "eval",
+        "--quiet",
+        "--model",
+        s(&out.join("fake-quant")),
+        "--eval-text",
+        s(&dir.join("eval.txt")),
+        "--eval-seqlen",
+        "32",
+        "--eval-windows",
+        "2",
+    ]);
+    assert!(ok, "{err}");
+    // `magr inspect` lists the packed tensors and the quantization config.
+    let output = Command::new(env!("CARGO_BIN_EXE_magr"))
+        .args(["inspect", s(&out.join("gptq"))])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}");
+    assert!(
+        text.contains("model.layers.0.self_attn.q_proj.qweight")
+            && text.contains("I32")
+            && text.contains("gptq"),
+        "{text}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_inputs_are_named_and_leave_no_output() {
+    let dir = workspace("bad");
+    let out = dir.join("out");
+    // Group size not dividing the width (64): named, no output.
+    let (ok, err) = quantize_tiny(&dir, &out, &[("--group-size", "48")]);
+    assert!(!ok && err.contains("48") && err.contains("q_proj"), "{err}");
+    assert_no_output(&out);
+    // Empty and too-short calibration texts: named, no output.
+    for text in ["empty.txt", "short.txt"] {
+        let calib = dir.join(text);
+        let (ok, err) = quantize_tiny(&dir, &out, &[("--calib", s(&calib))]);
+        assert!(
+            !ok && err.contains(text) && err.contains("fewer than seqlen"),
+            "{err}"
+        );
+        assert_no_output(&out);
+    }
+    // A corrupt weights file: named.
+    let corrupt = dir.join("corrupt");
+    std::fs::create_dir_all(&corrupt).unwrap();
+    std::fs::copy(dir.join("model/config.json"), corrupt.join("config.json")).unwrap();
+    let weights = std::fs::read(dir.join("model/model.safetensors")).unwrap();
+    std::fs::write(
+        corrupt.join("model.safetensors"),
+        &weights[..weights.len() / 2],
+    )
+    .unwrap();
+    let (ok, err) = quantize_tiny(&dir, &out, &[("--model", s(&corrupt))]);
+    assert!(!ok && err.contains("model.safetensors"), "{err}");
+    assert_no_output(&out);
+    // A corrupt GGUF: named.
+    let gguf = dir.join("broken.gguf");
+    std::fs::write(&gguf, b"GGUF\x03\x00\x00\x00 not really").unwrap();
+    let (ok, err) = quantize_tiny(&dir, &out, &[("--model", s(&gguf))]);
+    assert!(!ok && err.contains("broken.gguf"), "{err}");
+    assert_no_output(&out);
+    // An output under a regular file cannot be created: named, before any work.
+    let blocked = dir.join("calib.txt").join("out");
+    let (ok, err) = quantize_tiny(&dir, &blocked, &[]);
+    assert!(!ok && err.contains("calib.txt/out"), "{err}");
+    // --resume without --out, and none with other formats.
+    let (ok, err) = magr(&["quantize", "--resume"]);
+    assert!(!ok && err.contains("--out"), "{err}");
+    let (ok, err) = magr(&["quantize", "--formats", "none,gptq"]);
+    assert!(!ok && err.contains("none"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

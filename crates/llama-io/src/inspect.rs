@@ -1,0 +1,188 @@
+//! What a model file holds, read from its headers only: the configuration, metadata and
+//! every tensor's name, dtype, shape and size (`magr inspect`).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::gguf_file::{Content, Value as GgufValue};
+use serde_json::Value;
+
+use crate::error::{LlamaIoError, Result};
+
+/// One tensor of a model file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorSummary {
+    /// Name in the file.
+    pub name: String,
+    /// Storage type as the file names it (`F16`, `I32`, `Q4_1`, ...).
+    pub dtype: String,
+    /// Shape (safetensors order: outermost first; GGUF order: as stored, innermost first).
+    pub shape: Vec<usize>,
+    /// Bytes of data.
+    pub bytes: u64,
+}
+
+/// The inventory of a model: where it is, its format, configuration / metadata entries
+/// (`key`, value as text) and tensors (sorted by name).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Inventory {
+    /// The path inspected.
+    pub path: PathBuf,
+    /// `"Hugging Face directory"` or `"GGUF"`.
+    pub format: &'static str,
+    /// `config.json` entries, or GGUF metadata (arrays summarised by their length).
+    pub metadata: BTreeMap<String, String>,
+    /// Every tensor.
+    pub tensors: Vec<TensorSummary>,
+}
+
+/// Reads the headers of a Hugging Face directory (`config.json` and each safetensors
+/// file's header) or of a GGUF file.
+///
+/// # Errors
+/// A missing or unreadable file, a header that does not parse, each naming the file.
+pub fn inspect(path: &Path) -> Result<Inventory> {
+    if path.is_dir() {
+        inspect_hf_dir(path)
+    } else {
+        inspect_gguf(path)
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LlamaIoError + '_ {
+    move |source| LlamaIoError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn inspect_hf_dir(dir: &Path) -> Result<Inventory> {
+    let config_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&config_path).map_err(io(&config_path))?;
+    let config: Value = serde_json::from_str(&text)
+        .map_err(|e| LlamaIoError::format(&config_path, format!("not JSON: {e}")))?;
+    let metadata = config
+        .as_object()
+        .ok_or_else(|| LlamaIoError::format(&config_path, "not a JSON object".into()))?
+        .iter()
+        .map(|(k, v)| (k.clone(), v.to_string()))
+        .collect();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io(dir))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(LlamaIoError::format(
+            dir,
+            "no .safetensors file in this directory".into(),
+        ));
+    }
+    let mut tensors = Vec::new();
+    for file in files {
+        tensors.extend(safetensors_header(&file)?);
+    }
+    tensors.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Inventory {
+        path: dir.to_path_buf(),
+        format: "Hugging Face directory",
+        metadata,
+        tensors,
+    })
+}
+
+/// The tensors listed in a safetensors header (8-byte little-endian length, then JSON).
+fn safetensors_header(path: &Path) -> Result<Vec<TensorSummary>> {
+    let bad = |msg: String| LlamaIoError::format(path, msg);
+    let mut file = File::open(path).map_err(io(path))?;
+    let file_len = file.metadata().map_err(io(path))?.len();
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len)
+        .map_err(|_| bad("shorter than a safetensors header".into()))?;
+    let len = u64::from_le_bytes(len);
+    if len > file_len.saturating_sub(8) || len > 100 << 20 {
+        return Err(bad(format!(
+            "header of {len} bytes does not fit in the file ({file_len} bytes)"
+        )));
+    }
+    let mut header = vec![0u8; len as usize];
+    file.read_exact(&mut header).map_err(io(path))?;
+    let header: BTreeMap<String, Value> =
+        serde_json::from_slice(&header).map_err(|e| bad(format!("header is not JSON: {e}")))?;
+    header
+        .into_iter()
+        .filter(|(name, _)| name != "__metadata__")
+        .map(|(name, info)| {
+            let field = |key: &str| {
+                info.get(key)
+                    .ok_or_else(|| bad(format!("tensor {name}: no `{key}`")))
+            };
+            let dtype = field("dtype")?.as_str().unwrap_or("?").to_string();
+            let shape = field("shape")?
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_u64)
+                        .map(|d| d as usize)
+                        .collect()
+                })
+                .unwrap_or_default();
+            let offsets: Vec<u64> = field("data_offsets")?
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_u64).collect())
+                .unwrap_or_default();
+            let bytes = match offsets[..] {
+                [start, end] if end >= start => end - start,
+                _ => return Err(bad(format!("tensor {name}: bad data_offsets"))),
+            };
+            Ok(TensorSummary {
+                name,
+                dtype,
+                shape,
+                bytes,
+            })
+        })
+        .collect()
+}
+
+fn inspect_gguf(path: &Path) -> Result<Inventory> {
+    let file = File::open(path).map_err(io(path))?;
+    let content = Content::read(&mut BufReader::new(file))
+        .map_err(|e| LlamaIoError::format(path, format!("not a valid GGUF file: {e}")))?;
+    let metadata = content
+        .metadata
+        .iter()
+        .map(|(k, v)| {
+            let text = match v {
+                GgufValue::Array(a) => format!("[array of {}]", a.len()),
+                GgufValue::String(s) => s.clone(),
+                other => format!("{other:?}"),
+            };
+            (k.clone(), text)
+        })
+        .collect();
+    let mut tensors: Vec<TensorSummary> = content
+        .tensor_infos
+        .iter()
+        .map(|(name, info)| {
+            let elems = info.shape.elem_count();
+            let dtype = info.ggml_dtype;
+            TensorSummary {
+                name: name.clone(),
+                dtype: format!("{dtype:?}"),
+                shape: info.shape.dims().to_vec(),
+                bytes: (elems / dtype.block_size() * dtype.type_size()) as u64,
+            }
+        })
+        .collect();
+    tensors.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Inventory {
+        path: path.to_path_buf(),
+        format: "GGUF",
+        metadata,
+        tensors,
+    })
+}
