@@ -370,12 +370,10 @@ fn inspect(path: &Path) -> Result<(), Error> {
     let inventory = llama_io::inspect(path)?;
     println!("{}: {}", inventory.path.display(), inventory.format);
     for (key, value) in &inventory.metadata {
-        let value = if value.len() > 200 {
-            format!(
-                "{}... ({} characters)",
-                &value[..value.floor_char_boundary(200)],
-                value.len()
-            )
+        let chars = value.chars().count();
+        let value = if chars > 200 {
+            let head: String = value.chars().take(200).collect();
+            format!("{head}... ({chars} characters)")
         } else {
             value.clone()
         };
