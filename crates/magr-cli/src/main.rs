@@ -366,9 +366,13 @@ fn eval(args: &EvalArgs, quiet: bool) -> Result<(), Error> {
     Ok(())
 }
 
+/// `magr inspect`: printed in one write, so that a closed pipe (`| head`) ends quietly.
 fn inspect(path: &Path) -> Result<(), Error> {
+    use std::fmt::Write as _;
+    use std::io::Write as _;
     let inventory = llama_io::inspect(path)?;
-    println!("{}: {}", inventory.path.display(), inventory.format);
+    let mut text = String::new();
+    writeln!(text, "{}: {}", inventory.path.display(), inventory.format)?;
     for (key, value) in &inventory.metadata {
         let chars = value.chars().count();
         let value = if chars > 200 {
@@ -377,7 +381,7 @@ fn inspect(path: &Path) -> Result<(), Error> {
         } else {
             value.clone()
         };
-        println!("  {key}: {value}");
+        writeln!(text, "  {key}: {value}")?;
     }
     let width = inventory
         .tensors
@@ -385,24 +389,30 @@ fn inspect(path: &Path) -> Result<(), Error> {
         .map(|t| t.name.len())
         .max()
         .unwrap_or(4);
-    println!(
+    writeln!(
+        text,
         "\n  {:width$}  {:>6}  {:>16}  {:>12}",
         "tensor", "dtype", "shape", "bytes"
-    );
+    )?;
     for t in &inventory.tensors {
         let shape = format!("{:?}", t.shape);
-        println!(
+        writeln!(
+            text,
             "  {:width$}  {:>6}  {:>16}  {:>12}",
             t.name, t.dtype, shape, t.bytes
-        );
+        )?;
     }
     let bytes: u64 = inventory.tensors.iter().map(|t| t.bytes).sum();
-    println!(
+    writeln!(
+        text,
         "\n  {} tensors, {:.1} MB of data",
         inventory.tensors.len(),
         bytes as f64 / 1e6
-    );
-    Ok(())
+    )?;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }
 
 /// Everything `report.json` holds.
