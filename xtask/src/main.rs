@@ -32,9 +32,9 @@ commands:
            into the cache (MAGR_CACHE_DIR, else $XDG_CACHE_HOME/magr, else ~/.cache/magr)
   quantize with no arguments: fetch, build, and on SmolLM2 compare float / OPTQ / MagR+OPTQ
            at 3 bits per channel (perplexities and times); with arguments: `magr quantize ARGS`
-  bench    the SmolLM2 table (RTN, MagR+RTN, OPTQ, MagR+OPTQ, MagR+OPTQ-dagger at w4, w3, w3g128,
-           w2g128) into docs/results.md; continues an interrupted table (--fresh: from scratch;
-           about 3 h on 2 cores)
+  bench    the SmolLM2 table (RTN, MagR+RTN, OPTQ, MagR+OPTQ, MagR+OPTQ-dagger at w4, w3, w3g64,
+           w2g64) into docs/results.md; continues an interrupted table (--fresh: from scratch;
+           about 4 h on 2 cores)
   bench --micro [ARGS]
            the projection benchmarks (ARGS go to criterion), then MagR's and OPTQ's speed reports
   help     print this message";

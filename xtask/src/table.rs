@@ -16,7 +16,9 @@ use std::time::Instant;
 const CALIBRATION: &str = "32";
 const EVAL_WINDOWS: &str = "40";
 
-/// A column of the table: a grid.
+/// A column of the table: a grid. SmolLM2's widths (576 and 1536) are not multiples of
+/// 128, so the grouped columns use groups of 64 (the largest power of two dividing both)
+/// with the reference's grouped shrink factor 0.95.
 struct Grid {
     label: &'static str,
     id: &'static str,
@@ -35,14 +37,14 @@ const GRIDS: [Grid; 4] = [
         args: &["--bits", "3"],
     },
     Grid {
-        label: "w3 g128",
-        id: "w3g128",
-        args: &["--bits", "3", "--group-size", "128"],
+        label: "w3 g64",
+        id: "w3g64",
+        args: &["--bits", "3", "--group-size", "64", "--beta", "0.95"],
     },
     Grid {
-        label: "w2 g128",
-        id: "w2g128",
-        args: &["--bits", "2", "--group-size", "128"],
+        label: "w2 g64",
+        id: "w2g64",
+        args: &["--bits", "2", "--group-size", "64", "--beta", "0.95"],
     },
 ];
 
@@ -144,7 +146,7 @@ pub fn run(root: &Path, built: &Path, results: &Path, fresh: bool) -> Result<(),
 
     for (m, g) in cell_order() {
         let cell = runs.join(format!("{}-{}", METHODS[m].id, GRIDS[g].id));
-        if cell.join("report.json").exists() {
+        if cell.join("report.json").exists() || cell.join("failed.txt").exists() {
             continue;
         }
         let mut args = vec![
@@ -168,7 +170,16 @@ pub fn run(root: &Path, built: &Path, results: &Path, fresh: bool) -> Result<(),
         args.extend(METHODS[m].args);
         args.extend(GRIDS[g].args);
         let start = Instant::now();
-        run_cell(&magr, &args)?;
+        if let Err(e) = run_cell(&magr, &args) {
+            // One failing cell does not stop the table: the failure is recorded and shown.
+            eprintln!("xtask: {e}");
+            std::fs::create_dir_all(&cell).map_err(|e| format!("{}: {e}", cell.display()))?;
+            let path = cell.join("failed.txt");
+            std::fs::write(&path, format!("{commit}\n{e}\n"))
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            write_results(&runs, results, &machine)?;
+            continue;
+        }
         let seconds = start.elapsed().as_secs_f64();
         std::fs::rename(out.join("report.json"), cell.join("report.json"))
             .map_err(|e| format!("{}: {e}", cell.display()))?;
@@ -270,7 +281,10 @@ fn write_results(runs: &Path, results: &Path, machine: &str) -> Result<(), Strin
          {CALIBRATION} windows of 2048 tokens of the Wikipedia excerpt, seed 0. Evaluation: \
          the first {EVAL_WINDOWS} windows of 2048 tokens of WikiText-2 test (lines joined by a \
          blank line). Grids with the reference settings (asymmetric, beta 1.0 / 0.9 / 0.8 \
-         at 4 / 3 / 2 bits per channel, 0.95 with groups of 128); MagR with the reference \
+         at 4 / 3 / 2 bits per channel; 0.95 with groups, the reference's value for its groups \
+         of 128). SmolLM2's layer widths (576 and 1536) are not multiples of 128, so the grouped \
+         columns use groups of 64, the largest power of two dividing both (the reference MagR \
+         code cannot run groups that do not divide the width either). MagR with the reference \
          settings (alpha 1e-3 per channel, 1e-4 per group, 200 plain proximal-gradient \
          iterations) but `H` from all calibration windows; OPTQ with blocks of 128 and 1% \
          damping, no act-order; † = 30 coordinate-descent sweeps after OPTQ with the \
@@ -303,10 +317,15 @@ fn write_results(runs: &Path, results: &Path, machine: &str) -> Result<(), Strin
             let cell = runs.join(format!("{}-{}", m.id, g.id));
             let report = read_json(&cell.join("report.json"));
             let ppl = report.as_ref().map(|v| number(v, "/quantized/ppl"));
+            let failed = cell.join("failed.txt").exists();
             let _ = write!(
                 row,
                 " {} |",
-                ppl.map_or("…".to_string(), |p| format!("{p:.2}"))
+                match ppl {
+                    Some(p) => format!("{p:.2}"),
+                    None if failed => "failed (see target/bench/runs)".to_string(),
+                    None => "…".to_string(),
+                }
             );
             if let (Some(v), Some((commit, wall))) = (&report, read_meta(&cell)) {
                 let stage = |k| number(v, &format!("/pipeline/seconds/{k}"));
@@ -335,7 +354,7 @@ fn write_results(runs: &Path, results: &Path, machine: &str) -> Result<(), Strin
          Each cell is `magr quantize --nsamples {CALIBRATION} --seqlen 2048 --seed 0 \
          --eval-windows {EVAL_WINDOWS} --formats none --out DIR` plus the method's flags \
          (`--method rtn|optq --no-magr`, `--method rtn|optq`, `--method optq-cd --sweeps 30`) \
-         and the grid's (`--bits B [--group-size 128]`); the float row is `magr eval \
+         and the grid's (`--bits B [--group-size 64 --beta 0.95]`); the float row is `magr eval \
          --eval-windows {EVAL_WINDOWS}`. Per-cell reports stay in `target/bench/runs/`."
     );
     let mut partial = results.as_os_str().to_owned();
