@@ -84,6 +84,16 @@ pub fn word_text(words: usize, seed: u64) -> String {
 /// word-level `tokenizer.json` (whitespace-split words `w0` .. `w299`, unknown words
 /// mapped to `w0`).
 pub fn write_tiny_model_dir(dir: &Path, seed: u64) {
+    write_tiny_model_dir_with(dir, seed, |_| {});
+}
+
+/// [`write_tiny_model_dir`] with the tensors (by Hugging Face name) changed by `edit`
+/// before they are written.
+pub fn write_tiny_model_dir_with(
+    dir: &Path,
+    seed: u64,
+    edit: impl FnOnce(&mut HashMap<String, HostTensor>),
+) {
     let vocab: serde_json::Map<String, serde_json::Value> = (0..VOCAB)
         .map(|i| (format!("w{i}"), serde_json::Value::from(i)))
         .collect();
@@ -113,6 +123,7 @@ pub fn write_tiny_model_dir(dir: &Path, seed: u64) {
             },
         );
     }
+    edit(&mut tensors);
     let model =
         Model::from_hf_tensors(model.config().clone(), tensors, Some(tokenizer), dir).unwrap();
     magr::llama_io::write_hf_dir(&model, dir, WeightDtype::F32, false).unwrap();

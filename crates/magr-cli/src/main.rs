@@ -753,7 +753,7 @@ struct Staging {
 
 impl Staging {
     /// Refuses an existing `out` without `force`; creates `OUT.partial`, replacing a
-    /// leftover one unless `resume`.
+    /// leftover one unless `resume` (one holding checkpointed blocks only with `force`).
     fn create(out: &Path, force: bool, resume: bool) -> Result<Self, Error> {
         if out.exists() && !force {
             return Err(format!("{} exists: pass --force to replace it", out.display()).into());
@@ -762,6 +762,15 @@ impl Staging {
         partial.push(".partial");
         let partial = PathBuf::from(partial);
         if partial.exists() && !resume {
+            let done = RunCheckpoint::new(partial.join("checkpoint"), String::new()).blocks_done();
+            if let Some(done) = done.filter(|_| !force) {
+                return Err(format!(
+                    "{} holds {done} checkpointed blocks of an interrupted run: pass --resume to \
+                     continue it, or --force to start over",
+                    partial.display()
+                )
+                .into());
+            }
             std::fs::remove_dir_all(&partial).map_err(|e| format!("{}: {e}", partial.display()))?;
         }
         std::fs::create_dir_all(&partial).map_err(|e| {

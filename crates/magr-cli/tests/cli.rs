@@ -72,7 +72,7 @@ fn s(p: &Path) -> &str {
 }
 
 /// `magr quantize` on the tiny model with small calibration and evaluation sizes; `extra`
-/// holds `(flag, value)` pairs that replace or add to the defaults.
+/// holds `(flag, value)` pairs that replace or add to the defaults (value `""`: a switch).
 fn quantize_tiny(dir: &Path, out: &Path, extra: &[(&str, &str)]) -> (bool, String) {
     let (model, calib, eval) = (
         dir.join("model"),
@@ -97,7 +97,12 @@ fn quantize_tiny(dir: &Path, out: &Path, extra: &[(&str, &str)]) -> (bool, Strin
         }
     }
     let mut args = vec!["quantize", "--quiet"];
-    args.extend(flags.iter().flat_map(|&(f, v)| [f, v]));
+    for &(flag, value) in &flags {
+        args.push(flag);
+        if !value.is_empty() {
+            args.push(value);
+        }
+    }
     magr(&args)
 }
 
@@ -213,5 +218,62 @@ fn bad_inputs_are_named_and_leave_no_output() {
     assert!(!ok && err.contains("--out"), "{err}");
     let (ok, err) = magr(&["quantize", "--formats", "none,gptq"]);
     assert!(!ok && err.contains("none"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A run that fails after checkpointing a block keeps `OUT.partial` and says how to go on;
+/// a new run without `--resume` refuses to throw it away; `--resume` finishes it with the
+/// same bytes as an uninterrupted run.
+#[test]
+fn an_interrupted_run_resumes_to_the_same_bytes() {
+    let dir = workspace("resume");
+    let whole = dir.join("whole");
+    let (ok, err) = quantize_tiny(&dir, &whole, &[("--bits", "3")]);
+    assert!(ok, "{err}");
+
+    // The same model with a huge weight in block 1 (its products overflow): the run stops
+    // there, after block 0 is saved.
+    let model = dir.join("model");
+    std::fs::remove_dir_all(&model).unwrap();
+    common::write_tiny_model_dir_with(&model, 8, |tensors| {
+        tensors
+            .get_mut("model.layers.1.mlp.up_proj.weight")
+            .unwrap()
+            .data[5] = 1e30;
+    });
+    let out = dir.join("out");
+    let (ok, err) = quantize_tiny(&dir, &out, &[("--bits", "3")]);
+    assert!(
+        !ok && err.contains("--resume") && err.contains("1 finished blocks"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    let partial = dir.join("out.partial");
+    assert!(partial.join("checkpoint/state.json").is_file());
+
+    // Without --resume the checkpoint is not thrown away.
+    let (ok, err) = quantize_tiny(&dir, &out, &[("--bits", "3")]);
+    assert!(
+        !ok && err.contains("--resume") && err.contains("--force"),
+        "{err}"
+    );
+    assert!(partial.join("checkpoint/state.json").is_file());
+
+    // The model repaired in place (block 0 is unchanged), the run resumes at block 1.
+    std::fs::remove_dir_all(&model).unwrap();
+    common::write_tiny_model_dir(&model, 8);
+    let (ok, err) = quantize_tiny(&dir, &out, &[("--bits", "3"), ("--resume", "")]);
+    assert!(ok, "{err}");
+    assert!(!partial.exists() && !out.join("checkpoint").exists());
+    for file in [
+        "fake-quant/model.safetensors",
+        "gptq/model.safetensors",
+        "gptq/config.json",
+    ] {
+        assert!(
+            std::fs::read(whole.join(file)).unwrap() == std::fs::read(out.join(file)).unwrap(),
+            "{file} differs"
+        );
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
