@@ -209,17 +209,25 @@ fn run_cell(magr: &Path, args: &[&str]) -> Result<(), String> {
     }
 }
 
-/// `meta.txt`: the commit the cell was measured at and its wall seconds.
+/// `meta.txt`: the commit the cell was measured at, its wall seconds and the 15-minute
+/// load average when it ended (above the core count: something else ran beside it).
 fn write_meta(cell: &Path, commit: &str, seconds: f64) -> Result<(), String> {
     let path = cell.join("meta.txt");
-    std::fs::write(&path, format!("{commit}\n{seconds:.1}\n"))
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().nth(2).map(String::from))
+        .unwrap_or_else(|| "-".into());
+    std::fs::write(&path, format!("{commit}\n{seconds:.1}\n{load}\n"))
         .map_err(|e| format!("{}: {e}", path.display()))
 }
 
-fn read_meta(cell: &Path) -> Option<(String, f64)> {
+/// Commit, wall seconds and load (`-` when not recorded) of a measured cell.
+fn read_meta(cell: &Path) -> Option<(String, f64, String)> {
     let text = std::fs::read_to_string(cell.join("meta.txt")).ok()?;
     let mut lines = text.lines();
-    Some((lines.next()?.to_string(), lines.next()?.parse().ok()?))
+    let commit = lines.next()?.to_string();
+    let wall = lines.next()?.parse().ok()?;
+    Some((commit, wall, lines.next().unwrap_or("-").to_string()))
 }
 
 fn commit(root: &Path) -> String {
@@ -308,9 +316,9 @@ fn write_results(runs: &Path, results: &Path, machine: &str) -> Result<(), Strin
     let mut times = String::new();
     let _ = writeln!(
         times,
-        "| method | grid | wall (s) | capture | MagR | quantizer | propagate | evaluation | commit |"
+        "| method | grid | wall (s) | capture | MagR | quantizer | propagate | evaluation | load | commit |"
     );
-    let _ = writeln!(times, "|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(times, "|---|---|---|---|---|---|---|---|---|---|");
     for m in &METHODS {
         let mut row = format!("| {} |", m.label);
         for g in &GRIDS {
@@ -327,12 +335,12 @@ fn write_results(runs: &Path, results: &Path, machine: &str) -> Result<(), Strin
                     None => "…".to_string(),
                 }
             );
-            if let (Some(v), Some((commit, wall))) = (&report, read_meta(&cell)) {
+            if let (Some(v), Some((commit, wall, load))) = (&report, read_meta(&cell)) {
                 let stage = |k| number(v, &format!("/pipeline/seconds/{k}"));
                 let eval = number(v, "/quantized/seconds");
                 let _ = writeln!(
                     times,
-                    "| {} | {} | {wall:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {eval:.0} | `{commit}` |",
+                    "| {} | {} | {wall:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {eval:.0} | {load} | `{commit}` |",
                     m.label,
                     g.label,
                     stage("capture"),
@@ -344,7 +352,12 @@ fn write_results(runs: &Path, results: &Path, machine: &str) -> Result<(), Strin
         }
         let _ = writeln!(md, "{row}");
     }
-    let _ = writeln!(md, "\n## Wall time per stage (seconds)\n");
+    let _ = writeln!(
+        md,
+        "\n## Wall time per stage (seconds)\n\n`load` is the 15-minute load average when the cell \
+         ended: above 2 (the core count), other work shared the machine and the times are \
+         inflated (`-`: not recorded). Cells with MagR spend 200 iterations per layer.\n"
+    );
     md.push_str(&times);
     let _ = writeln!(md, "\n## Commands\n");
     let _ = writeln!(
