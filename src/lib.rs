@@ -3,7 +3,10 @@
 //!
 //! This root package composes the workspace crates: [`quantize_model`] runs the
 //! layer-wise pipeline on a [`llama_io::Model`], with MagR ([`prox_opt::magr`]) and a
-//! quantizer from [`quantizers`] per linear layer. The crates are re-exported.
+//! quantizer from [`quantizers`] per linear layer, reporting to a [`PipelineObserver`];
+//! [`RunCheckpoint`] saves each finished block so that [`continue_quantize_model`] can
+//! resume a killed run; [`GptqCheckpoint`] collects the packed layers and writes the GPTQ
+//! checkpoint. The crates are re-exported.
 
 mod checkpoint;
 mod error;
