@@ -355,8 +355,8 @@ fn write_results(runs: &Path, results: &Path, machine: &str) -> Result<(), Strin
     let _ = writeln!(
         md,
         "\n## Wall time per stage (seconds)\n\n`load` is the 15-minute load average when the cell \
-         ended: above 2 (the core count), other work shared the machine and the times are \
-         inflated (`-`: not recorded). Cells with MagR spend 200 iterations per layer.\n"
+         ended: the bench alone keeps it near 2.3 on this 2-core machine; well above that, other \
+         work shared the machine and the times are inflated (`-`: not recorded). Cells with MagR spend 200 iterations per layer.\n"
     );
     md.push_str(&times);
     let _ = writeln!(md, "\n## Commands\n");
