@@ -762,7 +762,7 @@ impl Staging {
         partial.push(".partial");
         let partial = PathBuf::from(partial);
         if partial.exists() && !resume {
-            let done = RunCheckpoint::new(partial.join("checkpoint"), String::new()).blocks_done();
+            let done = checkpointed_blocks(&partial);
             if let Some(done) = done.filter(|_| !force) {
                 return Err(format!(
                     "{} holds {done} checkpointed blocks of an interrupted run: pass --resume to \
@@ -788,14 +788,12 @@ impl Staging {
     }
 
     fn checkpoint_dir(&self) -> PathBuf {
-        self.partial.join("checkpoint")
+        checkpoint_dir(&self.partial)
     }
 
     /// Blocks saved in the checkpoint, if any.
     fn checkpoint_blocks(&self) -> Option<usize> {
-        RunCheckpoint::new(self.checkpoint_dir(), String::new())
-            .blocks_done()
-            .filter(|&n| n > 0)
+        checkpointed_blocks(&self.partial).filter(|&n| n > 0)
     }
 
     /// Keep `OUT.partial` when dropped (a failed run with checkpointed blocks).
@@ -818,6 +816,17 @@ impl Staging {
             .map_err(|e| format!("{}: {e}", self.out.display()))?;
         Ok(())
     }
+}
+
+/// Where a staging directory keeps its run checkpoint.
+fn checkpoint_dir(partial: &Path) -> PathBuf {
+    partial.join("checkpoint")
+}
+
+/// Blocks saved in the run checkpoint of the staging directory `partial`, if a state is
+/// saved there.
+fn checkpointed_blocks(partial: &Path) -> Option<usize> {
+    RunCheckpoint::new(checkpoint_dir(partial), String::new()).blocks_done()
 }
 
 impl Drop for Staging {
