@@ -277,6 +277,35 @@ fn number(value: &serde_json::Value, pointer: &str) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// MagR's arithmetic rate in a cell, in GFLOP/s: each iteration's floor is the product
+/// `H (W - W0)`, `2 in^2 out` flops for a layer of `in` inputs and `out` outputs; summed
+/// over the layers and their iterations, over the seconds of the MagR stage. `None`
+/// without MagR.
+fn magr_gflops(report: &serde_json::Value) -> Option<f64> {
+    let layers = report.pointer("/pipeline/layers")?.as_array()?;
+    let mut flops = 0.0;
+    for layer in layers {
+        let Some(iterations) = layer.pointer("/magr/iterations").and_then(|v| v.as_f64()) else {
+            continue;
+        };
+        let inputs = number(layer, "/shape/0");
+        let outputs = number(layer, "/shape/1");
+        flops += 2.0 * inputs * inputs * outputs * iterations;
+    }
+    let seconds = number(report, "/pipeline/seconds/magr");
+    (flops > 0.0 && seconds > 0.0).then(|| flops / seconds / 1e9)
+}
+
+/// The sum over every quantized layer of its loss `tr((W0 - Q)^T H (W0 - Q))`.
+fn summed_layer_loss(report: &serde_json::Value) -> f64 {
+    report
+        .pointer("/pipeline/layers")
+        .and_then(|v| v.as_array())
+        .map_or(f64::NAN, |layers| {
+            layers.iter().map(|l| number(l, "/layer_loss")).sum()
+        })
+}
+
 /// Writes `docs/results.md` from every cell measured so far.
 fn write_results(runs: &Path, results: &Path, machine: &str) -> Result<(), String> {
     let mut md = String::new();
@@ -316,11 +345,13 @@ fn write_results(runs: &Path, results: &Path, machine: &str) -> Result<(), Strin
     let mut times = String::new();
     let _ = writeln!(
         times,
-        "| method | grid | wall (s) | capture | MagR | quantizer | propagate | evaluation | load | commit |"
+        "| method | grid | wall (s) | capture | MagR | MagR GFLOP/s | quantizer | propagate | evaluation | load | commit |"
     );
-    let _ = writeln!(times, "|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(times, "|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut losses = format!("{header}\n{rule}\n");
     for m in &METHODS {
         let mut row = format!("| {} |", m.label);
+        let mut loss_row = row.clone();
         for g in &GRIDS {
             let cell = runs.join(format!("{}-{}", m.id, g.id));
             let report = read_json(&cell.join("report.json"));
@@ -335,28 +366,49 @@ fn write_results(runs: &Path, results: &Path, machine: &str) -> Result<(), Strin
                     None => "…".to_string(),
                 }
             );
+            let loss = report.as_ref().map(summed_layer_loss);
+            let _ = write!(
+                loss_row,
+                " {} |",
+                loss.map_or("…".to_string(), |l| format!("{:.3e}", l))
+            );
             if let (Some(v), Some((commit, wall, load))) = (&report, read_meta(&cell)) {
                 let stage = |k| number(v, &format!("/pipeline/seconds/{k}"));
                 let eval = number(v, "/quantized/seconds");
                 let _ = writeln!(
                     times,
-                    "| {} | {} | {wall:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {eval:.0} | {load} | `{commit}` |",
+                    "| {} | {} | {wall:.0} | {:.0} | {:.0} | {} | {:.0} | {:.0} | {eval:.0} | {load} | `{commit}` |",
                     m.label,
                     g.label,
                     stage("capture"),
                     stage("magr"),
+                    magr_gflops(v).map_or("-".to_string(), |r| format!("{r:.0}")),
                     stage("quantize"),
                     stage("propagate"),
                 );
             }
         }
         let _ = writeln!(md, "{row}");
+        let _ = writeln!(losses, "{loss_row}");
     }
+    let _ = writeln!(
+        md,
+        "\n## Summed layer loss\n\nThe sum over the 210 quantized layers of \
+         `tr((W0 - Q)^T H (W0 - Q))`, `W0` the float weights, `H = X^T X` from the layer's \
+         calibration inputs (which pass through the quantized blocks before it): the proxy \
+         that OPTQ and the coordinate-descent sweeps minimise.\n"
+    );
+    md.push_str(&losses);
     let _ = writeln!(
         md,
         "\n## Wall time per stage (seconds)\n\n`load` is the 15-minute load average when the cell \
          ended: the bench alone keeps it near 2.3 on this 2-core machine; well above that, other \
-         work shared the machine and the times are inflated (`-`: not recorded). Cells with MagR spend 200 iterations per layer.\n"
+         work shared the machine and the times are inflated (`-`: not recorded). Cells with MagR \
+         spend 200 iterations per layer. `MagR GFLOP/s` counts each iteration's floor, the \
+         product `H (W - W0)` (`2 in^2 out` flops per layer), over the MagR stage's seconds: \
+         compare it with this machine's f32 matrix-multiply rate (`cargo run -p prox-opt \
+         --release --example magr_speed` prints an iteration's time as a ratio to that \
+         product alone).\n"
     );
     md.push_str(&times);
     let _ = writeln!(md, "\n## Commands\n");
