@@ -393,6 +393,30 @@ fn write_results(runs: &Path, results: &Path, machine: &str) -> Result<(), Strin
     }
     let _ = writeln!(
         md,
+        "\nPerplexity with MagR over perplexity without it, same quantizer and grid (below 1: \
+         MagR helps):\n\n{}\n{rule}",
+        header.replacen("method", "ratio", 1)
+    );
+    for (with, without) in [(1, 0), (3, 2)] {
+        let mut row = format!("| {} / {} |", METHODS[with].label, METHODS[without].label);
+        for g in &GRIDS {
+            let ppl = |m: &Method| {
+                read_json(&runs.join(format!("{}-{}/report.json", m.id, g.id)))
+                    .map(|v| number(&v, "/quantized/ppl"))
+            };
+            let _ = write!(
+                row,
+                " {} |",
+                match (ppl(&METHODS[with]), ppl(&METHODS[without])) {
+                    (Some(a), Some(b)) => format!("{:.3}", a / b),
+                    _ => "…".to_string(),
+                }
+            );
+        }
+        let _ = writeln!(md, "{row}");
+    }
+    let _ = writeln!(
+        md,
         "\n## Summed layer loss\n\nThe sum over the 210 quantized layers of \
          `tr((W0 - Q)^T H (W0 - Q))`, `W0` the float weights, `H = X^T X` from the layer's \
          calibration inputs (which pass through the quantized blocks before it): the proxy \
