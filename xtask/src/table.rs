@@ -356,13 +356,16 @@ fn write_results(runs: &Path, results: &Path, machine: &str) -> Result<(), Strin
     );
     let _ = writeln!(times, "|---|---|---|---|---|---|---|---|---|---|---|");
     let mut losses = format!("{header}\n{rule}\n");
-    for m in &METHODS {
+    // Perplexity of every cell measured so far, by method and grid, for the ratio table.
+    let mut ppls = [[None; GRIDS.len()]; METHODS.len()];
+    for (m, cell_ppls) in METHODS.iter().zip(&mut ppls) {
         let mut row = format!("| {} |", m.label);
         let mut loss_row = row.clone();
-        for g in &GRIDS {
+        for (g, cell_ppl) in GRIDS.iter().zip(cell_ppls) {
             let cell = runs.join(format!("{}-{}", m.id, g.id));
             let report = read_json(&cell.join("report.json"));
             let ppl = report.as_ref().map(|v| number(v, "/quantized/ppl"));
+            *cell_ppl = ppl;
             let failed = cell.join("failed.txt").exists();
             let _ = write!(
                 row,
@@ -404,17 +407,14 @@ fn write_results(runs: &Path, results: &Path, machine: &str) -> Result<(), Strin
          MagR helps):\n\n{}\n{rule}",
         header.replacen("method", "ratio", 1)
     );
+    // (with MagR, without): MagR+RTN / RTN, MagR+OPTQ / OPTQ, last-window MagR+OPTQ / OPTQ.
     for (with, without) in [(1, 0), (3, 2), (5, 2)] {
         let mut row = format!("| {} / {} |", METHODS[with].label, METHODS[without].label);
-        for g in &GRIDS {
-            let ppl = |m: &Method| {
-                read_json(&runs.join(format!("{}-{}/report.json", m.id, g.id)))
-                    .map(|v| number(&v, "/quantized/ppl"))
-            };
+        for (a, b) in ppls[with].iter().zip(&ppls[without]) {
             let _ = write!(
                 row,
                 " {} |",
-                match (ppl(&METHODS[with]), ppl(&METHODS[without])) {
+                match (a, b) {
                     (Some(a), Some(b)) => format!("{:.3}", a / b),
                     _ => "…".to_string(),
                 }
