@@ -26,6 +26,9 @@ pub enum PipelineError {
     /// An output that cannot be written.
     #[error("output: {0}")]
     Output(String),
+    /// A file or directory that cannot be written, named.
+    #[error("output: {0}")]
+    Write(#[from] atomic_fs::Error),
     /// Another error, in this block and layer.
     #[error("block {block}, {layer}: {source}")]
     InLayer {

@@ -2,8 +2,9 @@
 //!
 //! For each decoder block in order: run the block in float on the current hidden
 //! states of the calibration windows and accumulate `H = X^T X` (f64) for the inputs of
-//! its seven linear layers; for each layer, optionally run MagR on `(W0, H)`, then
-//! quantize (RTN, OPTQ or OPTQ + coordinate descent, the loss target always `W0`) and
+//! its seven linear layers; for each layer, run the [`Preprocessor`] (MagR or the
+//! identity) on `(W0, H)`, then quantize with the [`Method`]'s quantizer (the loss target
+//! always `W0`), the heavy work on the [`ComputeBackend`], and
 //! write the dequantized weights into the block; then run the quantized block to get
 //! the hidden states of the next block, so each block sees the quantized blocks before
 //! it. Embeddings, norms and the output head stay in float. By default every input of a
@@ -16,85 +17,32 @@
 //! from one. Deterministic: the same model, windows and settings give the same bytes,
 //! resumed or not.
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::Tensor;
-use faer::{Mat, MatRef, Par};
-use llama_io::{InputSink, LinearInput, LinearKind, Model, XtxAccumulator};
-use prox_opt::{Grouping, MagrOptions, Solver, magr};
-use quantizers::{
-    CoordinateDescent, GridSpec, LayerProblem, Optq, QuantizedLinear, Quantizer, Rtn, SweepOrder,
-};
-use serde::{Deserialize, Serialize};
+use faer::{MatRef, Par};
+use llama_io::{LinearInput, LinearKind, Model};
+use quantizers::{GridSpec, LayerProblem, QuantizedLinear};
 
+use crate::backend::{ComputeBackend, Cpu, Windows};
 use crate::error::PipelineError;
-
-/// The quantizer that follows MagR.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub enum Method {
-    /// Round to nearest.
-    Rtn,
-    /// OPTQ (GPTQ) with blocks of 128 and 1% damping.
-    Optq,
-    /// OPTQ then `sweeps` coordinate-descent sweeps (the paper's OPTQ-dagger) on
-    /// `tr((W0 - Q)^T (H + lambda I) (W0 - Q))`; `lambda = None` is the reference
-    /// `0.75 mean(diag H)`.
-    OptqCd {
-        /// Number of sweeps.
-        sweeps: usize,
-        /// The damping `lambda`.
-        lambda: Option<f64>,
-    },
-}
-
-/// Which calibration tokens form MagR's `H`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum MagrHessian {
-    /// All calibration windows (the same `H` as the quantizer's; the default).
-    AllSamples,
-    /// The last calibration window only, as the reference code does.
-    LastSample,
-}
-
-/// MagR's settings in the pipeline (per channel, or per group when the grid has groups).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct MagrSettings {
-    /// Penalty `alpha` (reference: 1e-3 per channel, 1e-4 per group).
-    pub alpha: f64,
-    /// Iterations (reference: 200).
-    pub iterations: usize,
-    /// FISTA instead of the plain method.
-    pub fista: bool,
-    /// Which tokens form `H`.
-    pub hessian: MagrHessian,
-}
-
-impl MagrSettings {
-    /// The reference settings for a grid: alpha 1e-3 per channel or 1e-4 with groups,
-    /// 200 plain iterations, `H` from all samples.
-    pub fn reference(spec: &GridSpec) -> Self {
-        Self {
-            alpha: if spec.group_size().is_some() {
-                1e-4
-            } else {
-                1e-3
-            },
-            iterations: 200,
-            fista: false,
-            hessian: MagrHessian::AllSamples,
-        }
-    }
-}
+use crate::method::{Method, OptqMethod, QuantizerContext};
+use crate::preprocess::{MagrSettings, PreprocessContext, Preprocessor};
+use magr_report::{
+    ComponentRecord, LayerRecord, MagnitudeHistogram, PipelineReport, SettingsRecord,
+};
 
 /// Everything that decides the output of [`quantize_model`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct PipelineSettings {
     /// The grid family (bits, groups, symmetry, beta).
     pub spec: GridSpec,
     /// The quantizer.
-    pub method: Method,
-    /// MagR before the quantizer, or not.
-    pub magr: Option<MagrSettings>,
+    pub method: Arc<dyn Method>,
+    /// What runs before the quantizer (MagR, or the identity).
+    pub preprocessor: Arc<dyn Preprocessor>,
     /// OPTQ's act-order.
     pub act_order: bool,
     /// Capture each input of a block after the layers before it are quantized.
@@ -103,110 +51,69 @@ pub struct PipelineSettings {
     pub batch: usize,
     /// Parallelism of the linear algebra.
     pub par: Par,
+    /// Where the heavy per-layer work runs.
+    pub backend: Arc<dyn ComputeBackend>,
 }
 
-/// What happened to one linear layer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LayerRecord {
-    /// Decoder block.
-    pub block: usize,
-    /// Hugging Face name suffix (`q_proj`, ...).
-    pub layer: String,
-    /// Inputs x outputs.
-    pub shape: [usize; 2],
-    /// MagR's objective before and after, its iterations and seconds (if it ran).
-    pub magr: Option<MagrRecord>,
-    /// Largest `|w|` of the layer before MagR and of what was quantized.
-    pub max_abs_before: f32,
-    /// Largest `|w|` after MagR (equal to `max_abs_before` without MagR).
-    pub max_abs_after: f32,
-    /// Distribution of `|w|` before and after MagR.
-    pub magnitudes: MagnitudeHistogram,
-    /// `tr((W0 - Q)^T H (W0 - Q))` of the quantized layer against the original weights.
-    pub layer_loss: f64,
-    /// Seconds of the quantizer.
-    pub quantize_seconds: f64,
-}
-
-/// Counts of `|w|` of one layer in [`MagnitudeHistogram::BINS`] equal bins on
-/// `[0, upper]`, `upper` the largest `|w|` before MagR.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MagnitudeHistogram {
-    /// Upper end of the last bin.
-    pub upper: f32,
-    /// Counts of the original weights.
-    pub before: Vec<u64>,
-    /// Counts of the weights handed to the quantizer (after MagR, if it ran).
-    pub after: Vec<u64>,
-}
-
-impl MagnitudeHistogram {
-    /// Number of bins.
-    pub const BINS: usize = 48;
-
-    fn new(before: MatRef<'_, f32>, after: MatRef<'_, f32>, upper: f32) -> Self {
-        let counts = |w: MatRef<'_, f32>| {
-            let mut counts = vec![0u64; Self::BINS];
-            let scale = if upper > 0.0 {
-                Self::BINS as f32 / upper
-            } else {
-                0.0
-            };
-            for j in 0..w.ncols() {
-                for &x in w.col(j).iter() {
-                    let bin = ((x.abs() * scale) as usize).min(Self::BINS - 1);
-                    counts[bin] += 1;
-                }
-            }
-            counts
-        };
-        MagnitudeHistogram {
-            upper,
-            before: counts(before),
-            after: counts(after),
+impl PipelineSettings {
+    /// MagR (reference settings) + OPTQ on `spec`, natural order, batches of 4, on the
+    /// CPU with `par`.
+    pub fn new(spec: GridSpec, par: Par) -> Self {
+        PipelineSettings {
+            spec,
+            method: Arc::new(OptqMethod),
+            preprocessor: Arc::new(MagrSettings::reference(&spec)),
+            act_order: false,
+            true_sequential: false,
+            batch: 4,
+            par,
+            backend: Arc::new(Cpu),
         }
     }
-}
 
-/// MagR's figures for one layer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MagrRecord {
-    /// Objective at `W0`.
-    pub objective_before: f64,
-    /// Objective at the result.
-    pub objective_after: f64,
-    /// `||X (W - W0)||_F^2`.
-    pub output_error: f64,
-    /// Iterations run.
-    pub iterations: usize,
-    /// Seconds.
-    pub seconds: f64,
-}
+    /// The settings as `report.json` records them, with the calibration's text, windows,
+    /// window length and seed.
+    pub fn record(
+        &self,
+        calibration_text: PathBuf,
+        nsamples: usize,
+        seqlen: usize,
+        seed: u64,
+    ) -> SettingsRecord {
+        SettingsRecord {
+            bits: self.spec.bits(),
+            group_size: self.spec.group_size(),
+            symmetric: self.spec.symmetric(),
+            beta: self.spec.beta(),
+            method: ComponentRecord {
+                name: self.method.name().to_string(),
+                label: self.method.to_string(),
+                parameters: self.method.parameters(),
+            },
+            preprocessor: ComponentRecord {
+                name: self.preprocessor.name().to_string(),
+                label: self.preprocessor.to_string(),
+                parameters: self.preprocessor.parameters(),
+            },
+            act_order: self.act_order,
+            true_sequential: self.true_sequential,
+            backend: self.backend.name().to_string(),
+            calibration_text,
+            nsamples,
+            seqlen,
+            seed,
+        }
+    }
 
-/// Wall time of each stage, summed over blocks.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct StageSeconds {
-    /// Embedding the calibration windows.
-    pub embed: f64,
-    /// Float forward passes that accumulate `H`.
-    pub capture: f64,
-    /// MagR.
-    pub magr: f64,
-    /// The quantizer.
-    pub quantize: f64,
-    /// Forward passes of the quantized blocks.
-    pub propagate: f64,
-}
-
-/// The pipeline's record of a run.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct PipelineReport {
-    /// One record per linear layer, in block and forward order.
-    pub layers: Vec<LayerRecord>,
-    /// Time per stage.
-    pub seconds: StageSeconds,
-    /// Calibration windows and their length.
-    pub calibration: [usize; 2],
+    /// The label of the run (`MagR+OPTQ w3 g64`).
+    pub fn label(&self) -> String {
+        let preprocessor = (!self.preprocessor.is_identity()).then(|| self.preprocessor.to_string());
+        format!(
+            "{}{}",
+            magr_report::method_label(preprocessor.as_deref(), &self.method.to_string()),
+            magr_report::grid_label(self.spec.bits(), self.spec.group_size())
+        )
+    }
 }
 
 /// Where the pipeline is, for progress display.
@@ -233,6 +140,10 @@ pub enum Progress {
 pub trait PipelineObserver {
     /// Where the run is.
     fn progress(&mut self, _progress: Progress) {}
+
+    /// Something the user should know about layer `kind` of `block` (a layer that
+    /// calibration never activates, for instance); the same text is in its record.
+    fn warning(&mut self, _block: usize, _kind: LinearKind, _warning: &str) {}
 
     /// Layer `kind` of `block` is quantized (its codes and grids; the dequantized weights
     /// are written into the model right after).
@@ -352,6 +263,8 @@ pub fn continue_quantize_model(
             state.hidden.len()
         )));
     }
+    let backend = settings.backend.as_ref();
+    let preprocess_windows = settings.preprocessor.windows();
     for block in state.next_block..blocks {
         observer.progress(Progress::Block { block, blocks });
         let report = &mut state.report;
@@ -362,22 +275,28 @@ pub fn continue_quantize_model(
         };
         for inputs in groups {
             let start = Instant::now();
-            let all = capture(model, block, &state.hidden, inputs, false)?;
-            let last = match settings.magr {
-                Some(MagrSettings {
-                    hessian: MagrHessian::LastSample,
-                    ..
-                }) => Some(capture(model, block, &state.hidden, inputs, true)?),
-                _ => None,
+            let hessians = |windows| {
+                backend.hessians(model, block, &state.hidden, inputs, windows, settings.par)
+            };
+            let all = hessians(Windows::All)?;
+            let own = match preprocess_windows {
+                Windows::All => None,
+                windows => Some(hessians(windows)?),
             };
             report.seconds.capture += start.elapsed().as_secs_f64();
             for (n, &input) in inputs.iter().enumerate() {
                 for &kind in input.consumers() {
-                    let h_magr = last.as_ref().map(|l| &l[n]);
-                    let record =
-                        quantize_layer(model, block, kind, &all[n], h_magr, settings, observer)
-                            .map_err(|e| e.in_layer(block, kind))?;
-                    report.seconds.magr += record.magr.as_ref().map_or(0.0, |m| m.seconds);
+                    let h_preprocess = own.as_ref().map_or(&all[n], |h| &h[n]);
+                    let record = quantize_layer(
+                        model,
+                        block,
+                        kind,
+                        (&all[n], h_preprocess),
+                        settings,
+                        observer,
+                    )
+                    .map_err(|e| e.in_layer(block, kind))?;
+                    report.seconds.preprocess += record.preprocess.as_ref().map_or(0.0, |m| m.seconds);
                     report.seconds.quantize += record.quantize_seconds;
                     report.layers.push(record);
                     observer.progress(Progress::Layer { block, kind });
@@ -387,7 +306,7 @@ pub fn continue_quantize_model(
 
         let start = Instant::now();
         for h in &mut state.hidden {
-            *h = model.run_block(block, h)?;
+            *h = model.run_block(block, h, settings.par)?;
         }
         state.report.seconds.propagate += start.elapsed().as_secs_f64();
         state.next_block = block + 1;
@@ -396,54 +315,14 @@ pub fn continue_quantize_model(
     Ok(state.report)
 }
 
-/// `H` of each of `inputs` of `block` (in that order), from the block as the model holds
-/// it now, over all batches of `hidden` or (`last_window`) the last window only.
-fn capture(
-    model: &Model,
-    block: usize,
-    hidden: &[Tensor],
-    inputs: &[LinearInput],
-    last_window: bool,
-) -> Result<Vec<Mat<f32>>, PipelineError> {
-    let mut acc = XtxAccumulator::new(model.config());
-    let mut wanted = |input: LinearInput, x: &Tensor| {
-        if inputs.contains(&input) {
-            acc.consume(input, x)
-        } else {
-            Ok(())
-        }
-    };
-    if last_window {
-        let h = hidden.last().expect("at least one batch");
-        let rows = h.dim(0)?;
-        model.run_block_capturing(block, &h.narrow(0, rows - 1, 1)?, &mut wanted)?;
-    } else {
-        for h in hidden {
-            model.run_block_capturing(block, h, &mut wanted)?;
-        }
-    }
-    Ok(hessians(acc, model, inputs))
-}
-
-/// `H` (f32, in x in) of each of `inputs`: converted once per block, shared by the
-/// layers that read the same input.
-fn hessians(mut acc: XtxAccumulator, model: &Model, inputs: &[LinearInput]) -> Vec<Mat<f32>> {
-    inputs
-        .iter()
-        .map(|&input| {
-            let n = input.width(model.config());
-            let h = acc.take(input);
-            Mat::from_fn(n, n, |i, k| h[i * n + k] as f32)
-        })
-        .collect()
-}
-
+/// Preprocesses and quantizes layer `kind` of `block` with `hessians` (the quantizer's,
+/// the preprocessor's), hands the result to `observer` and writes the dequantized
+/// weights into `model`.
 fn quantize_layer(
     model: &mut Model,
     block: usize,
     kind: LinearKind,
-    h: &Mat<f32>,
-    h_magr: Option<&Mat<f32>>,
+    (h, h_preprocess): (&faer::Mat<f32>, &faer::Mat<f32>),
     settings: &PipelineSettings,
     observer: &mut dyn PipelineObserver,
 ) -> Result<LayerRecord, PipelineError> {
@@ -453,61 +332,33 @@ fn quantize_layer(
         .to_owned();
     let max_abs_before = max_abs(w0.as_ref());
 
-    let (weights, magr_record) = match settings.magr {
-        None => (None, None),
-        Some(m) => {
-            let options = MagrOptions {
-                alpha: m.alpha,
-                iterations: m.iterations,
-                grouping: settings
-                    .spec
-                    .group_size()
-                    .map_or(Grouping::PerChannel, Grouping::PerGroup),
-                solver: if m.fista {
-                    Solver::Fista
-                } else {
-                    Solver::Plain
-                },
-                record_trace: false,
-                par: settings.par,
-            };
-            let (w, r) = magr(w0.as_ref(), h_magr.unwrap_or(h).as_ref(), &options)?;
-            let record = MagrRecord {
-                objective_before: r.objective_before,
-                objective_after: r.objective_after,
-                output_error: r.output_error,
-                iterations: r.iterations,
-                seconds: r.seconds,
-            };
-            (Some(w), Some(record))
-        }
-    };
-    let to_quantize = weights.as_ref().unwrap_or(&w0);
+    let backend = settings.backend.as_ref();
+    let preprocessed = settings.preprocessor.apply(
+        w0.as_ref(),
+        h_preprocess.as_ref(),
+        &PreprocessContext {
+            spec: settings.spec,
+            par: settings.par,
+            backend,
+        },
+    )?;
+    for warning in preprocessed.record.iter().flat_map(|r| &r.warnings) {
+        observer.warning(block, kind, warning);
+    }
+    let to_quantize = preprocessed.weights.as_ref().unwrap_or(&w0);
     let max_abs_after = max_abs(to_quantize.as_ref());
-    let magnitudes = MagnitudeHistogram::new(w0.as_ref(), to_quantize.as_ref(), max_abs_before);
+    let magnitudes =
+        MagnitudeHistogram::new(weights(w0.as_ref()), weights(to_quantize.as_ref()), max_abs_before);
     let problem = LayerProblem::new(to_quantize.as_ref(), h.as_ref()).with_original(w0.as_ref());
 
     let start = Instant::now();
-    let optq = Optq {
+    let quantizer = settings.method.quantizer(&QuantizerContext {
+        spec: settings.spec,
         act_order: settings.act_order,
         par: settings.par,
-        ..Optq::new(settings.spec)
-    };
-    let q: QuantizedLinear = match settings.method {
-        Method::Rtn => Rtn {
-            spec: settings.spec,
-            par: settings.par,
-        }
-        .quantize(&problem)?,
-        Method::Optq => optq.quantize(&problem)?,
-        Method::OptqCd { sweeps, lambda } => CoordinateDescent {
-            optq,
-            sweeps,
-            lambda,
-            order: SweepOrder::Natural,
-        }
-        .quantize(&problem)?,
-    };
+        backend,
+    });
+    let q: QuantizedLinear = quantizer.quantize(&problem)?;
     let quantize_seconds = start.elapsed().as_secs_f64();
     observer.layer_quantized(block, kind, &q)?;
     let layer_loss = q.layer_loss();
@@ -521,13 +372,18 @@ fn quantize_layer(
         block,
         layer: kind.hf_suffix().to_string(),
         shape: [inputs, outputs],
-        magr: magr_record,
+        preprocess: preprocessed.record,
         max_abs_before,
         max_abs_after,
         magnitudes,
         layer_loss,
         quantize_seconds,
     })
+}
+
+/// The entries of `w`, column by column.
+fn weights(w: MatRef<'_, f32>) -> impl Iterator<Item = f32> + '_ {
+    (0..w.ncols()).flat_map(move |j| w.col(j).iter().copied())
 }
 
 fn max_abs(w: MatRef<'_, f32>) -> f32 {

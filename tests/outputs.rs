@@ -6,15 +6,17 @@
 mod common;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use common::{tiny_model, windows};
 use faer::Par;
 use magr::llama_io::{LinearKind, Model, WeightDtype, write_hf_dir};
 use magr::quantizers::{GptqTensors, GridSpec, QuantizedLinear, ZeroFormat, dequantize_gptq};
+use magr::magr_report::PipelineReport;
 use magr::{
-    GptqCheckpoint, MagrSettings, Method, PipelineError, PipelineObserver, PipelineReport,
-    PipelineSettings, PipelineState, RunCheckpoint, continue_quantize_model, quantize_model,
-    run_fingerprint,
+    FormatContext, GptqFormat, Identity, MagrSettings, Method, OptqMethod, OutputFormat,
+    PipelineError, PipelineObserver, PipelineSettings, PipelineState, RtnMethod, RunCheckpoint,
+    continue_quantize_model, quantize_model, run_fingerprint,
 };
 use safetensors::{Dtype, SafeTensors};
 
@@ -26,25 +28,42 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
-fn settings(spec: GridSpec, method: Method, magr: bool, act_order: bool) -> PipelineSettings {
+fn settings(
+    spec: GridSpec,
+    method: Arc<dyn Method>,
+    magr: bool,
+    act_order: bool,
+) -> PipelineSettings {
     PipelineSettings {
-        spec,
         method,
-        magr: magr.then(|| MagrSettings {
-            iterations: 10,
-            ..MagrSettings::reference(&spec)
-        }),
+        preprocessor: if magr {
+            Arc::new(MagrSettings {
+                iterations: 10,
+                ..MagrSettings::reference(&spec)
+            })
+        } else {
+            Arc::new(Identity)
+        },
         act_order,
-        true_sequential: false,
         batch: 2,
-        par: Par::Seq,
+        ..PipelineSettings::new(spec, Par::Seq)
     }
+}
+
+/// The GPTQ format of a run on `spec`, float tensors in f32.
+fn gptq_format(spec: GridSpec, act_order: bool) -> GptqFormat {
+    GptqFormat::new(&FormatContext {
+        spec,
+        act_order,
+        damping: Some(0.01),
+        dtype: WeightDtype::F32,
+    })
 }
 
 /// Collects the packed layers, checkpoints finished blocks, and fails after block
 /// `fail_after` (a simulated kill) when asked to.
 struct Recorder<'a> {
-    gptq: GptqCheckpoint,
+    gptq: GptqFormat,
     checkpoint: Option<&'a RunCheckpoint>,
     fail_after: Option<usize>,
 }
@@ -56,7 +75,7 @@ impl PipelineObserver for Recorder<'_> {
         kind: LinearKind,
         q: &QuantizedLinear,
     ) -> Result<(), PipelineError> {
-        self.gptq.add(block, kind, q)
+        self.gptq.layer_quantized(block, kind, q)
     }
 
     fn block_finished(
@@ -65,7 +84,7 @@ impl PipelineObserver for Recorder<'_> {
         state: &PipelineState,
     ) -> Result<(), PipelineError> {
         if let Some(c) = self.checkpoint {
-            c.save(model, state, Some(&self.gptq))?;
+            c.save(model, state, &[&self.gptq])?;
         }
         if self.fail_after == Some(state.next_block - 1) {
             return Err(PipelineError::Output("simulated kill".into()));
@@ -132,11 +151,11 @@ fn outputs_load_back_and_the_packed_checkpoint_unpacks_to_the_fake_quant_weights
     let dir = scratch("gptq");
     let calibration = windows(4, 32, 1);
     for (n, (bits, group, symmetric, act_order, method, magr)) in [
-        (4, None, false, false, Method::Optq, true),
-        (3, None, false, true, Method::Rtn, true),
-        (2, Some(32), false, true, Method::Optq, false),
-        (3, Some(16), true, false, Method::Optq, true),
-        (8, None, false, false, Method::Rtn, false),
+        (4, None, false, false, Arc::new(OptqMethod) as Arc<dyn Method>, true),
+        (3, None, false, true, Arc::new(RtnMethod), true),
+        (2, Some(32), false, true, Arc::new(OptqMethod), false),
+        (3, Some(16), true, false, Arc::new(OptqMethod), true),
+        (8, None, false, false, Arc::new(RtnMethod), false),
     ]
     .into_iter()
     .enumerate()
@@ -145,7 +164,7 @@ fn outputs_load_back_and_the_packed_checkpoint_unpacks_to_the_fake_quant_weights
         let spec = GridSpec::new(bits, group, symmetric, beta).unwrap();
         let mut model = tiny_model(3);
         let mut recorder = Recorder {
-            gptq: GptqCheckpoint::new(spec, act_order),
+            gptq: gptq_format(spec, act_order),
             checkpoint: None,
             fail_after: None,
         };
@@ -158,10 +177,8 @@ fn outputs_load_back_and_the_packed_checkpoint_unpacks_to_the_fake_quant_weights
         assert_eq!(weight_bits(&loaded), weight_bits(&model));
 
         let gptq = dir.join(format!("gptq-{n}"));
-        let format = recorder
-            .gptq
-            .write(&model, &gptq, WeightDtype::F32, false)
-            .unwrap();
+        recorder.gptq.write(&model, &gptq).unwrap();
+        let format = recorder.gptq.zero_format().unwrap();
         let config: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(gptq.join("config.json")).unwrap())
                 .unwrap();
@@ -212,7 +229,7 @@ fn untimed(report: &PipelineReport) -> PipelineReport {
     r.seconds = Default::default();
     for l in &mut r.layers {
         l.quantize_seconds = 0.0;
-        if let Some(m) = &mut l.magr {
+        if let Some(m) = &mut l.preprocess {
             m.seconds = 0.0;
         }
     }
@@ -224,13 +241,13 @@ fn a_resumed_run_gives_the_same_bytes() {
     let dir = scratch("resume");
     let calibration = windows(5, 24, 2);
     let spec = GridSpec::reference(3, Some(16)).unwrap();
-    let s = settings(spec, Method::Optq, true, true);
+    let s = settings(spec, Arc::new(OptqMethod), true, true);
     let fingerprint = run_fingerprint("tiny", &s, &calibration);
 
     // Uninterrupted.
     let mut whole = tiny_model(4);
     let mut recorder = Recorder {
-        gptq: GptqCheckpoint::new(spec, true),
+        gptq: gptq_format(spec, true),
         checkpoint: None,
         fail_after: None,
     };
@@ -241,7 +258,7 @@ fn a_resumed_run_gives_the_same_bytes() {
     let checkpoint = RunCheckpoint::new(dir.join("checkpoint"), fingerprint.clone());
     let mut killed = tiny_model(4);
     let mut recorder = Recorder {
-        gptq: GptqCheckpoint::new(spec, true),
+        gptq: gptq_format(spec, true),
         checkpoint: Some(&checkpoint),
         fail_after: Some(0),
     };
@@ -250,9 +267,9 @@ fn a_resumed_run_gives_the_same_bytes() {
     assert_eq!(checkpoint.blocks_done(), Some(1));
 
     let mut resumed = tiny_model(4);
-    let mut gptq = GptqCheckpoint::new(spec, true);
+    let mut gptq = gptq_format(spec, true);
     let state = checkpoint
-        .load(&mut resumed, Some(&mut gptq))
+        .load(&mut resumed, &mut [&mut gptq])
         .unwrap()
         .unwrap();
     assert_eq!(state.next_block, 1);
@@ -279,12 +296,12 @@ fn a_resumed_run_gives_the_same_bytes() {
         dir.join("checkpoint"),
         run_fingerprint(
             "tiny",
-            &settings(spec, Method::Rtn, true, true),
+            &settings(spec, Arc::new(RtnMethod), true, true),
             &calibration,
         ),
     );
     let err = other
-        .load(&mut tiny_model(4), None)
+        .load(&mut tiny_model(4), &mut [])
         .unwrap_err()
         .to_string();
     assert!(
@@ -298,7 +315,7 @@ fn a_resumed_run_gives_the_same_bytes() {
     )
     .unwrap();
     let err = checkpoint
-        .load(&mut tiny_model(4), None)
+        .load(&mut tiny_model(4), &mut [])
         .unwrap_err()
         .to_string();
     assert!(err.contains("block-0000.safetensors"), "{err}");
@@ -309,17 +326,17 @@ fn a_resumed_run_gives_the_same_bytes() {
 fn the_true_sequential_order_runs_and_lands_on_grids() {
     let calibration = windows(4, 32, 5);
     let spec = GridSpec::reference(3, None).unwrap();
-    let base = settings(spec, Method::Optq, false, false);
+    let base = settings(spec, Arc::new(OptqMethod), false, false);
     let run = |true_sequential: bool| {
         let mut model = tiny_model(6);
         let mut recorder = Recorder {
-            gptq: GptqCheckpoint::new(spec, false),
+            gptq: gptq_format(spec, false),
             checkpoint: None,
             fail_after: None,
         };
         let s = PipelineSettings {
             true_sequential,
-            ..base
+            ..base.clone()
         };
         let report = quantize_model(&mut model, &calibration, &s, &mut recorder).unwrap();
         // Every layer is on its grid: the packed codes reproduce the weights.
@@ -342,4 +359,152 @@ fn the_true_sequential_order_runs_and_lands_on_grids() {
     // layers before them, so the weights differ.
     assert_eq!(plain.layers[0].layer_loss, sequential.layers[0].layer_loss);
     assert_ne!(plain_bits, sequential_bits);
+}
+
+/// A format written by the test alone, through the library's seams: one file per layer
+/// holding its codes, with its state saved and restored per block for `--resume`.
+struct PerLayerCodes {
+    layers: std::collections::BTreeMap<(usize, LinearKind), Vec<i32>>,
+}
+
+impl OutputFormat for PerLayerCodes {
+    fn name(&self) -> &str {
+        "per-layer-codes"
+    }
+
+    fn layer_quantized(
+        &mut self,
+        block: usize,
+        kind: LinearKind,
+        q: &QuantizedLinear,
+    ) -> Result<(), PipelineError> {
+        let codes = q.codes().iter().map(|&c| i32::from(c)).collect();
+        self.layers.insert((block, kind), codes);
+        Ok(())
+    }
+
+    fn write(&self, _model: &Model, dir: &std::path::Path) -> Result<Option<String>, PipelineError> {
+        std::fs::create_dir_all(dir).unwrap();
+        for ((block, kind), codes) in &self.layers {
+            let text: Vec<String> = codes.iter().map(i32::to_string).collect();
+            std::fs::write(dir.join(kind.hf_name(*block)), text.join(" ")).unwrap();
+        }
+        Ok(Some(format!("{} layer files", self.layers.len())))
+    }
+
+    fn save_block(&self, block: usize) -> Result<magr::FormatState, PipelineError> {
+        let mut state = magr::FormatState::default();
+        for kind in LinearKind::ALL {
+            let codes = &self.layers[&(block, kind)];
+            state.tensors.push(magr::llama_io::NamedTensor {
+                name: kind.hf_suffix().to_string(),
+                shape: vec![codes.len()],
+                data: magr::llama_io::TensorData::I32(codes.clone()),
+            });
+        }
+        Ok(state)
+    }
+
+    fn restore_block(
+        &mut self,
+        block: usize,
+        state: magr::FormatState,
+    ) -> Result<(), PipelineError> {
+        for t in state.tensors {
+            let kind = LinearKind::ALL
+                .into_iter()
+                .find(|k| k.hf_suffix() == t.name)
+                .unwrap();
+            let magr::llama_io::TensorData::I32(codes) = t.data else {
+                panic!("codes are int32");
+            };
+            self.layers.insert((block, kind), codes);
+        }
+        Ok(())
+    }
+}
+
+/// Progress and warnings nobody reads; the run after block `fail_after` stops (a kill).
+struct Quiet;
+
+impl magr::run::RunEvents for Quiet {
+    fn progress(&mut self, _: magr::Progress) {}
+    fn warning(&mut self, _: usize, _: LinearKind, _: &str) {}
+}
+
+#[test]
+fn a_format_defined_outside_the_library_is_written_and_resumed() {
+    use magr::run::{Staging, run_pipeline, write_outputs};
+    let dir = scratch("custom-format");
+    let calibration = windows(4, 24, 7);
+    let spec = GridSpec::reference(4, None).unwrap();
+    let s = settings(spec, Arc::new(OptqMethod), true, false);
+    let new_format = || -> Vec<Box<dyn OutputFormat>> {
+        vec![Box::new(PerLayerCodes {
+            layers: Default::default(),
+        })]
+    };
+    let report = |model: &Model, pipeline: PipelineReport| magr::magr_report::RunReport {
+        model: "generated".into(),
+        formats: vec!["per-layer-codes".into()],
+        settings: s.record("calib".into(), 4, 24, 7),
+        float: None,
+        quantized: None,
+        pipeline,
+        seconds_total: model.num_blocks() as f64,
+    };
+
+    // Uninterrupted.
+    let whole = dir.join("whole");
+    let staging = Staging::create(&whole, false, false).unwrap();
+    let mut formats = new_format();
+    let mut model = tiny_model(9);
+    let pipeline = run_pipeline(
+        &mut model, &calibration, &s, "tiny", Some(&staging), false, &mut formats, &mut Quiet,
+    )
+    .unwrap();
+    let notes = write_outputs(staging.partial(), &model, &formats, &report(&model, pipeline)).unwrap();
+    assert_eq!(notes, ["14 layer files"]);
+    staging.commit().unwrap();
+    let layer_file = "per-layer-codes/model.layers.1.mlp.down_proj.weight";
+    assert!(whole.join(layer_file).is_file());
+    assert!(whole.join("report.json").is_file() && whole.join("magnitudes.svg").is_file());
+
+    // Interrupted after block 0 (a weight that overflows in block 1), then resumed on the
+    // float model: the same files.
+    let out = dir.join("out");
+    let staging = Staging::create(&out, false, false).unwrap();
+    let mut broken = tiny_model(9);
+    let mut w = broken.linear_weight(1, LinearKind::Up).unwrap().to_vec();
+    w[5] = 1e30;
+    broken.set_linear_weight(1, LinearKind::Up, &w).unwrap();
+    let mut formats = new_format();
+    assert!(
+        run_pipeline(
+            &mut broken, &calibration, &s, "tiny", Some(&staging), false, &mut formats, &mut Quiet,
+        )
+        .is_err()
+    );
+    assert!(staging.keep_checkpoint().is_some());
+    drop(staging);
+    let staging = Staging::create(&out, false, true).unwrap();
+    let mut formats = new_format();
+    let mut model = tiny_model(9);
+    let pipeline = run_pipeline(
+        &mut model, &calibration, &s, "tiny", Some(&staging), true, &mut formats, &mut Quiet,
+    )
+    .unwrap();
+    write_outputs(staging.partial(), &model, &formats, &report(&model, pipeline)).unwrap();
+    staging.commit().unwrap();
+    for block in 0..2 {
+        for kind in LinearKind::ALL {
+            let file = format!("per-layer-codes/{}", kind.hf_name(block));
+            assert_eq!(
+                std::fs::read(whole.join(&file)).unwrap(),
+                std::fs::read(out.join(&file)).unwrap(),
+                "{file}"
+            );
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }

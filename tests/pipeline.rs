@@ -5,22 +5,30 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use common::{tiny_model, windows};
 use faer::Par;
 use magr::llama_io::{LinearKind, Model};
 use magr::quantizers::GridSpec;
-use magr::{MagrHessian, MagrSettings, Method, PipelineError, PipelineSettings, quantize_model};
+use magr::{
+    Identity, MagrSettings, Method, OptqCdMethod, OptqMethod, PipelineError, PipelineSettings,
+    Preprocessor, RtnMethod, Windows, quantize_model,
+};
 
-fn settings(spec: GridSpec, method: Method, magr: Option<MagrSettings>) -> PipelineSettings {
+fn settings(
+    spec: GridSpec,
+    method: Arc<dyn Method>,
+    magr: Option<MagrSettings>,
+) -> PipelineSettings {
     PipelineSettings {
-        spec,
         method,
-        magr,
-        act_order: false,
-        true_sequential: false,
+        preprocessor: match magr {
+            Some(m) => Arc::new(m) as Arc<dyn Preprocessor>,
+            None => Arc::new(Identity),
+        },
         batch: 3,
-        par: Par::Seq,
+        ..PipelineSettings::new(spec, Par::Seq)
     }
 }
 
@@ -66,17 +74,22 @@ fn every_method_and_bit_setting_runs_and_lands_on_grids() {
         (8, None),
     ] {
         let spec = GridSpec::reference(bits, group).unwrap();
-        for method in [
-            Method::Rtn,
-            Method::Optq,
-            Method::OptqCd {
+        let methods: [Arc<dyn Method>; 3] = [
+            Arc::new(RtnMethod),
+            Arc::new(OptqMethod),
+            Arc::new(OptqCdMethod {
                 sweeps: 2,
                 lambda: Some(0.0),
-            },
-        ] {
+            }),
+        ];
+        for method in methods {
             for with_magr in [false, true] {
                 let mut model = tiny_model(7);
-                let s = settings(spec, method, if with_magr { magr(&spec) } else { None });
+                let s = settings(
+                    spec,
+                    method.clone(),
+                    if with_magr { magr(&spec) } else { None },
+                );
                 let report = quantize_model(&mut model, &calibration, &s, &mut |_| {}).unwrap();
                 assert_eq!(report.layers.len(), 2 * 7);
                 assert_eq!(report.calibration, [6, 32]);
@@ -86,7 +99,7 @@ fn every_method_and_bit_setting_runs_and_lands_on_grids() {
                         .iter()
                         .all(|l| l.layer_loss.is_finite() && l.layer_loss >= 0.0)
                 );
-                assert_eq!(report.layers.iter().all(|l| l.magr.is_some()), with_magr);
+                assert_eq!(report.layers.iter().all(|l| l.preprocess.is_some()), with_magr);
                 if with_magr {
                     // MagR never increases the largest weight of a layer.
                     assert!(
@@ -112,7 +125,7 @@ fn magr_lowers_the_layer_loss_of_rtn_on_correlated_inputs() {
             let report = quantize_model(
                 &mut model,
                 &calibration,
-                &settings(spec, Method::Rtn, magr),
+                &settings(spec, Arc::new(RtnMethod), magr),
                 &mut |_| {},
             )
             .unwrap();
@@ -136,10 +149,10 @@ fn same_inputs_give_the_same_bytes() {
         par: Par::rayon(2),
         ..settings(
             spec,
-            Method::Optq,
+            Arc::new(OptqMethod),
             Some(MagrSettings {
                 fista: true,
-                hessian: MagrHessian::LastSample,
+                windows: Windows::Last,
                 ..MagrSettings::reference(&spec)
             }),
         )
@@ -161,7 +174,7 @@ fn same_inputs_give_the_same_bytes() {
 fn bad_calibration_and_settings_are_errors() {
     let spec = GridSpec::reference(4, None).unwrap();
     let mut model = tiny_model(1);
-    let s = settings(spec, Method::Rtn, None);
+    let s = settings(spec, Arc::new(RtnMethod), None);
     assert!(matches!(
         quantize_model(&mut model, &[], &s, &mut |_| {}),
         Err(PipelineError::Calibration(_))
@@ -171,7 +184,10 @@ fn bad_calibration_and_settings_are_errors() {
         quantize_model(&mut model, &uneven, &s, &mut |_| {}),
         Err(PipelineError::Calibration(_))
     ));
-    let zero_batch = PipelineSettings { batch: 0, ..s };
+    let zero_batch = PipelineSettings {
+        batch: 0,
+        ..s.clone()
+    };
     assert!(matches!(
         quantize_model(&mut model, &windows(2, 8, 1), &zero_batch, &mut |_| {}),
         Err(PipelineError::Settings(_))
@@ -180,7 +196,7 @@ fn bad_calibration_and_settings_are_errors() {
     // 48 divides neither): the error names the block and layer.
     let bad_group = settings(
         GridSpec::reference(4, Some(48)).unwrap(),
-        Method::Optq,
+        Arc::new(OptqMethod),
         None,
     );
     let err = quantize_model(&mut model, &windows(2, 8, 1), &bad_group, &mut |_| {}).unwrap_err();

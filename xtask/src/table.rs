@@ -11,6 +11,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
+use magr_report::{Evaluation, RunReport};
+
 /// Calibration windows of 2048 tokens (Wikipedia excerpt, seed 0) and evaluation windows
 /// of 2048 tokens (WikiText-2 test) of the table, as the issue asks.
 const CALIBRATION: &str = "32";
@@ -48,42 +50,44 @@ const GRIDS: [Grid; 4] = [
     },
 ];
 
-/// A row of the table: a method.
+/// A row of the table: a preprocessor and a method, as `magr quantize` flags. The row is
+/// labelled by the library (the preprocessor's and method's labels in the cells'
+/// `report.json`), followed by `note`, which tells rows of the same method apart.
 struct Method {
-    label: &'static str,
     id: &'static str,
+    note: &'static str,
     args: &'static [&'static str],
 }
 
 const METHODS: [Method; 6] = [
     Method {
-        label: "RTN",
         id: "rtn",
+        note: "",
         args: &["--method", "rtn", "--no-magr"],
     },
     Method {
-        label: "MagR+RTN",
         id: "magr-rtn",
+        note: "",
         args: &["--method", "rtn"],
     },
     Method {
-        label: "OPTQ",
         id: "optq",
+        note: "",
         args: &["--method", "optq", "--no-magr"],
     },
     Method {
-        label: "MagR+OPTQ",
         id: "magr-optq",
+        note: "",
         args: &["--method", "optq"],
     },
     Method {
-        label: "MagR+OPTQ† (30 CD sweeps)",
         id: "magr-optq-cd",
+        note: " (30 sweeps, the paper's OPTQ†)",
         args: &["--method", "optq-cd", "--sweeps", "30"],
     },
     Method {
-        label: "MagR+OPTQ, MagR's H from the last window",
         id: "magr-last-optq",
+        note: ", MagR's H from the last window",
         args: &["--method", "optq", "--magr-hessian", "last"],
     },
 ];
@@ -269,50 +273,59 @@ fn machine() -> String {
     format!("{cpu}, {cores} cores, {gib:.0} GiB, no GPU")
 }
 
-/// The JSON file `path`, if it is there and parses.
-fn read_json(path: &Path) -> Option<serde_json::Value> {
-    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+/// The JSON file `path` as a `T`: `None` when it is not there; an error naming the file
+/// when it does not parse as a `T` (a field renamed in `magr-report` fails the bench
+/// here, loudly, instead of showing NaN).
+fn read_typed<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| format!("{}: {e} (measure the cell again: `cargo xtask bench --fresh`)", path.display()))
 }
 
-/// The number at `pointer` (RFC 6901) in `value`.
-fn number(value: &serde_json::Value, pointer: &str) -> f64 {
-    value
-        .pointer(pointer)
-        .and_then(serde_json::Value::as_f64)
-        .unwrap_or(f64::NAN)
-}
-
-/// MagR's arithmetic rate in a cell, in GFLOP/s: each iteration's floor is the product
-/// `H (W - W0)`, `2 in^2 out` flops for a layer of `in` inputs and `out` outputs; summed
-/// over the layers and their iterations, over the seconds of the MagR stage. `None`
-/// without MagR.
-fn magr_gflops(report: &serde_json::Value) -> Option<f64> {
-    let layers = report.pointer("/pipeline/layers")?.as_array()?;
+/// The preprocessor's arithmetic rate in a cell, in GFLOP/s, for MagR: each iteration's
+/// floor is the product `H (W - W0)`, `2 in^2 out` flops for a layer of `in` inputs and
+/// `out` outputs; summed over the layers and their iterations, over the seconds of the
+/// preprocessing stage. `None` without a preprocessor.
+fn magr_gflops(report: &RunReport) -> Option<f64> {
     let mut flops = 0.0;
-    for layer in layers {
-        let Some(iterations) = layer.pointer("/magr/iterations").and_then(|v| v.as_f64()) else {
+    for layer in &report.pipeline.layers {
+        let Some(record) = &layer.preprocess else {
             continue;
         };
-        let inputs = number(layer, "/shape/0");
-        let outputs = number(layer, "/shape/1");
-        flops += 2.0 * inputs * inputs * outputs * iterations;
+        let [inputs, outputs] = layer.shape.map(|n| n as f64);
+        flops += 2.0 * inputs * inputs * outputs * record.iterations as f64;
     }
-    let seconds = number(report, "/pipeline/seconds/magr");
+    let seconds = report.pipeline.seconds.preprocess;
     (flops > 0.0 && seconds > 0.0).then(|| flops / seconds / 1e9)
-}
-
-/// The sum over every quantized layer of its loss `tr((W0 - Q)^T H (W0 - Q))`.
-fn summed_layer_loss(report: &serde_json::Value) -> f64 {
-    report
-        .pointer("/pipeline/layers")
-        .and_then(|v| v.as_array())
-        .map_or(f64::NAN, |layers| {
-            layers.iter().map(|l| number(l, "/layer_loss")).sum()
-        })
 }
 
 /// Writes `docs/results.md` from every cell measured so far.
 fn write_results(runs: &Path, results: &Path, machine: &str) -> Result<(), String> {
+    // Every cell's report, by method and grid.
+    let mut reports: Vec<Vec<Option<RunReport>>> = Vec::new();
+    for m in &METHODS {
+        let mut row = Vec::new();
+        for g in &GRIDS {
+            let cell = runs.join(format!("{}-{}", m.id, g.id));
+            row.push(read_typed::<RunReport>(&cell.join("report.json"))?);
+        }
+        reports.push(row);
+    }
+    // A row's label: the library's labels of its preprocessor and method (from any
+    // measured cell), then the row's note; the row's id while nothing is measured.
+    let labels: Vec<String> = METHODS
+        .iter()
+        .zip(&reports)
+        .map(|(m, row)| match row.iter().flatten().next() {
+            Some(r) => format!("{}{}", r.settings.method_label(), m.note),
+            None => format!("{} (not measured yet)", m.id),
+        })
+        .collect();
     let mut md = String::new();
     let _ = writeln!(md, "# Results: SmolLM2-135M-Instruct on WikiText-2\n");
     let _ = writeln!(
@@ -335,7 +348,7 @@ fn write_results(runs: &Path, results: &Path, machine: &str) -> Result<(), Strin
          reference damping (0.75 mean diag H).\n"
     );
     let _ = writeln!(md, "Machine: {machine}.\n");
-    let float_ppl = read_json(&runs.join("float/eval.json")).map(|v| number(&v, "/ppl"));
+    let float_ppl = read_typed::<Evaluation>(&runs.join("float/eval.json"))?.map(|e| e.ppl);
     let _ = writeln!(
         md,
         "Float model: perplexity **{}**.\n",
@@ -358,13 +371,22 @@ fn write_results(runs: &Path, results: &Path, machine: &str) -> Result<(), Strin
     let mut losses = format!("{header}\n{rule}\n");
     // Perplexity of every cell measured so far, by method and grid, for the ratio table.
     let mut ppls = [[None; GRIDS.len()]; METHODS.len()];
-    for (m, cell_ppls) in METHODS.iter().zip(&mut ppls) {
-        let mut row = format!("| {} |", m.label);
+    for (((m, label), row_reports), cell_ppls) in
+        METHODS.iter().zip(&labels).zip(&reports).zip(&mut ppls)
+    {
+        let mut row = format!("| {label} |");
         let mut loss_row = row.clone();
-        for (g, cell_ppl) in GRIDS.iter().zip(cell_ppls) {
+        for ((g, report), cell_ppl) in GRIDS.iter().zip(row_reports).zip(cell_ppls) {
             let cell = runs.join(format!("{}-{}", m.id, g.id));
-            let report = read_json(&cell.join("report.json"));
-            let ppl = report.as_ref().map(|v| number(v, "/quantized/ppl"));
+            let ppl = match report {
+                Some(r) => Some(
+                    r.quantized
+                        .as_ref()
+                        .ok_or_else(|| format!("{}: no evaluation in its report", cell.display()))?
+                        .ppl,
+                ),
+                None => None,
+            };
             *cell_ppl = ppl;
             let failed = cell.join("failed.txt").exists();
             let _ = write!(
@@ -376,25 +398,24 @@ fn write_results(runs: &Path, results: &Path, machine: &str) -> Result<(), Strin
                     None => "…".to_string(),
                 }
             );
-            let loss = report.as_ref().map(summed_layer_loss);
+            let loss = report.as_ref().map(|r| r.pipeline.summed_layer_loss());
             let _ = write!(
                 loss_row,
                 " {} |",
                 loss.map_or("…".to_string(), |l| format!("{:.3e}", l))
             );
-            if let (Some(v), Some((commit, wall, load))) = (&report, read_meta(&cell)) {
-                let stage = |k| number(v, &format!("/pipeline/seconds/{k}"));
-                let eval = number(v, "/quantized/seconds");
+            if let (Some(r), Some((commit, wall, load))) = (report, read_meta(&cell)) {
+                let stage = &r.pipeline.seconds;
+                let eval = r.quantized.as_ref().map_or(0.0, |e| e.seconds);
                 let _ = writeln!(
                     times,
-                    "| {} | {} | {wall:.0} | {:.0} | {:.0} | {} | {:.0} | {:.0} | {eval:.0} | {load} | `{commit}` |",
-                    m.label,
+                    "| {label} | {} | {wall:.0} | {:.0} | {:.0} | {} | {:.0} | {:.0} | {eval:.0} | {load} | `{commit}` |",
                     g.label,
-                    stage("capture"),
-                    stage("magr"),
-                    magr_gflops(v).map_or("-".to_string(), |r| format!("{r:.0}")),
-                    stage("quantize"),
-                    stage("propagate"),
+                    stage.capture,
+                    stage.preprocess,
+                    magr_gflops(r).map_or("-".to_string(), |r| format!("{r:.0}")),
+                    stage.quantize,
+                    stage.propagate,
                 );
             }
         }
@@ -409,7 +430,7 @@ fn write_results(runs: &Path, results: &Path, machine: &str) -> Result<(), Strin
     );
     // (with MagR, without): MagR+RTN / RTN, MagR+OPTQ / OPTQ, last-window MagR+OPTQ / OPTQ.
     for (with, without) in [(1, 0), (3, 2), (5, 2)] {
-        let mut row = format!("| {} / {} |", METHODS[with].label, METHODS[without].label);
+        let mut row = format!("| {} / {} |", labels[with], labels[without]);
         for (a, b) in ppls[with].iter().zip(&ppls[without]) {
             let _ = write!(
                 row,
@@ -453,8 +474,5 @@ fn write_results(runs: &Path, results: &Path, machine: &str) -> Result<(), Strin
          and the grid's (`--bits B [--group-size 64 --beta 0.95]`); the float row is `magr eval \
          --eval-windows {EVAL_WINDOWS}`. Per-cell reports stay in `target/bench/runs/`."
     );
-    let mut partial = results.as_os_str().to_owned();
-    partial.push(".partial");
-    std::fs::write(&partial, md).map_err(|e| format!("{}: {e}", results.display()))?;
-    std::fs::rename(&partial, results).map_err(|e| format!("{}: {e}", results.display()))
+    atomic_fs::write(results, md).map_err(|e| e.to_string())
 }

@@ -1,9 +1,10 @@
-//! `magnitudes.svg`: the distribution of `|w|` before and after MagR for a few layers,
-//! drawn as step histograms with a logarithmic count axis (plain SVG, no dependency).
+//! `magnitudes.svg`: the distribution of `|w|` before and after the preprocessor for a
+//! few layers, drawn as step histograms with a logarithmic count axis (plain SVG, no
+//! dependency).
 
 use std::fmt::Write as _;
 
-use magr::LayerRecord;
+use crate::LayerRecord;
 
 const PANEL_W: f64 = 380.0;
 const PANEL_H: f64 = 230.0;
@@ -33,8 +34,9 @@ fn chosen(layers: &[LayerRecord]) -> Vec<&LayerRecord> {
     out
 }
 
-/// The SVG document (`None` when there are no layers).
-pub fn magnitude_svg(layers: &[LayerRecord], title: &str) -> Option<String> {
+/// The SVG document (`None` when there are no layers), the preprocessor named by its
+/// `label` (`MagR`).
+pub fn magnitude_svg(layers: &[LayerRecord], label: &str) -> Option<String> {
     let panels = chosen(layers);
     if panels.is_empty() {
         return None;
@@ -50,9 +52,10 @@ pub fn magnitude_svg(layers: &[LayerRecord], title: &str) -> Option<String> {
     let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
     let _ = writeln!(
         svg,
-        r##"<text x="10" y="18" font-size="13">{}</text><text x="{}" y="18"><tspan fill="#888">&#9632; before MagR</tspan>  <tspan fill="#1f5fbf">&#9632; after MagR</tspan></text>"##,
-        escape(title),
-        width - 210.0
+        r##"<text x="10" y="18" font-size="13">{}</text><text x="{}" y="18"><tspan fill="#888">&#9632; before {label}</tspan>  <tspan fill="#1f5fbf">&#9632; after {label}</tspan></text>"##,
+        escape(&format!("Weight magnitudes before and after {label}")),
+        width - 210.0,
+        label = escape(label),
     );
     for (i, layer) in panels.iter().enumerate() {
         let (x0, y0) = (

@@ -1,0 +1,162 @@
+//! What the subcommands share: the model and evaluation-text arguments, parallelism,
+//! logging and progress bars, loading a model and evaluating it.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use faer::Par;
+use magr::llama_io::{Model, data};
+use magr::magr_report::Evaluation;
+
+/// The error of a subcommand, printed as `magr: error: ...`.
+pub type Error = Box<dyn std::error::Error>;
+
+/// `--model`.
+#[derive(Args)]
+pub struct ModelArg {
+    /// A Hugging Face directory or a .gguf file [default: the fetched SmolLM2 GGUF,
+    /// see `cargo xtask fetch`, or MAGR_MODEL].
+    #[arg(long)]
+    model: Option<PathBuf>,
+}
+
+/// The evaluation text and its windows.
+#[derive(Args)]
+pub struct EvalTextArgs {
+    /// Evaluation text [default: WikiText-2 test from the data directory, lines joined
+    /// by a blank line].
+    #[arg(id = "eval_text", long = "eval-text")]
+    text: Option<PathBuf>,
+    /// Evaluation window length in tokens.
+    #[arg(id = "eval_seqlen", long = "eval-seqlen", default_value_t = 2048)]
+    seqlen: usize,
+    /// Evaluate the first N windows only (0: no evaluation).
+    #[arg(id = "eval_windows", long = "eval-windows", default_value_t = 40)]
+    pub windows: usize,
+}
+
+/// `--threads`.
+#[derive(Args)]
+pub struct ParArg {
+    /// Threads of the linear algebra (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+}
+
+impl ParArg {
+    /// The parallelism asked for.
+    pub fn par(&self) -> Par {
+        match self.threads {
+            1 => Par::Seq,
+            n => Par::rayon(n),
+        }
+    }
+}
+
+/// Writes `message` to stderr unless `quiet`.
+pub fn log(quiet: bool, message: &str) {
+    if !quiet {
+        eprintln!("magr: {message}");
+    }
+}
+
+/// A progress bar of `len` steps labelled `label` (hidden when `quiet`).
+pub fn bar(quiet: bool, len: u64, label: &str) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} (ETA {eta}) {msg}",
+        )
+        .expect("a valid template"),
+    );
+    bar.set_prefix(label.to_string());
+    bar
+}
+
+/// The model of `--model` (or the default one) and its path, with a log line.
+pub fn load_model(arg: &ModelArg, quiet: bool) -> Result<(Model, PathBuf), Error> {
+    let path = match &arg.model {
+        Some(p) => p.clone(),
+        None => data::default_model_path()?,
+    };
+    let start = Instant::now();
+    let model = Model::load(&path)?;
+    let c = model.config();
+    log(
+        quiet,
+        &format!(
+            "loaded {} in {:.1} s: {} blocks, hidden {}, {} heads / {} KV heads, vocab {}",
+            path.display(),
+            start.elapsed().as_secs_f64(),
+            c.num_hidden_layers,
+            c.hidden_size,
+            c.num_attention_heads,
+            c.num_key_value_heads,
+            c.vocab_size
+        ),
+    );
+    Ok((model, path))
+}
+
+/// The evaluation text's path and tokens, read and tokenized once per run; `None`
+/// when no evaluation is asked for (`--eval-windows 0`).
+pub fn eval_tokens(
+    model: &Model,
+    args: &EvalTextArgs,
+) -> Result<Option<(PathBuf, Vec<u32>)>, Error> {
+    if args.windows == 0 {
+        return Ok(None);
+    }
+    let (path, text) = match &args.text {
+        Some(p) => (p.clone(), data::read_text(p)?),
+        None => {
+            let path = data::data_file(data::WIKITEXT2_TEST)?;
+            let text = data::join_lines(&data::read_text(&path)?);
+            (path, text)
+        }
+    };
+    let tokens = model.encode(&text)?;
+    Ok(Some((path, tokens)))
+}
+
+/// Evaluates `model` with a progress bar and prints the result line, labelled `label`.
+pub fn evaluate(
+    model: &Model,
+    (path, tokens): &(PathBuf, Vec<u32>),
+    args: &EvalTextArgs,
+    par: Par,
+    label: &str,
+    quiet: bool,
+) -> Result<Evaluation, Error> {
+    let bar = bar(
+        quiet,
+        args.windows.min(tokens.len() / args.seqlen.max(1)) as u64,
+        label,
+    );
+    let e = magr::run::evaluate(
+        model,
+        path,
+        tokens,
+        args.seqlen,
+        args.windows,
+        par,
+        &mut |done, _| bar.set_position(done as u64),
+    )?;
+    bar.finish_and_clear();
+    println!(
+        "{label}: ppl {:.4} on {} ({} windows of {}, {} tokens scored), {:.1} s, {:.1} tokens/s",
+        e.ppl,
+        path.display(),
+        e.windows,
+        args.seqlen,
+        e.tokens_scored,
+        e.seconds,
+        e.tokens_per_second
+    );
+    Ok(e)
+}

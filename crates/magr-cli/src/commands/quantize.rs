@@ -1,0 +1,384 @@
+//! `magr quantize`: flags to settings, then the run (`magr::run`) with progress bars.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::builder::{PossibleValue, PossibleValuesParser};
+use clap::{Args, ValueEnum};
+use indicatif::ProgressBar;
+use magr::llama_io::{self, LinearKind, WeightDtype, data};
+use magr::magr_report::RunReport;
+use magr::quantizers::GridSpec;
+use magr::run::{RunEvents, Staging, run_pipeline, write_outputs};
+use magr::{
+    Cpu, FORMATS, FormatContext, METHODS, MethodOptions, PREPROCESSORS, PipelineSettings,
+    PreprocessOptions, Progress, Windows,
+};
+
+use crate::args::{Error, EvalTextArgs, ModelArg, ParArg, bar, eval_tokens, evaluate, load_model, log};
+
+#[derive(Clone, Copy, ValueEnum)]
+enum HessianArg {
+    /// All calibration windows.
+    All,
+    /// The last window only (the reference code).
+    Last,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DtypeArg {
+    F32,
+    F16,
+    Bf16,
+}
+
+/// The possible values of a flag from a registry's names and help lines.
+fn registry(entries: impl Iterator<Item = (&'static str, &'static str)>) -> PossibleValuesParser {
+    PossibleValuesParser::new(entries.map(|(name, about)| PossibleValue::new(name).help(about)))
+}
+
+fn methods() -> PossibleValuesParser {
+    registry(METHODS.iter().map(|e| (e.name, e.about)))
+}
+
+fn preprocessors() -> PossibleValuesParser {
+    registry(PREPROCESSORS.iter().map(|e| (e.name, e.about)))
+}
+
+/// The registered formats, and `none` (reports only).
+fn formats() -> PossibleValuesParser {
+    registry(
+        FORMATS
+            .iter()
+            .map(|e| (e.name, e.about))
+            .chain([("none", "reports only")]),
+    )
+}
+
+fn default_formats() -> Vec<&'static str> {
+    FORMATS.iter().filter(|e| e.default).map(|e| e.name).collect()
+}
+
+/// `magr quantize`'s arguments.
+#[derive(Args)]
+pub struct QuantizeArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// Bits per weight: 2, 3, 4 or 8.
+    #[arg(long, default_value_t = 4)]
+    bits: u32,
+    /// Inputs per group (one grid per group); per output channel when absent.
+    #[arg(long)]
+    group_size: Option<usize>,
+    /// Symmetric grids.
+    #[arg(long)]
+    symmetric: bool,
+    /// Grid shrink factor [default: the reference's: 1.0 at 4 bits, 0.9 at 3, 0.8 at 2
+    /// per channel; 0.95 with groups].
+    #[arg(long)]
+    beta: Option<f32>,
+    /// The quantizer.
+    #[arg(long, default_value = "optq", value_parser = methods())]
+    method: String,
+    /// Coordinate-descent sweeps (method optq-cd).
+    #[arg(long, default_value_t = 1)]
+    sweeps: usize,
+    /// Damping lambda of the sweeps [default: 0.75 mean(diag H), the reference].
+    #[arg(long)]
+    cd_lambda: Option<f64>,
+    /// OPTQ's act-order (stored as `desc_act`).
+    #[arg(long)]
+    act_order: bool,
+    /// Capture each input of a block after the layers before it are quantized
+    /// (q/k/v, then o, then gate/up, then down).
+    #[arg(long)]
+    true_sequential: bool,
+    /// What runs before the quantizer.
+    #[arg(long, default_value = "magr", value_parser = preprocessors(), conflicts_with = "no_magr")]
+    preprocessor: String,
+    /// Skip MagR (plain RTN / OPTQ): `--preprocessor none`.
+    #[arg(long)]
+    no_magr: bool,
+    /// MagR's alpha [default: 1e-3 per channel, 1e-4 with groups].
+    #[arg(long)]
+    alpha: Option<f64>,
+    /// MagR iterations.
+    #[arg(long, default_value_t = 200)]
+    magr_iters: usize,
+    /// FISTA for MagR instead of plain proximal gradient.
+    #[arg(long)]
+    fista: bool,
+    /// Which calibration tokens form MagR's H.
+    #[arg(long, value_enum, default_value_t = HessianArg::All)]
+    magr_hessian: HessianArg,
+    /// Calibration text [default: the Wikipedia excerpt from the data directory].
+    #[arg(long)]
+    calib: Option<PathBuf>,
+    /// Calibration windows.
+    #[arg(long, default_value_t = 128)]
+    nsamples: usize,
+    /// Calibration window length in tokens.
+    #[arg(long, default_value_t = 2048)]
+    seqlen: usize,
+    /// Seed of the calibration sampler.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Calibration windows per forward batch.
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    #[command(flatten)]
+    par: ParArg,
+    /// Also evaluate the model before quantizing.
+    #[arg(long)]
+    eval_float: bool,
+    #[command(flatten)]
+    eval: EvalTextArgs,
+    /// Output directory: report.json, report.md and the formats asked for, each in its
+    /// own subdirectory. Written as `OUT.partial`, renamed when complete.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Model formats to write under `--out` (comma-separated).
+    #[arg(long, value_delimiter = ',', value_parser = formats(), default_values = default_formats())]
+    formats: Vec<String>,
+    /// Continue a killed run from the blocks checkpointed in `OUT.partial` (same
+    /// model, settings and calibration); the output is byte-identical to an
+    /// uninterrupted run's.
+    #[arg(long)]
+    resume: bool,
+    /// Weight dtype of the written directories.
+    #[arg(long, value_enum, default_value_t = DtypeArg::F16)]
+    dtype: DtypeArg,
+    /// Replace an existing output directory.
+    #[arg(long)]
+    force: bool,
+}
+
+/// Checks every flag, stages the output, runs, and renames the output into place.
+pub fn run(args: &QuantizeArgs, quiet: bool) -> Result<(), Error> {
+    let total = Instant::now();
+    // Settings first: a bad flag fails before anything is loaded.
+    let settings = settings(args)?;
+    if args.formats.iter().any(|f| f == "none") && args.formats.len() > 1 {
+        return Err("--formats none cannot be combined with other formats".into());
+    }
+    if args.resume && args.out.is_none() {
+        return Err("--resume needs --out (the checkpoint lives in OUT.partial)".into());
+    }
+    // The output's staging directory is made before anything is loaded: an unwritable
+    // or existing output fails at once.
+    let staging = args
+        .out
+        .as_deref()
+        .map(|out| Staging::create(out, args.force, args.resume))
+        .transpose()?;
+    if let Err(e) = quantize_into(args, quiet, total, &settings, staging.as_ref()) {
+        return Err(match staging.as_ref().and_then(Staging::keep_checkpoint) {
+            Some(hint) => format!("{e}\n{hint}").into(),
+            None => e,
+        });
+    }
+    if let Some(staging) = staging {
+        let out = staging.commit()?;
+        log(quiet, &format!("wrote {}", out.display()));
+    }
+    Ok(())
+}
+
+/// The pipeline's settings from the flags.
+fn settings(args: &QuantizeArgs) -> Result<PipelineSettings, Error> {
+    let spec = match args.beta {
+        Some(beta) => GridSpec::new(args.bits, args.group_size, args.symmetric, beta)?,
+        None => {
+            let reference = GridSpec::reference(args.bits, args.group_size)?;
+            GridSpec::new(args.bits, args.group_size, args.symmetric, reference.beta())?
+        }
+    };
+    let method = magr::method(
+        &args.method,
+        &MethodOptions {
+            sweeps: args.sweeps,
+            cd_lambda: args.cd_lambda,
+        },
+    )?;
+    let preprocessor = magr::preprocessor(
+        if args.no_magr {
+            "none"
+        } else {
+            &args.preprocessor
+        },
+        &PreprocessOptions {
+            alpha: args.alpha,
+            iterations: args.magr_iters,
+            fista: args.fista,
+            windows: match args.magr_hessian {
+                HessianArg::All => Windows::All,
+                HessianArg::Last => Windows::Last,
+            },
+        },
+        &spec,
+    )?;
+    Ok(PipelineSettings {
+        spec,
+        method: Arc::from(method),
+        preprocessor: Arc::from(preprocessor),
+        act_order: args.act_order,
+        true_sequential: args.true_sequential,
+        batch: args.batch,
+        par: args.par.par(),
+        backend: Arc::new(Cpu),
+    })
+}
+
+/// Progress bar and warnings of a run.
+struct BarEvents<'a> {
+    bar: &'a ProgressBar,
+    quiet: bool,
+}
+
+impl RunEvents for BarEvents<'_> {
+    fn progress(&mut self, progress: Progress) {
+        match progress {
+            Progress::Block { block, blocks } => self
+                .bar
+                .set_message(format!("block {}/{blocks}", block + 1)),
+            Progress::Layer { kind, .. } => {
+                self.bar.inc(1);
+                self.bar.set_message(format!("{} done", kind.hf_suffix()));
+            }
+        }
+    }
+
+    fn warning(&mut self, block: usize, kind: LinearKind, warning: &str) {
+        if !self.quiet {
+            self.bar
+                .suspend(|| log(false, &format!("warning: {}: {warning}", kind.hf_name(block))));
+        }
+    }
+}
+
+/// The run of `magr quantize` after the flags are checked, writing into `staging`.
+fn quantize_into(
+    args: &QuantizeArgs,
+    quiet: bool,
+    total: Instant,
+    settings: &PipelineSettings,
+    staging: Option<&Staging>,
+) -> Result<(), Error> {
+    let (mut model, model_path) = load_model(&args.model, quiet)?;
+    let calib_path = match &args.calib {
+        Some(p) => p.clone(),
+        None => data::data_file(data::ENWIKI_CALIBRATION)?,
+    };
+    let calib_tokens = model.encode(&data::read_text(&calib_path)?)?;
+    let windows =
+        llama_io::sample_calibration(&calib_tokens, args.nsamples, args.seqlen, args.seed)
+            .map_err(|e| format!("{}: {e}", calib_path.display()))?;
+    log(
+        quiet,
+        &format!(
+            "calibration: {} windows of {} tokens from {} ({} tokens), seed {}",
+            args.nsamples,
+            args.seqlen,
+            calib_path.display(),
+            calib_tokens.len(),
+            args.seed
+        ),
+    );
+
+    let eval_text = eval_tokens(&model, &args.eval)?;
+    let float = match &eval_text {
+        Some(text) if args.eval_float => Some(evaluate(
+            &model,
+            text,
+            &args.eval,
+            settings.par,
+            "float",
+            quiet,
+        )?),
+        _ => None,
+    };
+
+    let dtype = match args.dtype {
+        DtypeArg::F32 => WeightDtype::F32,
+        DtypeArg::F16 => WeightDtype::F16,
+        DtypeArg::Bf16 => WeightDtype::BF16,
+    };
+    let format_names: Vec<String> = match staging {
+        Some(_) => args.formats.iter().filter(|f| *f != "none").cloned().collect(),
+        None => Vec::new(),
+    };
+    let context = FormatContext {
+        spec: settings.spec,
+        act_order: settings.act_order,
+        damping: settings.method.damping(),
+        dtype,
+    };
+    let mut formats = format_names
+        .iter()
+        .map(|name| magr::output_format(name, &context))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let label = settings.label();
+    let bar = bar(quiet, (model.num_blocks() * 7) as u64, &label);
+    if args.resume {
+        let done = staging.and_then(Staging::checkpointed_blocks);
+        log(
+            quiet,
+            &match done {
+                Some(n) => format!("resuming after {n} finished blocks"),
+                None => "no checkpoint to resume from: starting afresh".to_string(),
+            },
+        );
+    }
+    let source = format!(
+        "model {}; formats {}",
+        model_path.display(),
+        format_names.join(",")
+    );
+    let report = run_pipeline(
+        &mut model,
+        &windows,
+        settings,
+        &source,
+        staging,
+        args.resume,
+        &mut formats,
+        &mut BarEvents { bar: &bar, quiet },
+    )?;
+    bar.finish_and_clear();
+    let s = &report.seconds;
+    let preprocess = if settings.preprocessor.is_identity() {
+        String::new()
+    } else {
+        format!(", {} {:.1} s", settings.preprocessor, s.preprocess)
+    };
+    println!(
+        "{label}: quantized in {:.1} s (capture {:.1} s{preprocess}, quantizer {:.1} s, propagate {:.1} s); summed layer loss {:.4e}",
+        s.total(),
+        s.capture,
+        s.quantize,
+        s.propagate,
+        report.summed_layer_loss()
+    );
+    let quantized = eval_text
+        .as_ref()
+        .map(|text| evaluate(&model, text, &args.eval, settings.par, &label, quiet))
+        .transpose()?;
+
+    if let Some(staging) = staging {
+        let run = RunReport {
+            model: model_path,
+            formats: format_names,
+            settings: settings.record(calib_path, args.nsamples, args.seqlen, args.seed),
+            float,
+            quantized,
+            pipeline: report,
+            seconds_total: total.elapsed().as_secs_f64(),
+        };
+        for note in write_outputs(staging.partial(), &model, &formats, &run)? {
+            log(quiet, &note);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,474 @@
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+
+mod plot;
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use plot::magnitude_svg;
+
+/// What a preprocessor did to one layer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PreprocessRecord {
+    /// Its objective at `W0`.
+    pub objective_before: f64,
+    /// Its objective at the result.
+    pub objective_after: f64,
+    /// `||X (W - W0)||_F^2`.
+    pub output_error: f64,
+    /// Iterations run.
+    pub iterations: usize,
+    /// Seconds.
+    pub seconds: f64,
+    /// Anything the user should know about this layer (a layer the calibration never
+    /// activates, for instance).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// What happened to one linear layer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayerRecord {
+    /// Decoder block.
+    pub block: usize,
+    /// Hugging Face name suffix (`q_proj`, ...).
+    pub layer: String,
+    /// Inputs x outputs.
+    pub shape: [usize; 2],
+    /// The preprocessor's record (absent when it did nothing).
+    pub preprocess: Option<PreprocessRecord>,
+    /// Largest `|w|` of the original layer.
+    pub max_abs_before: f32,
+    /// Largest `|w|` of what was quantized (equal to `max_abs_before` without a
+    /// preprocessor).
+    pub max_abs_after: f32,
+    /// Distribution of `|w|` before and after the preprocessor.
+    pub magnitudes: MagnitudeHistogram,
+    /// `tr((W0 - Q)^T H (W0 - Q))` of the quantized layer against the original weights.
+    pub layer_loss: f64,
+    /// Seconds of the quantizer.
+    pub quantize_seconds: f64,
+}
+
+/// Counts of `|w|` of one layer in [`MagnitudeHistogram::BINS`] equal bins on
+/// `[0, upper]`, `upper` the largest `|w|` before the preprocessor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MagnitudeHistogram {
+    /// Upper end of the last bin.
+    pub upper: f32,
+    /// Counts of the original weights.
+    pub before: Vec<u64>,
+    /// Counts of the weights handed to the quantizer.
+    pub after: Vec<u64>,
+}
+
+impl MagnitudeHistogram {
+    /// Number of bins.
+    pub const BINS: usize = 48;
+
+    /// The histograms of the weights `before` and `after` on `[0, upper]` (values above
+    /// `upper` count in the last bin).
+    pub fn new(
+        before: impl IntoIterator<Item = f32>,
+        after: impl IntoIterator<Item = f32>,
+        upper: f32,
+    ) -> Self {
+        let scale = if upper > 0.0 {
+            Self::BINS as f32 / upper
+        } else {
+            0.0
+        };
+        let counts = |w: &mut dyn Iterator<Item = f32>| {
+            let mut counts = vec![0u64; Self::BINS];
+            for x in w {
+                let bin = ((x.abs() * scale) as usize).min(Self::BINS - 1);
+                counts[bin] += 1;
+            }
+            counts
+        };
+        MagnitudeHistogram {
+            upper,
+            before: counts(&mut before.into_iter()),
+            after: counts(&mut after.into_iter()),
+        }
+    }
+}
+
+/// Wall time of each stage, summed over blocks.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StageSeconds {
+    /// Embedding the calibration windows.
+    pub embed: f64,
+    /// Float forward passes that accumulate `H`.
+    pub capture: f64,
+    /// The preprocessor.
+    pub preprocess: f64,
+    /// The quantizer.
+    pub quantize: f64,
+    /// Forward passes of the quantized blocks.
+    pub propagate: f64,
+}
+
+impl StageSeconds {
+    /// The sum of the stages.
+    pub fn total(&self) -> f64 {
+        self.embed + self.capture + self.preprocess + self.quantize + self.propagate
+    }
+}
+
+/// The pipeline's record of a run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PipelineReport {
+    /// One record per linear layer, in block and forward order.
+    pub layers: Vec<LayerRecord>,
+    /// Time per stage.
+    pub seconds: StageSeconds,
+    /// Calibration windows and their length.
+    pub calibration: [usize; 2],
+}
+
+impl PipelineReport {
+    /// The sum over every layer of its loss `tr((W0 - Q)^T H (W0 - Q))`.
+    pub fn summed_layer_loss(&self) -> f64 {
+        self.layers.iter().map(|l| l.layer_loss).sum()
+    }
+}
+
+/// The perplexity of one model on a text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    /// The evaluation text.
+    pub text: PathBuf,
+    /// Window length in tokens.
+    pub seqlen: usize,
+    /// Windows evaluated.
+    pub windows: usize,
+    /// Tokens whose loss was counted.
+    pub tokens_scored: usize,
+    /// Perplexity.
+    pub ppl: f64,
+    /// Seconds.
+    pub seconds: f64,
+    /// Throughput.
+    pub tokens_per_second: f64,
+}
+
+/// A preprocessor or a method as a report names it: its registered name, its label
+/// (`Display`) and its parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ComponentRecord {
+    /// Registered name (`magr`, `optq-cd`).
+    pub name: String,
+    /// Label (`MagR`, `OPTQ+CD`).
+    pub label: String,
+    /// Parameters (a JSON object).
+    pub parameters: Value,
+}
+
+impl ComponentRecord {
+    /// `label (key value, ...)`, or the label alone without parameters.
+    pub fn describe(&self) -> String {
+        let parameters: Vec<String> = self
+            .parameters
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| match v {
+                Value::String(s) => format!("{k} {s}"),
+                Value::Null => format!("{k} default"),
+                v => format!("{k} {v}"),
+            })
+            .collect();
+        if parameters.is_empty() {
+            self.label.clone()
+        } else {
+            format!("{} ({})", self.label, parameters.join(", "))
+        }
+    }
+}
+
+/// The settings of a run, as `report.json` records them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SettingsRecord {
+    /// Bits per weight.
+    pub bits: u32,
+    /// Inputs per group (`None`: per output channel).
+    pub group_size: Option<usize>,
+    /// Symmetric grids.
+    pub symmetric: bool,
+    /// Grid shrink factor.
+    pub beta: f32,
+    /// The quantizer.
+    pub method: ComponentRecord,
+    /// The preprocessor.
+    pub preprocessor: ComponentRecord,
+    /// OPTQ's act-order.
+    pub act_order: bool,
+    /// Inputs captured after the layers before them were quantized.
+    pub true_sequential: bool,
+    /// Where the heavy work ran.
+    pub backend: String,
+    /// Calibration text.
+    pub calibration_text: PathBuf,
+    /// Calibration windows.
+    pub nsamples: usize,
+    /// Calibration window length.
+    pub seqlen: usize,
+    /// Seed of the calibration sampler.
+    pub seed: u64,
+}
+
+impl SettingsRecord {
+    /// `MagR+OPTQ`: the preprocessor's label (unless it is `none`) and the method's.
+    pub fn method_label(&self) -> String {
+        method_label(
+            (self.preprocessor.name != "none").then_some(self.preprocessor.label.as_str()),
+            &self.method.label,
+        )
+    }
+}
+
+/// Everything `report.json` holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunReport {
+    /// The model quantized.
+    pub model: PathBuf,
+    /// The output formats written.
+    pub formats: Vec<String>,
+    /// The settings.
+    pub settings: SettingsRecord,
+    /// The float model's evaluation, when asked for.
+    pub float: Option<Evaluation>,
+    /// The quantized model's evaluation, unless evaluation was off.
+    pub quantized: Option<Evaluation>,
+    /// The pipeline's records.
+    pub pipeline: PipelineReport,
+    /// Seconds of the whole run.
+    pub seconds_total: f64,
+}
+
+impl RunReport {
+    /// The label of the run (`MagR+OPTQ w3 g64`): what progress and result lines show.
+    pub fn label(&self) -> String {
+        let s = &self.settings;
+        format!("{}{}", s.method_label(), grid_label(s.bits, s.group_size))
+    }
+
+    /// `report.md`: the settings, the perplexities and times, and one row per layer.
+    pub fn markdown(&self) -> String {
+        let s = &self.settings;
+        let pre = &s.preprocessor.label;
+        let mut md = String::new();
+        let _ = writeln!(md, "# magr quantize report\n");
+        let _ = writeln!(md, "- model: `{}`", self.model.display());
+        let _ = writeln!(
+            md,
+            "- grid: {} bits, {}, {}, beta {}",
+            s.bits,
+            s.group_size
+                .map_or("per channel".to_string(), |g| format!("groups of {g}")),
+            if s.symmetric {
+                "symmetric"
+            } else {
+                "asymmetric"
+            },
+            s.beta
+        );
+        let _ = writeln!(
+            md,
+            "- method: {}, act-order {}",
+            s.method.describe(),
+            s.act_order
+        );
+        let _ = writeln!(md, "- preprocessor: {}", s.preprocessor.describe());
+        let _ = writeln!(
+            md,
+            "- calibration: {} windows of {} tokens from `{}`, seed {}",
+            s.nsamples,
+            s.seqlen,
+            s.calibration_text.display(),
+            s.seed
+        );
+        for (label, e) in [("float", &self.float), ("quantized", &self.quantized)] {
+            if let Some(e) = e {
+                let _ = writeln!(
+                    md,
+                    "- {label} perplexity: **{:.4}** ({} windows of {}, {} tokens scored, `{}`)",
+                    e.ppl,
+                    e.windows,
+                    e.seqlen,
+                    e.tokens_scored,
+                    e.text.display()
+                );
+            }
+        }
+        if s.preprocessor.name != "none" {
+            let _ = writeln!(
+                md,
+                "- weight magnitudes: ![before and after {pre}](magnitudes.svg)"
+            );
+        }
+        let t = &self.pipeline.seconds;
+        let _ = writeln!(
+            md,
+            "- seconds: embed {:.1}, capture {:.1}, {pre} {:.1}, quantizer {:.1}, propagate {:.1}; total run {:.1}\n",
+            t.embed, t.capture, t.preprocess, t.quantize, t.propagate, self.seconds_total
+        );
+        let warnings: Vec<String> = self
+            .pipeline
+            .layers
+            .iter()
+            .flat_map(|l| {
+                let name = format!("block {} {}", l.block, l.layer);
+                l.preprocess
+                    .iter()
+                    .flat_map(|p| &p.warnings)
+                    .map(move |w| format!("- {name}: {w}"))
+            })
+            .collect();
+        if !warnings.is_empty() {
+            let _ = writeln!(md, "Warnings:\n\n{}\n", warnings.join("\n"));
+        }
+        let _ = writeln!(
+            md,
+            "| block | layer | in x out | max abs before | max abs after {pre} | {pre} objective before -> after | layer loss |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+        for l in &self.pipeline.layers {
+            let objective = l.preprocess.as_ref().map_or("-".to_string(), |m| {
+                format!("{:.4e} -> {:.4e}", m.objective_before, m.objective_after)
+            });
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} x {} | {:.4} | {:.4} | {} | {:.4e} |",
+                l.block,
+                l.layer,
+                l.shape[0],
+                l.shape[1],
+                l.max_abs_before,
+                l.max_abs_after,
+                objective,
+                l.layer_loss
+            );
+        }
+        md
+    }
+}
+
+/// `MagR+OPTQ`: a preprocessor's label (if any) joined to a method's.
+pub fn method_label(preprocessor: Option<&str>, method: &str) -> String {
+    match preprocessor {
+        Some(p) => format!("{p}+{method}"),
+        None => method.to_string(),
+    }
+}
+
+/// ` w3 g64`: bits, and the group size when there is one.
+pub fn grid_label(bits: u32, group_size: Option<usize>) -> String {
+    format!(
+        " w{bits}{}",
+        group_size.map_or(String::new(), |g| format!(" g{g}"))
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn report() -> RunReport {
+        let w0: Vec<f32> = (0..8).map(|k| (k % 4) as f32 - (k / 4) as f32).collect();
+        let w: Vec<f32> = w0.iter().map(|x| x * 0.5).collect();
+        RunReport {
+            model: "m.gguf".into(),
+            formats: vec!["fake-quant".into()],
+            settings: SettingsRecord {
+                bits: 3,
+                group_size: Some(64),
+                symmetric: false,
+                beta: 0.95,
+                method: ComponentRecord {
+                    name: "optq-cd".into(),
+                    label: "OPTQ+CD".into(),
+                    parameters: json!({"sweeps": 30, "lambda": null}),
+                },
+                preprocessor: ComponentRecord {
+                    name: "magr".into(),
+                    label: "MagR".into(),
+                    parameters: json!({"alpha": 1e-4}),
+                },
+                act_order: false,
+                true_sequential: false,
+                backend: "cpu".into(),
+                calibration_text: "c.txt".into(),
+                nsamples: 4,
+                seqlen: 32,
+                seed: 0,
+            },
+            float: None,
+            quantized: None,
+            pipeline: PipelineReport {
+                layers: vec![LayerRecord {
+                    block: 0,
+                    layer: "q_proj".into(),
+                    shape: [4, 2],
+                    preprocess: Some(PreprocessRecord {
+                        objective_before: 1.0,
+                        objective_after: 0.5,
+                        output_error: 0.25,
+                        iterations: 10,
+                        seconds: 0.1,
+                        warnings: vec!["H is zero".into()],
+                    }),
+                    max_abs_before: 3.0,
+                    max_abs_after: 1.5,
+                    magnitudes: MagnitudeHistogram::new(w0, w, 3.0),
+                    layer_loss: 2.0,
+                    quantize_seconds: 0.2,
+                }],
+                ..PipelineReport::default()
+            },
+            seconds_total: 1.0,
+        }
+    }
+
+    #[test]
+    fn the_report_round_trips_through_json() {
+        let r = report();
+        let text = serde_json::to_string_pretty(&r).unwrap();
+        assert_eq!(serde_json::from_str::<RunReport>(&text).unwrap(), r);
+        // A renamed or missing field is an error, not a NaN.
+        let mut v: Value = serde_json::from_str(&text).unwrap();
+        v["pipeline"]["layers"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("layer_loss");
+        assert!(serde_json::from_value::<RunReport>(v).is_err());
+    }
+
+    #[test]
+    fn markdown_names_components_by_label_and_shows_warnings() {
+        let md = report().markdown();
+        assert!(md.contains("- method: OPTQ+CD (lambda default, sweeps 30), act-order false"));
+        assert!(md.contains("- preprocessor: MagR (alpha 0.0001)"));
+        assert!(md.contains("- block 0 q_proj: H is zero"));
+        assert!(md.contains("| 0 | q_proj | 4 x 2 | 3.0000 | 1.5000 | 1.0000e0 -> 5.0000e-1 | 2.0000e0 |"));
+        assert!(!md.contains("OptqCd"));
+        assert_eq!(report().label(), "MagR+OPTQ+CD w3 g64");
+    }
+
+    #[test]
+    fn histogram_counts_every_weight_once() {
+        let w: Vec<f32> = (0..35).map(|k| k as f32 * 0.1 - 1.0).collect();
+        let h = MagnitudeHistogram::new(w.clone(), w, 2.5);
+        assert_eq!(h.before.iter().sum::<u64>(), 35);
+        assert_eq!(h.before, h.after);
+        // A value at `upper` lands in the last bin.
+        let h = MagnitudeHistogram::new([2.5f32], [2.5f32], 2.5);
+        assert_eq!(h.before[MagnitudeHistogram::BINS - 1], 1);
+    }
+}

@@ -1,0 +1,257 @@
+//! `gptq/`: the packed GPTQ checkpoint of a quantized model: per linear layer `qweight`,
+//! `qzeros`, `scales` (f16) and `g_idx` (layouts in [`quantizers::pack_gptq`]), and a
+//! `quantization_config` (`quant_method: "gptq"`) in `config.json`, beside the float
+//! embeddings, norms and head. Because grid scales are f16 values, a loader dequantizes
+//! exactly the fake-quant weights the pipeline wrote into the model.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use llama_io::{DirExtras, LinearKind, Model, NamedTensor, TensorData};
+use quantizers::{GptqTensors, GridSpec, QuantizedLinear, ZeroFormat, pack_gptq};
+use serde_json::{Value, json};
+
+use super::{FormatContext, FormatState, OutputFormat};
+use crate::error::PipelineError;
+
+/// The packed layers of a run, collected as the pipeline quantizes them.
+#[derive(Debug, Clone)]
+pub struct GptqFormat {
+    context: FormatContext,
+    layers: BTreeMap<(usize, LinearKind), GptqTensors>,
+}
+
+/// The name of each tensor of a packed layer after its module name
+/// (`model.layers.0.self_attn.q_proj.qweight`): the one place that spells them.
+const QWEIGHT: &str = "qweight";
+const QZEROS: &str = "qzeros";
+const SCALES: &str = "scales";
+const G_IDX: &str = "g_idx";
+
+/// The tensors of packed layer `t`, named `{module}.qweight` and so on.
+fn layer_tensors(module: &str, t: &GptqTensors) -> Vec<NamedTensor> {
+    let tensor = |suffix: &str, shape: Vec<usize>, data: TensorData| NamedTensor {
+        name: format!("{module}.{suffix}"),
+        shape,
+        data,
+    };
+    vec![
+        tensor(
+            QWEIGHT,
+            t.qweight_shape().to_vec(),
+            TensorData::I32(t.qweight.clone()),
+        ),
+        tensor(
+            QZEROS,
+            t.qzeros_shape().to_vec(),
+            TensorData::I32(t.qzeros.clone()),
+        ),
+        tensor(
+            SCALES,
+            t.scales_shape().to_vec(),
+            TensorData::F16(t.scales.clone()),
+        ),
+        tensor(G_IDX, vec![t.inputs], TensorData::I32(t.g_idx.clone())),
+    ]
+}
+
+impl GptqFormat {
+    /// An empty checkpoint for a run (grids, `desc_act`, `damp_percent`, float dtype).
+    pub fn new(context: &FormatContext) -> Self {
+        GptqFormat {
+            context: *context,
+            layers: BTreeMap::new(),
+        }
+    }
+
+    /// The packed layer `kind` of `block`, if it is there.
+    pub fn layer(&self, block: usize, kind: LinearKind) -> Option<&GptqTensors> {
+        self.layers.get(&(block, kind))
+    }
+
+    /// The zero-point layout of the whole checkpoint: v1 (read by every loader) when it
+    /// holds every layer's zero points, else v2.
+    ///
+    /// # Errors
+    /// Zero points 0 in one layer and `2^bits` in another.
+    pub fn zero_format(&self) -> Result<ZeroFormat, PipelineError> {
+        let bits = self.context.spec.bits();
+        let mut all = Vec::new();
+        for ((block, kind), t) in &self.layers {
+            let zeros = t
+                .zero_points()
+                .map_err(|e| PipelineError::Output(format!("{}: {e}", kind.hf_name(*block))))?;
+            all.extend(zeros);
+        }
+        ZeroFormat::choose(all.iter().copied(), bits).ok_or_else(|| {
+            PipelineError::Output(format!(
+                "zero points 0 and {} occur in this model; no single GPTQ layout stores both",
+                1u32 << bits
+            ))
+        })
+    }
+
+    /// `config.json`'s `quantization_config` for zero points in `format`.
+    fn quantization_config(&self, format: ZeroFormat) -> Value {
+        let spec: &GridSpec = &self.context.spec;
+        let mut config = json!({
+            "quant_method": "gptq",
+            "bits": spec.bits(),
+            "group_size": spec.group_size().map_or(-1, |g| g as i64),
+            "desc_act": self.context.act_order,
+            "sym": spec.symmetric(),
+            "checkpoint_format": format.checkpoint_format(),
+            "static_groups": false,
+        });
+        if let Some(damping) = self.context.damping {
+            config["damp_percent"] = json!(damping);
+        }
+        config
+    }
+}
+
+impl OutputFormat for GptqFormat {
+    fn name(&self) -> &str {
+        "gptq"
+    }
+
+    /// Packs the layer, its zero points in the layout that holds them (v1 where it can).
+    fn layer_quantized(
+        &mut self,
+        block: usize,
+        kind: LinearKind,
+        q: &QuantizedLinear,
+    ) -> Result<(), PipelineError> {
+        let bits = q.spec().bits();
+        let format =
+            ZeroFormat::choose(q.grids().iter().map(|g| g.zero), bits).ok_or_else(|| {
+                PipelineError::Output(format!(
+                    "{}: zero points 0 and {} in one layer; no GPTQ layout stores both",
+                    kind.hf_name(block),
+                    1u32 << bits
+                ))
+            })?;
+        self.layers.insert((block, kind), pack_gptq(q, format)?);
+        Ok(())
+    }
+
+    fn write(&self, model: &Model, dir: &Path) -> Result<Option<String>, PipelineError> {
+        let format = self.zero_format()?;
+        let mut extras = DirExtras {
+            omitted: BTreeSet::new(),
+            tensors: Vec::new(),
+            config: serde_json::Map::new(),
+        };
+        extras
+            .config
+            .insert("quantization_config".into(), self.quantization_config(format));
+        for block in 0..model.num_blocks() {
+            for kind in LinearKind::ALL {
+                let t = self.layer(block, kind).ok_or_else(|| {
+                    PipelineError::Output(format!("{} was not quantized", kind.hf_name(block)))
+                })?;
+                let name = kind.hf_name(block);
+                let module = name.trim_end_matches(".weight");
+                extras
+                    .tensors
+                    .extend(layer_tensors(module, &t.to_format(format)?));
+                extras.omitted.insert(name);
+            }
+        }
+        llama_io::write_hf_dir_with(model, dir, self.context.dtype, true, &extras)?;
+        Ok(Some(format!(
+            "GPTQ checkpoint with zero points in the {} layout",
+            format.checkpoint_format()
+        )))
+    }
+
+    /// The packed layers of `block` (tensors named `{layer}.qweight` and so on, with the
+    /// zero layout of each in `{layer}.format`).
+    fn save_block(&self, block: usize) -> Result<FormatState, PipelineError> {
+        let mut state = FormatState::default();
+        for kind in LinearKind::ALL {
+            let t = self.layer(block, kind).ok_or_else(|| {
+                PipelineError::Output(format!("{} was not packed", kind.hf_name(block)))
+            })?;
+            let suffix = kind.hf_suffix();
+            state.tensors.extend(layer_tensors(suffix, t));
+            state.metadata.insert(
+                format!("{suffix}.format"),
+                t.format.checkpoint_format().to_string(),
+            );
+        }
+        Ok(state)
+    }
+
+    fn restore_block(&mut self, block: usize, state: FormatState) -> Result<(), PipelineError> {
+        let mut tensors: BTreeMap<String, NamedTensor> = state
+            .tensors
+            .into_iter()
+            .map(|t| (t.name.clone(), t))
+            .collect();
+        for kind in LinearKind::ALL {
+            let suffix = kind.hf_suffix();
+            let missing = |what: &str| {
+                PipelineError::Output(format!(
+                    "{}: no packed {what} in the checkpoint",
+                    kind.hf_name(block)
+                ))
+            };
+            let format = match state.metadata.get(&format!("{suffix}.format")).map(String::as_str) {
+                Some("gptq") => ZeroFormat::V1,
+                Some("gptq_v2") => ZeroFormat::V2,
+                Some(other) => {
+                    return Err(PipelineError::Output(format!(
+                        "{}: unknown zero layout `{other}` in the checkpoint",
+                        kind.hf_name(block)
+                    )));
+                }
+                None => return Err(missing("layout")),
+            };
+            let mut take = |part: &str| {
+                tensors
+                    .remove(&format!("{suffix}.{part}"))
+                    .ok_or_else(|| missing(part))
+            };
+            let (qweight, qzeros, scales, g_idx) =
+                (take(QWEIGHT)?, take(QZEROS)?, take(SCALES)?, take(G_IDX)?);
+            let (outputs, inputs) = (
+                qweight.shape.get(1).copied().unwrap_or(0),
+                g_idx.shape.first().copied().unwrap_or(0),
+            );
+            let ints = |t: NamedTensor| match t.data {
+                TensorData::I32(v) => Ok(v),
+                _ => Err(PipelineError::Output(format!(
+                    "checkpoint tensor {} is not int32",
+                    t.name
+                ))),
+            };
+            let groups = scales.shape.first().copied().unwrap_or(0);
+            let scales = match scales.data {
+                TensorData::F16(v) => v,
+                _ => {
+                    return Err(PipelineError::Output(format!(
+                        "checkpoint tensor {} is not f16",
+                        scales.name
+                    )));
+                }
+            };
+            let t = GptqTensors {
+                bits: self.context.spec.bits(),
+                inputs,
+                outputs,
+                groups,
+                qweight: ints(qweight)?,
+                format,
+                qzeros: ints(qzeros)?,
+                scales,
+                g_idx: ints(g_idx)?,
+            };
+            // Validates every length and index.
+            quantizers::dequantize_gptq(&t)
+                .map_err(|e| PipelineError::Output(format!("{}: {e}", kind.hf_name(block))))?;
+            self.layers.insert((block, kind), t);
+        }
+        Ok(())
+    }
+}

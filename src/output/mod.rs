@@ -1,0 +1,130 @@
+//! Output formats: what `magr quantize --out DIR` writes besides the reports, one
+//! subdirectory per format (`DIR/fake-quant/`, `DIR/gptq/`).
+//!
+//! An [`OutputFormat`] receives each quantized layer (codes, grids, dequantized weights)
+//! as the pipeline produces it, writes its directory from those layers and the finished
+//! model (atomically: a temporary sibling, then a rename), and saves and restores its own
+//! state per block so that `--resume` gives the same bytes. [`FORMATS`] is the one list
+//! (the CLI's `--formats` reads it): adding a format means implementing [`OutputFormat`]
+//! and adding one [`FormatEntry`].
+
+mod fake_quant;
+mod gptq;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use llama_io::{LinearKind, Model, NamedTensor, WeightDtype};
+use quantizers::{GridSpec, QuantizedLinear};
+
+use crate::error::PipelineError;
+use crate::registry;
+
+pub use fake_quant::FakeQuantFormat;
+pub use gptq::GptqFormat;
+
+/// What a format knows of the run that feeds it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FormatContext {
+    /// The grid family of every layer.
+    pub spec: GridSpec,
+    /// OPTQ's act-order (GPTQ's `desc_act`).
+    pub act_order: bool,
+    /// The relative damping of `H` of the quantizer, if it uses `H` (GPTQ's `damp_percent`).
+    pub damping: Option<f64>,
+    /// Storage type of the float tensors written.
+    pub dtype: WeightDtype,
+}
+
+/// A format's state after a block, as a run checkpoint stores it: tensors and text
+/// entries, under names of the format's choosing.
+#[derive(Debug, Default)]
+pub struct FormatState {
+    /// Tensors.
+    pub tensors: Vec<NamedTensor>,
+    /// Text entries.
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// A model format written under the output directory.
+pub trait OutputFormat: Send {
+    /// Its name: the `--formats` value and the subdirectory it writes.
+    fn name(&self) -> &str;
+
+    /// Layer `kind` of `block` is quantized as `quantized`.
+    ///
+    /// # Errors
+    /// A layer the format cannot store, named.
+    fn layer_quantized(
+        &mut self,
+        block: usize,
+        kind: LinearKind,
+        quantized: &QuantizedLinear,
+    ) -> Result<(), PipelineError>;
+
+    /// Writes the directory `dir` (which does not exist yet) for `model`, whose every
+    /// linear layer is quantized; returns a line worth telling the user, if any.
+    ///
+    /// # Errors
+    /// A layer never quantized, and write errors naming the file.
+    fn write(&self, model: &Model, dir: &Path) -> Result<Option<String>, PipelineError>;
+
+    /// Its state for the finished `block`, for a run checkpoint.
+    ///
+    /// # Errors
+    /// A layer of `block` that it never received.
+    fn save_block(&self, block: usize) -> Result<FormatState, PipelineError>;
+
+    /// Restores what [`OutputFormat::save_block`] saved for `block`.
+    ///
+    /// # Errors
+    /// A state it cannot read, named.
+    fn restore_block(&mut self, block: usize, state: FormatState) -> Result<(), PipelineError>;
+}
+
+/// A registered format: its name, a line of help, whether `--formats` includes it by
+/// default, and how to build it for a run.
+#[derive(Debug, Clone, Copy)]
+pub struct FormatEntry {
+    /// The name (`--formats NAME`, and the subdirectory).
+    pub name: &'static str,
+    /// One line of help.
+    pub about: &'static str,
+    /// Written unless `--formats` says otherwise.
+    pub default: bool,
+    /// The format for a run.
+    pub build: fn(&FormatContext) -> Box<dyn OutputFormat>,
+}
+
+/// Every format, in the order the CLI lists them.
+pub static FORMATS: &[FormatEntry] = &[
+    FormatEntry {
+        name: "fake-quant",
+        about: "a Hugging Face directory with the dequantized weights (loads wherever a float model loads)",
+        default: true,
+        build: |c| Box::new(FakeQuantFormat::new(c.dtype)),
+    },
+    FormatEntry {
+        name: "gptq",
+        about: "the packed GPTQ checkpoint (int32 codes, f16 scales, quantization_config)",
+        default: true,
+        build: |c| Box::new(GptqFormat::new(c)),
+    },
+];
+
+/// The registered format `name` for a run.
+///
+/// # Errors
+/// An unknown name, listing the known ones.
+pub fn output_format(
+    name: &str,
+    context: &FormatContext,
+) -> Result<Box<dyn OutputFormat>, PipelineError> {
+    Ok((registry::find(FORMATS, "output format", name)?.build)(context))
+}
+
+impl registry::Entry for FormatEntry {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+}

@@ -1,0 +1,339 @@
+//! Preprocessors: what changes a layer's weights before they are quantized, keeping the
+//! layer's output on the calibration data (MagR shrinks the largest magnitudes).
+//!
+//! A [`Preprocessor`] maps `(W0, H)` to the weights handed to the quantizer and records
+//! what it did in a [`PreprocessRecord`]; the reports and the magnitude plot read that
+//! record whatever the preprocessor. [`PREPROCESSORS`] is the one list: adding one means
+//! implementing [`Preprocessor`] and adding one [`PreprocessorEntry`].
+
+use std::fmt;
+
+use faer::{Mat, MatRef, Par};
+use prox_opt::{Grouping, MagrOptions, Solver};
+use quantizers::GridSpec;
+use magr_report::PreprocessRecord;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::backend::{ComputeBackend, Windows};
+use crate::error::PipelineError;
+use crate::registry;
+
+/// What a preprocessor needs besides the layer.
+#[derive(Debug, Clone, Copy)]
+pub struct PreprocessContext<'a> {
+    /// The grid family the result will be quantized on (MagR works per group with groups).
+    pub spec: GridSpec,
+    /// Parallelism of the linear algebra.
+    pub par: Par,
+    /// Where the heavy work runs.
+    pub backend: &'a dyn ComputeBackend,
+}
+
+/// A preprocessor's output for one layer: the weights to quantize (`None`: `W0` itself)
+/// and its record (`None` when it did nothing).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Preprocessed {
+    /// The weights handed to the quantizer, when they differ from `W0`.
+    pub weights: Option<Mat<f32>>,
+    /// What happened.
+    pub record: Option<PreprocessRecord>,
+}
+
+/// A preprocessing step in front of the quantizer. `Display` is its short label (`MagR`).
+pub trait Preprocessor: fmt::Display + fmt::Debug + Send + Sync {
+    /// The registered name (`--preprocessor NAME`).
+    fn name(&self) -> &'static str;
+
+    /// Its parameters as a JSON object (recorded in `report.json` and the fingerprint).
+    fn parameters(&self) -> Value {
+        json!({})
+    }
+
+    /// Whether it leaves every layer as it is (no stage, no label, no plot).
+    fn is_identity(&self) -> bool {
+        false
+    }
+
+    /// Which calibration windows form the `H` that [`Preprocessor::apply`] receives.
+    fn windows(&self) -> Windows {
+        Windows::All
+    }
+
+    /// The weights to quantize for a layer with weights `w0` (in x out) and `H` (in x in).
+    ///
+    /// # Errors
+    /// Whatever the preprocessor refuses in its problem.
+    fn apply(
+        &self,
+        w0: MatRef<'_, f32>,
+        h: MatRef<'_, f32>,
+        context: &PreprocessContext<'_>,
+    ) -> Result<Preprocessed, PipelineError>;
+}
+
+/// The options of the registered preprocessors, as the CLI collects them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PreprocessOptions {
+    /// MagR's `alpha` (`None`: 1e-3 per channel, 1e-4 with groups).
+    pub alpha: Option<f64>,
+    /// MagR's iterations.
+    pub iterations: usize,
+    /// FISTA instead of the plain method.
+    pub fista: bool,
+    /// Which windows form MagR's `H`.
+    pub windows: Windows,
+}
+
+impl Default for PreprocessOptions {
+    fn default() -> Self {
+        PreprocessOptions {
+            alpha: None,
+            iterations: 200,
+            fista: false,
+            windows: Windows::All,
+        }
+    }
+}
+
+/// A registered preprocessor: name, a line of help, and how to build it for a grid.
+#[derive(Debug, Clone, Copy)]
+pub struct PreprocessorEntry {
+    /// The name (`--preprocessor NAME`).
+    pub name: &'static str,
+    /// One line of help.
+    pub about: &'static str,
+    /// The preprocessor with these options, for grids `spec`.
+    pub build: fn(&PreprocessOptions, &GridSpec) -> Box<dyn Preprocessor>,
+}
+
+/// Every preprocessor, in the order the CLI lists them.
+pub static PREPROCESSORS: &[PreprocessorEntry] = &[
+    PreprocessorEntry {
+        name: "magr",
+        about: "MagR: l-infinity-penalised proximal gradient (weight magnitude reduction)",
+        build: |o, spec| {
+            let reference = MagrSettings::reference(spec);
+            Box::new(MagrSettings {
+                alpha: o.alpha.unwrap_or(reference.alpha),
+                iterations: o.iterations,
+                fista: o.fista,
+                windows: o.windows,
+            })
+        },
+    },
+    PreprocessorEntry {
+        name: "none",
+        about: "none: quantize the weights as they are",
+        build: |_, _| Box::new(Identity),
+    },
+];
+
+/// The registered preprocessor `name` with `options` for grids `spec`.
+///
+/// # Errors
+/// An unknown name, listing the known ones.
+pub fn preprocessor(
+    name: &str,
+    options: &PreprocessOptions,
+    spec: &GridSpec,
+) -> Result<Box<dyn Preprocessor>, PipelineError> {
+    Ok((registry::find(PREPROCESSORS, "preprocessor", name)?.build)(options, spec))
+}
+
+impl registry::Entry for PreprocessorEntry {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+}
+
+/// No preprocessing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity;
+
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("none")
+    }
+}
+
+impl Preprocessor for Identity {
+    fn name(&self) -> &'static str {
+        "none"
+    }
+
+    fn is_identity(&self) -> bool {
+        true
+    }
+
+    fn apply(
+        &self,
+        _w0: MatRef<'_, f32>,
+        _h: MatRef<'_, f32>,
+        _context: &PreprocessContext<'_>,
+    ) -> Result<Preprocessed, PipelineError> {
+        Ok(Preprocessed {
+            weights: None,
+            record: None,
+        })
+    }
+}
+
+/// MagR (per channel, or per group when the grid has groups):
+/// `min_W 1/2 ||X (W - W0)||_F^2 + alpha lambda_max(H) sum ||w||_inf` by proximal
+/// gradient ([`prox_opt::magr`]).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct MagrSettings {
+    /// Penalty `alpha` (reference: 1e-3 per channel, 1e-4 per group).
+    pub alpha: f64,
+    /// Iterations (reference: 200).
+    pub iterations: usize,
+    /// FISTA instead of the plain method.
+    pub fista: bool,
+    /// Which windows form `H`.
+    #[serde(skip)]
+    pub windows: Windows,
+}
+
+impl MagrSettings {
+    /// The reference settings for a grid: alpha 1e-3 per channel or 1e-4 with groups,
+    /// 200 plain iterations, `H` from all windows.
+    pub fn reference(spec: &GridSpec) -> Self {
+        Self {
+            alpha: if spec.group_size().is_some() {
+                1e-4
+            } else {
+                1e-3
+            },
+            iterations: 200,
+            fista: false,
+            windows: Windows::All,
+        }
+    }
+}
+
+impl fmt::Display for MagrSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MagR")
+    }
+}
+
+impl Preprocessor for MagrSettings {
+    fn name(&self) -> &'static str {
+        "magr"
+    }
+
+    fn parameters(&self) -> Value {
+        json!({
+            "alpha": self.alpha,
+            "iterations": self.iterations,
+            "fista": self.fista,
+            "hessian": match self.windows {
+                Windows::All => "all windows",
+                Windows::Last => "last window",
+            },
+        })
+    }
+
+    fn windows(&self) -> Windows {
+        self.windows
+    }
+
+    fn apply(
+        &self,
+        w0: MatRef<'_, f32>,
+        h: MatRef<'_, f32>,
+        context: &PreprocessContext<'_>,
+    ) -> Result<Preprocessed, PipelineError> {
+        let options = MagrOptions {
+            alpha: self.alpha,
+            iterations: self.iterations,
+            grouping: context
+                .spec
+                .group_size()
+                .map_or(Grouping::PerChannel, Grouping::PerGroup),
+            solver: if self.fista {
+                Solver::Fista
+            } else {
+                Solver::Plain
+            },
+            record_trace: false,
+            par: context.par,
+        };
+        let (w, r) = context.backend.magr(w0, h, &options)?;
+        Ok(Preprocessed {
+            weights: Some(w),
+            record: Some(PreprocessRecord {
+                objective_before: r.objective_before,
+                objective_after: r.objective_after,
+                output_error: r.output_error,
+                iterations: r.iterations,
+                seconds: r.seconds,
+                warnings: r.warnings,
+            }),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Cpu;
+
+    #[test]
+    fn every_registered_preprocessor_is_found_by_its_own_name() {
+        let spec = GridSpec::reference(4, None).unwrap();
+        for entry in PREPROCESSORS {
+            let p = preprocessor(entry.name, &PreprocessOptions::default(), &spec).unwrap();
+            assert_eq!(p.name(), entry.name);
+        }
+        let e = preprocessor("smooth", &PreprocessOptions::default(), &spec)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("smooth") && e.contains("magr"), "{e}");
+    }
+
+    #[test]
+    fn magr_takes_the_reference_alpha_unless_given_and_reports_a_dead_layer() {
+        let grouped = GridSpec::reference(3, Some(16)).unwrap();
+        let p = preprocessor("magr", &PreprocessOptions::default(), &grouped).unwrap();
+        assert_eq!(p.parameters()["alpha"], 1e-4);
+        let options = PreprocessOptions {
+            alpha: Some(0.5),
+            ..PreprocessOptions::default()
+        };
+        let p = preprocessor("magr", &options, &grouped).unwrap();
+        assert_eq!(p.parameters()["alpha"], 0.5);
+
+        // A layer whose H is zero: W0 comes back, and the warning reaches the record.
+        let w0 = Mat::from_fn(16, 3, |i, j| (i as f32 - 7.5) * 0.1 + j as f32);
+        let h = Mat::<f32>::zeros(16, 16);
+        let context = PreprocessContext {
+            spec: grouped,
+            par: Par::Seq,
+            backend: &Cpu,
+        };
+        let out = p.apply(w0.as_ref(), h.as_ref(), &context).unwrap();
+        assert_eq!(out.weights.unwrap(), w0);
+        assert!(!out.record.unwrap().warnings.is_empty());
+    }
+
+    #[test]
+    fn identity_changes_nothing() {
+        let w0 = Mat::from_fn(4, 2, |i, j| (i + j) as f32);
+        let h = Mat::<f32>::identity(4, 4);
+        let context = PreprocessContext {
+            spec: GridSpec::reference(4, None).unwrap(),
+            par: Par::Seq,
+            backend: &Cpu,
+        };
+        let out = Identity.apply(w0.as_ref(), h.as_ref(), &context).unwrap();
+        assert_eq!(
+            out,
+            Preprocessed {
+                weights: None,
+                record: None
+            }
+        );
+    }
+}

@@ -1,0 +1,383 @@
+//! A `magr quantize` run around the pipeline: the staged output directory, the run
+//! checkpoint and `--resume`, the observer that feeds the output formats, and writing
+//! everything at the end. The CLI parses flags and shows progress; the logic is here.
+//!
+//! The output directory `OUT` is built as `OUT.partial` (holding the run checkpoint in
+//! `checkpoint/` while blocks are quantized) and renamed when everything is in it; a run
+//! that fails before a block is checkpointed leaves nothing behind, one that fails later
+//! keeps `OUT.partial` for `--resume`.
+
+use std::cell::Cell;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use faer::Par;
+use llama_io::{LinearKind, Model};
+use magr_report::{Evaluation, RunReport, magnitude_svg};
+use quantizers::QuantizedLinear;
+
+use crate::checkpoint::RunCheckpoint;
+use crate::error::PipelineError;
+use crate::output::OutputFormat;
+use crate::pipeline::{
+    PipelineObserver, PipelineSettings, PipelineState, Progress, continue_quantize_model,
+    quantize_model,
+};
+use crate::run_fingerprint;
+use magr_report::PipelineReport;
+
+fn io_error(path: &Path, e: impl std::fmt::Display) -> PipelineError {
+    PipelineError::Output(format!("{}: {e}", path.display()))
+}
+
+/// The output directory while it is being written.
+#[derive(Debug)]
+pub struct Staging {
+    out: PathBuf,
+    partial: PathBuf,
+    force: bool,
+    keep: Cell<bool>,
+}
+
+impl Staging {
+    /// Stages the output `out` in `OUT.partial`, before anything is loaded: refuses an
+    /// existing `out` without `force`; replaces a leftover `OUT.partial` unless `resume`,
+    /// and one holding checkpointed blocks only with `force`.
+    ///
+    /// # Errors
+    /// Each refusal above, naming the path and the flag; a directory that cannot be made.
+    pub fn create(out: &Path, force: bool, resume: bool) -> Result<Self, PipelineError> {
+        if out.exists() && !force {
+            return Err(PipelineError::Output(format!(
+                "{} exists: pass --force to replace it",
+                out.display()
+            )));
+        }
+        let mut partial = out.as_os_str().to_owned();
+        partial.push(".partial");
+        let partial = PathBuf::from(partial);
+        if partial.exists() && !resume {
+            if let Some(done) = checkpointed_blocks(&partial).filter(|_| !force) {
+                return Err(PipelineError::Output(format!(
+                    "{} holds {done} checkpointed blocks of an interrupted run: pass --resume to \
+                     continue it, or --force to start over",
+                    partial.display()
+                )));
+            }
+            fs::remove_dir_all(&partial).map_err(|e| io_error(&partial, e))?;
+        }
+        fs::create_dir_all(&partial).map_err(|e| {
+            PipelineError::Output(format!(
+                "cannot create the output directory {}: {e}",
+                partial.display()
+            ))
+        })?;
+        Ok(Staging {
+            out: out.to_path_buf(),
+            partial,
+            force,
+            keep: Cell::new(false),
+        })
+    }
+
+    /// The final output directory.
+    pub fn out(&self) -> &Path {
+        &self.out
+    }
+
+    /// The directory being written (`OUT.partial`).
+    pub fn partial(&self) -> &Path {
+        &self.partial
+    }
+
+    /// The run checkpoint kept in the staging directory, for the run `fingerprint`.
+    pub fn checkpoint(&self, fingerprint: String) -> RunCheckpoint {
+        RunCheckpoint::new(checkpoint_dir(&self.partial), fingerprint)
+    }
+
+    /// Blocks saved in the checkpoint, if any.
+    pub fn checkpointed_blocks(&self) -> Option<usize> {
+        checkpointed_blocks(&self.partial).filter(|&n| n > 0)
+    }
+
+    /// After a failed run: when blocks are checkpointed, keeps `OUT.partial` (it is
+    /// removed otherwise) and returns the line that says how to go on.
+    pub fn keep_checkpoint(&self) -> Option<String> {
+        let done = self.checkpointed_blocks()?;
+        self.keep.set(true);
+        Some(format!(
+            "{done} finished blocks are kept in {}: run the same command with --resume to continue",
+            self.partial.display()
+        ))
+    }
+
+    /// Removes the checkpoint and renames the staging directory to the output
+    /// (replacing an existing one, which `create` allowed only with `force`).
+    ///
+    /// # Errors
+    /// File system errors, naming the path.
+    pub fn commit(self) -> Result<PathBuf, PipelineError> {
+        let checkpoint = checkpoint_dir(&self.partial);
+        if checkpoint.exists() {
+            fs::remove_dir_all(&checkpoint).map_err(|e| io_error(&checkpoint, e))?;
+        }
+        if self.out.exists() && !self.force {
+            return Err(PipelineError::Output(format!(
+                "{} appeared during the run: pass --force to replace it",
+                self.out.display()
+            )));
+        }
+        atomic_fs::replace_dir(&self.partial, &self.out)?;
+        self.keep.set(true);
+        Ok(self.out.clone())
+    }
+}
+
+impl Drop for Staging {
+    /// A run that fails before checkpointing a block leaves no partial output behind.
+    fn drop(&mut self) {
+        if !self.keep.get() && self.partial.exists() {
+            let _ = fs::remove_dir_all(&self.partial);
+        }
+    }
+}
+
+/// Where a staging directory keeps its run checkpoint.
+fn checkpoint_dir(partial: &Path) -> PathBuf {
+    partial.join("checkpoint")
+}
+
+/// Blocks saved in the run checkpoint of the staging directory `partial`, if a state is
+/// saved there.
+fn checkpointed_blocks(partial: &Path) -> Option<usize> {
+    RunCheckpoint::new(checkpoint_dir(partial), String::new()).blocks_done()
+}
+
+/// The observer of a run: progress and warnings to the caller, each quantized layer to
+/// the formats, each finished block to the checkpoint.
+pub struct RunObserver<'a> {
+    /// Progress and warnings (`block`, layer, text) for the user.
+    pub events: &'a mut dyn RunEvents,
+    /// The formats being written.
+    pub formats: &'a mut [Box<dyn OutputFormat>],
+    /// The run checkpoint, when the run has an output directory.
+    pub checkpoint: Option<&'a RunCheckpoint>,
+}
+
+/// What a run tells its user while it goes.
+pub trait RunEvents {
+    /// Where the pipeline is.
+    fn progress(&mut self, progress: Progress);
+    /// A warning about layer `kind` of `block`.
+    fn warning(&mut self, block: usize, kind: LinearKind, warning: &str);
+}
+
+impl PipelineObserver for RunObserver<'_> {
+    fn progress(&mut self, progress: Progress) {
+        self.events.progress(progress);
+    }
+
+    fn warning(&mut self, block: usize, kind: LinearKind, warning: &str) {
+        self.events.warning(block, kind, warning);
+    }
+
+    fn layer_quantized(
+        &mut self,
+        block: usize,
+        kind: LinearKind,
+        quantized: &QuantizedLinear,
+    ) -> Result<(), PipelineError> {
+        for format in self.formats.iter_mut() {
+            format.layer_quantized(block, kind, quantized)?;
+        }
+        Ok(())
+    }
+
+    fn block_finished(
+        &mut self,
+        model: &Model,
+        state: &PipelineState,
+    ) -> Result<(), PipelineError> {
+        match self.checkpoint {
+            Some(c) => {
+                let formats: Vec<&dyn OutputFormat> =
+                    self.formats.iter().map(|f| f.as_ref()).collect();
+                c.save(model, state, &formats)
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+/// Quantizes `model` with `settings` on the calibration `windows`, feeding `formats`;
+/// with a `staging` directory, checkpoints every finished block there and, if `resume`,
+/// continues from the blocks already checkpointed. `source` names the model and
+/// formats for the run's fingerprint.
+///
+/// # Errors
+/// The pipeline's, the formats' and the checkpoint's errors (another run's checkpoint
+/// among them).
+#[allow(clippy::too_many_arguments)]
+pub fn run_pipeline(
+    model: &mut Model,
+    windows: &[Vec<u32>],
+    settings: &PipelineSettings,
+    source: &str,
+    staging: Option<&Staging>,
+    resume: bool,
+    formats: &mut [Box<dyn OutputFormat>],
+    events: &mut dyn RunEvents,
+) -> Result<PipelineReport, PipelineError> {
+    let checkpoint = staging.map(|s| s.checkpoint(run_fingerprint(source, settings, windows)));
+    let resumed = match &checkpoint {
+        Some(c) if resume => {
+            let mut formats: Vec<&mut dyn OutputFormat> =
+                formats.iter_mut().map(|f| f.as_mut()).collect();
+            c.load(model, &mut formats)?
+        }
+        _ => None,
+    };
+    if let Some(state) = &resumed {
+        for block in 0..state.next_block {
+            events.progress(Progress::Block {
+                block,
+                blocks: model.num_blocks(),
+            });
+            for kind in LinearKind::ALL {
+                events.progress(Progress::Layer { block, kind });
+            }
+        }
+    }
+    let mut observer = RunObserver {
+        events,
+        formats,
+        checkpoint: checkpoint.as_ref(),
+    };
+    match resumed {
+        Some(state) => continue_quantize_model(model, state, settings, &mut observer),
+        None => quantize_model(model, windows, settings, &mut observer),
+    }
+}
+
+/// Writes everything under the output directory `dir`: one subdirectory per format,
+/// then `report.json`, `report.md` and (with a preprocessor) `magnitudes.svg`. Returns
+/// the formats' lines for the user.
+///
+/// # Errors
+/// The formats' errors and write errors, naming the file.
+pub fn write_outputs(
+    dir: &Path,
+    model: &Model,
+    formats: &[Box<dyn OutputFormat>],
+    report: &RunReport,
+) -> Result<Vec<String>, PipelineError> {
+    let mut notes = Vec::new();
+    for format in formats {
+        notes.extend(format.write(model, &dir.join(format.name()))?);
+    }
+    let json = serde_json::to_string_pretty(report)
+        .map_err(|e| io_error(&dir.join("report.json"), e))?;
+    atomic_fs::write(&dir.join("report.json"), json)?;
+    atomic_fs::write(&dir.join("report.md"), report.markdown())?;
+    let preprocessor = &report.settings.preprocessor;
+    if preprocessor.name != "none"
+        && let Some(svg) = magnitude_svg(&report.pipeline.layers, &preprocessor.label)
+    {
+        atomic_fs::write(&dir.join("magnitudes.svg"), svg)?;
+    }
+    Ok(notes)
+}
+
+/// The perplexity of `model` on `tokens` of the text at `text` (the papers' protocol:
+/// the first `windows` windows of `seqlen`), `progress(done, total)` after each window.
+///
+/// # Errors
+/// The forward pass's errors and a text shorter than one window.
+pub fn evaluate(
+    model: &Model,
+    text: &Path,
+    tokens: &[u32],
+    seqlen: usize,
+    windows: usize,
+    par: Par,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Evaluation, PipelineError> {
+    let report = llama_io::perplexity(model, tokens, seqlen, Some(windows), par, progress)?;
+    Ok(Evaluation {
+        text: text.to_path_buf(),
+        seqlen,
+        windows: report.windows,
+        tokens_scored: report.tokens_scored,
+        ppl: report.ppl,
+        seconds: report.seconds,
+        tokens_per_second: report.tokens_per_second,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("magr-run-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn staging_refuses_an_existing_output_without_force_and_replaces_it_with() {
+        let dir = scratch("force");
+        let out = dir.join("out");
+        fs::create_dir_all(&out).unwrap();
+        fs::write(out.join("old.txt"), "old").unwrap();
+        let e = Staging::create(&out, false, false).unwrap_err().to_string();
+        assert!(e.contains("--force") && e.contains("out"), "{e}");
+        assert!(!dir.join("out.partial").exists());
+
+        let staging = Staging::create(&out, true, false).unwrap();
+        fs::write(staging.partial().join("new.txt"), "new").unwrap();
+        assert_eq!(staging.commit().unwrap(), out);
+        assert!(!out.join("old.txt").exists());
+        assert_eq!(fs::read_to_string(out.join("new.txt")).unwrap(), "new");
+        assert!(!dir.join("out.partial").exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_failed_run_leaves_nothing_unless_blocks_are_checkpointed() {
+        let dir = scratch("fail");
+        let out = dir.join("out");
+        let staging = Staging::create(&out, false, false).unwrap();
+        assert_eq!(staging.keep_checkpoint(), None);
+        drop(staging);
+        assert!(!dir.join("out.partial").exists());
+
+        // A checkpoint with one finished block: kept, and the error says how to go on.
+        let staging = Staging::create(&out, false, false).unwrap();
+        let checkpoint = checkpoint_dir(staging.partial());
+        fs::create_dir_all(&checkpoint).unwrap();
+        fs::write(
+            checkpoint.join("state.json"),
+            r#"{"fingerprint": "f", "next_block": 1, "report": {"layers": [], "seconds": {"embed": 0, "capture": 0, "preprocess": 0, "quantize": 0, "propagate": 0}, "calibration": [1, 8]}}"#,
+        )
+        .unwrap();
+        let hint = staging.keep_checkpoint().unwrap();
+        assert!(
+            hint.contains("1 finished blocks") && hint.contains("--resume"),
+            "{hint}"
+        );
+        drop(staging);
+        assert!(dir.join("out.partial/checkpoint/state.json").exists());
+        // A new run neither throws it away nor starts without --resume or --force.
+        let e = Staging::create(&out, false, false).unwrap_err().to_string();
+        assert!(e.contains("--resume") && e.contains("--force"), "{e}");
+        let resumed = Staging::create(&out, false, true).unwrap();
+        assert_eq!(resumed.checkpointed_blocks(), Some(1));
+        drop(resumed);
+        let fresh = Staging::create(&out, true, false).unwrap();
+        assert_eq!(fresh.checkpointed_blocks(), None);
+        drop(fresh);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
