@@ -13,7 +13,8 @@
 //!
 //! Every call that multiplies by weights takes a [`Par`]: on the CPU the faer products
 //! and the parallel loops (attention tasks, SwiGLU) run as it says. The loops' results
-//! do not depend on it; faer's products are its own (`Par::rayon(0)` gives today's).
+//! do not depend on it; faer's products are its own (`Par::rayon(0)` gives the results
+//! of the former implicit default).
 
 use candle_core::Tensor;
 use faer::linalg::matmul::matmul;
