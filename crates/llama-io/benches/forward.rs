@@ -11,6 +11,7 @@ use std::hint::black_box;
 use std::path::Path;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use faer::Par;
 use llama_io::{HostTensor, LlamaConfig, Model, TensorRole, XtxAccumulator, perplexity};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -60,15 +61,19 @@ fn bench_block(c: &mut Criterion) {
         let hidden = model.embed(&[tokens(seq)]).expect("embed");
         group.throughput(Throughput::Elements(seq as u64));
         group.bench_function(format!("run_block/seq{seq}"), |b| {
-            b.iter(|| model.run_block(0, black_box(&hidden)).expect("block"))
+            b.iter(|| {
+                model
+                    .run_block(0, black_box(&hidden), Par::rayon(0))
+                    .expect("block")
+            })
         });
     }
     let hidden = model.embed(&[tokens(2048)]).expect("embed");
     group.bench_function("run_block_capturing_xtx/seq2048", |b| {
         b.iter(|| {
-            let mut acc = XtxAccumulator::new(model.config());
+            let mut acc = XtxAccumulator::new(model.config(), Par::rayon(0));
             model
-                .run_block_capturing(0, black_box(&hidden), &mut acc)
+                .run_block_capturing(0, black_box(&hidden), Par::rayon(0), &mut acc)
                 .expect("block");
             acc
         })
@@ -83,7 +88,17 @@ fn bench_perplexity_window(c: &mut Criterion) {
     group.sample_size(10);
     group.throughput(Throughput::Elements(2048));
     group.bench_function("one_block_model/window2048", |b| {
-        b.iter(|| perplexity(&model, black_box(&text), 2048, Some(1), &mut |_, _| {}).expect("ppl"))
+        b.iter(|| {
+            perplexity(
+                &model,
+                black_box(&text),
+                2048,
+                Some(1),
+                Par::rayon(0),
+                &mut |_, _| {},
+            )
+            .expect("ppl")
+        })
     });
     group.finish();
 }

@@ -33,6 +33,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &tokens,
         seqlen,
         Some(windows),
+        faer::Par::rayon(0),
         &mut |done, total| eprintln!("window {done}/{total}"),
     )?;
     println!(

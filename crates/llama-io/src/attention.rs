@@ -5,13 +5,13 @@
 //! long sequence is never computed. On the CPU the products are faer's and the
 //! softmax skips the entries above the diagonal instead of exponentiating `-inf`.
 
-use candle_core::{D, DType, Device, Tensor};
+use candle_core::{D, Device, Tensor};
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
 use crate::error::Result;
-use crate::forward::with_host_slice;
+use crate::host::{FollowPar, with_host_slice};
 
 /// Query positions per attention chunk.
 pub(crate) const QUERY_CHUNK: usize = 256;
@@ -48,20 +48,34 @@ pub(crate) fn rope_tables(
 /// `k`, `v` `[b, n_kv_heads, t, hd]`; query head `h` reads key/value head
 /// `h / (n_heads / n_kv_heads)`. Returns the heads merged, `[b, t, n_heads * hd]`
 /// (position-major, head `h` in columns `h*hd..(h+1)*hd`), the input of `o_proj`.
-pub(crate) fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+/// On the CPU the tasks run as `par` says (the result does not depend on it).
+pub(crate) fn causal_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    par: Par,
+) -> Result<Tensor> {
     if q.device().is_cpu() {
-        causal_attention_host(q, k, v, scale)
+        causal_attention_host(q, k, v, scale, par)
     } else {
         causal_attention_tensors(q, k, v, scale)
     }
 }
 
-/// The CPU path: one task per (sequence, chunk of queries), in parallel. For each
+/// The CPU path: one task per (sequence, chunk of queries), in parallel under
+/// [`Par::Rayon`], in order under [`Par::Seq`]. For each
 /// key/value head, a task stacks the chunk's rows of the query heads that share the
 /// key/value head (`Q_g`, `group * len` rows), forms `S = scale Q_g K[..c1]^T` and
 /// `O = softmax(S) V[..c1]` with two faer products, the softmax of each row over its
 /// visible keys `0..=c0 + r` only, and writes `O` into the merged-head layout.
-fn causal_attention_host(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+fn causal_attention_host(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    par: Par,
+) -> Result<Tensor> {
     let (b, n_heads, t, hd) = q.dims4()?;
     let n_kv = k.dim(1)?;
     let group = n_heads / n_kv;
@@ -77,6 +91,7 @@ fn causal_attention_host(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Resu
                     .collect();
                 let blocks: Vec<Vec<f32>> = tasks
                     .par_iter()
+                    .follow(par)
                     .map_init(
                         || (Vec::new(), Vec::new()),
                         |(qg, scores), &(seq, c)| {
@@ -204,18 +219,6 @@ fn masked_softmax(scores: &Tensor, chunk: usize, offset: usize) -> Result<Tensor
     Ok(candle_nn::ops::softmax_last_dim(&masked)?)
 }
 
-/// Checks that a tensor is f32 (the only dtype the forward pass uses).
-pub(crate) fn ensure_f32(t: &Tensor, what: &str) -> Result<()> {
-    if t.dtype() == DType::F32 {
-        Ok(())
-    } else {
-        Err(crate::LlamaIoError::InvalidArgument(format!(
-            "{what} has dtype {:?}, expected f32",
-            t.dtype()
-        )))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,7 +233,13 @@ mod tests {
         let q = Tensor::randn(0f32, 1.0, (b, nh, t, hd), &device).unwrap();
         let k = Tensor::randn(0f32, 1.0, (b, nkv, t, hd), &device).unwrap();
         let v = Tensor::randn(0f32, 1.0, (b, nkv, t, hd), &device).unwrap();
-        let host = causal_attention_host(&q, &k, &v, 0.25).unwrap();
+        let host = causal_attention_host(&q, &k, &v, 0.25, Par::rayon(0)).unwrap();
+        let sequential = causal_attention_host(&q, &k, &v, 0.25, Par::Seq).unwrap();
+        assert_eq!(
+            host.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            sequential.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            "independent tasks: the same bits in any order"
+        );
         let tensors = causal_attention_tensors(&q, &k, &v, 0.25).unwrap();
         assert_eq!(host.dims(), &[b, t, nh * hd]);
         let diff = (host - tensors).unwrap().abs().unwrap().max_all().unwrap();

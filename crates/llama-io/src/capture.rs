@@ -11,7 +11,7 @@ use faer::{Accum, Mat, MatRef, Par};
 
 use crate::config::LlamaConfig;
 use crate::error::{LlamaIoError, Result};
-use crate::forward::with_host_slice;
+use crate::host::with_host_slice;
 use crate::linear::{LinearInput, LinearKind};
 
 /// Receives the input `X` (`[tokens, width]`, f32, contiguous, on the model's
@@ -29,8 +29,12 @@ impl<F: FnMut(LinearInput, &Tensor) -> Result<()>> InputSink for F {
 
 /// `h += X^T X` for `x` `[tokens, width]` and `h` (`width x width`, row-major,
 /// symmetric). The product is formed in f32 (on the CPU its lower triangle by faer,
-/// mirrored; candle's full product on other devices); the running sum is kept in f64.
-pub fn accumulate_xtx(x: &Tensor, h: &mut [f64]) -> Result<()> {
+/// mirrored, run as `par` says; candle's full product on other devices); the running
+/// sum is kept in f64.
+///
+/// # Errors
+/// `x` not a matrix of f32, `h` not `width x width`.
+pub fn accumulate_xtx(x: &Tensor, h: &mut [f64], par: Par) -> Result<()> {
     let (tokens, width) = x.dims2()?;
     if h.len() != width * width {
         return Err(LlamaIoError::InvalidArgument(format!(
@@ -53,7 +57,7 @@ pub fn accumulate_xtx(x: &Tensor, h: &mut [f64]) -> Result<()> {
                 x,
                 BlockStructure::Rectangular,
                 1.0,
-                Par::rayon(0),
+                par,
             );
             for (i, row) in h.chunks_exact_mut(width).enumerate() {
                 for (k, acc) in row.iter_mut().enumerate() {
@@ -77,22 +81,26 @@ fn accumulate_xtx_tensors(x: &Tensor, h: &mut [f64]) -> Result<()> {
 }
 
 /// Accumulates `H = X^T X` (f64, row-major) for each of the four inputs of a block
-/// over any number of batches, and counts the tokens (rows of `X`) seen.
+/// over any number of batches, and counts the tokens (rows of `X`) seen. Each batch
+/// is folded in by [`accumulate_xtx`] with the accumulator's `par`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct XtxAccumulator {
     sums: [Vec<f64>; 4],
     widths: [usize; 4],
     tokens: [usize; 4],
+    par: Par,
 }
 
 impl XtxAccumulator {
-    /// Zero sums sized for the linear layers of `config`.
-    pub fn new(config: &LlamaConfig) -> Self {
+    /// Zero sums sized for the linear layers of `config`; the products of each batch
+    /// run as `par` says.
+    pub fn new(config: &LlamaConfig, par: Par) -> Self {
         let widths = LinearInput::ALL.map(|input| input.width(config));
         XtxAccumulator {
             sums: widths.map(|w| vec![0.0; w * w]),
             widths,
             tokens: [0; 4],
+            par,
         }
     }
 
@@ -123,7 +131,7 @@ impl XtxAccumulator {
 impl InputSink for XtxAccumulator {
     fn consume(&mut self, input: LinearInput, x: &Tensor) -> Result<()> {
         let i = input.index();
-        accumulate_xtx(x, &mut self.sums[i])?;
+        accumulate_xtx(x, &mut self.sums[i], self.par)?;
         self.tokens[i] += x.dim(0)?;
         Ok(())
     }
@@ -140,7 +148,7 @@ mod tests {
     fn host_product_matches_the_tensor_path() {
         let x = Tensor::randn(0f32, 1.0, (37, 12), &Device::Cpu).unwrap();
         let (mut host, mut tensors) = (vec![1.0; 144], vec![1.0; 144]);
-        accumulate_xtx(&x, &mut host).unwrap();
+        accumulate_xtx(&x, &mut host, Par::rayon(0)).unwrap();
         accumulate_xtx_tensors(&x, &mut tensors).unwrap();
         for (a, b) in host.iter().zip(&tensors) {
             assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{a} vs {b}");

@@ -9,31 +9,55 @@ pub enum LlamaIoError {
     /// An operating-system I/O failure on a named file.
     #[error("{path}: {source}")]
     Io {
+        /// The file or directory concerned.
         path: PathBuf,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
     /// A file whose bytes do not follow its format (truncated, corrupt, bad header).
     #[error("{path}: malformed file: {msg}")]
-    Format { path: PathBuf, msg: String },
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, naming the tensor or field.
+        msg: String,
+    },
     /// A valid file describing a model this crate does not support
     /// (biases, MoE, other architectures, unknown rope scaling, dtypes).
     #[error("{path}: unsupported model: {msg}")]
-    Unsupported { path: PathBuf, msg: String },
+    Unsupported {
+        /// The file.
+        path: PathBuf,
+        /// What is not supported, naming the tensor or field.
+        msg: String,
+    },
     /// A tensor that the model needs is absent.
     #[error("{path}: missing tensor `{tensor}`")]
-    MissingTensor { path: PathBuf, tensor: String },
+    MissingTensor {
+        /// The file (or index) that should hold it.
+        path: PathBuf,
+        /// The tensor's name in that file.
+        tensor: String,
+    },
     /// A tensor whose shape differs from what the config implies.
     #[error("{path}: tensor `{tensor}` has shape {actual:?}, expected {expected:?}")]
     Shape {
+        /// The file.
         path: PathBuf,
+        /// The tensor's name in that file.
         tensor: String,
+        /// The shape the config implies.
         expected: Vec<usize>,
+        /// The shape in the file.
         actual: Vec<usize>,
     },
     /// Non-finite values (NaN or infinity) in a tensor.
     #[error("tensor `{tensor}` contains non-finite values (NaN or infinity)")]
-    NonFinite { tensor: String },
+    NonFinite {
+        /// The tensor's Hugging Face name.
+        tensor: String,
+    },
     /// Building or running the tokenizer failed.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
@@ -46,6 +70,16 @@ pub enum LlamaIoError {
     /// An error from candle's tensor operations.
     #[error("tensor operation failed: {0}")]
     Candle(#[from] candle_core::Error),
+}
+
+impl From<atomic_fs::Error> for LlamaIoError {
+    /// [`LlamaIoError::Io`] naming the same path.
+    fn from(e: atomic_fs::Error) -> Self {
+        LlamaIoError::Io {
+            path: e.path,
+            source: e.source,
+        }
+    }
 }
 
 impl LlamaIoError {

@@ -10,15 +10,21 @@
 //!
 //! with RoPE (`rotate_half` layout) on q and k and a causal mask. The logits are
 //! `lm_head(RMSNorm(x))`.
+//!
+//! Every call that multiplies by weights takes a [`Par`]: on the CPU the faer products
+//! and the parallel loops (attention tasks, SwiGLU) run as it says. The loops' results
+//! do not depend on it; faer's products are its own (`Par::rayon(0)` gives the results
+//! of the former implicit default).
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
-use crate::attention::{causal_attention, ensure_f32, rope_tables};
+use crate::attention::{causal_attention, rope_tables};
 use crate::capture::InputSink;
 use crate::error::{LlamaIoError, Result};
+use crate::host::{FollowPar, ensure_f32, with_host_slice};
 use crate::linear::{LinearInput, LinearKind};
 use crate::model::Model;
 
@@ -32,6 +38,7 @@ pub(crate) struct SequenceContext {
 }
 
 impl Model {
+    /// The RoPE tables for sequences of `seq_len` tokens on the model's device.
     pub(crate) fn sequence_context(&self, seq_len: usize) -> Result<SequenceContext> {
         let (cos, sin) = rope_tables(
             seq_len,
@@ -48,6 +55,9 @@ impl Model {
 
     /// Hidden states `[batch, seq, hidden]` of token sequences that all have the
     /// same non-zero length (the rows of the embedding matrix).
+    ///
+    /// # Errors
+    /// No sequence, an empty one, unequal lengths, a token outside the vocabulary.
     pub fn embed<S: AsRef<[u32]>>(&self, sequences: &[S]) -> Result<Tensor> {
         let batch = sequences.len();
         let seq = sequences.first().map_or(0, |s| s.as_ref().len());
@@ -80,64 +90,95 @@ impl Model {
         Ok(Tensor::from_vec(hidden, (batch, seq, d), &self.device)?)
     }
 
-    /// Runs decoder block `block` on `hidden` `[batch, seq, hidden]`.
-    pub fn run_block(&self, block: usize, hidden: &Tensor) -> Result<Tensor> {
+    /// Runs decoder block `block` on `hidden` `[batch, seq, hidden]`, the products
+    /// and loops as `par` says: the hidden states after the block, same shape.
+    ///
+    /// # Errors
+    /// `hidden` not f32 `[batch, seq, hidden]`, `block` out of range, a failed tensor
+    /// operation.
+    pub fn run_block(&self, block: usize, hidden: &Tensor, par: Par) -> Result<Tensor> {
         let ctx = self.sequence_context(self.check_hidden(hidden)?)?;
-        self.block_forward(block, hidden, &ctx, None)
+        self.block_forward(block, hidden, &ctx, par, None)
     }
 
-    /// Runs decoder block `block` on `hidden` and hands `sink` each of the four
-    /// distinct inputs of its linear layers, `[batch * seq, width]`, in the order
-    /// attention, attention output, MLP, MLP hidden.
+    /// [`Model::run_block`] that also hands `sink` each of the four distinct inputs of
+    /// the block's linear layers, `[batch * seq, width]`, in the order attention,
+    /// attention output, MLP, MLP hidden.
+    ///
+    /// # Errors
+    /// As [`Model::run_block`]; the sink's own errors, which end the pass.
     pub fn run_block_capturing(
         &self,
         block: usize,
         hidden: &Tensor,
+        par: Par,
         sink: &mut dyn InputSink,
     ) -> Result<Tensor> {
         let ctx = self.sequence_context(self.check_hidden(hidden)?)?;
-        self.block_forward(block, hidden, &ctx, Some(sink))
+        self.block_forward(block, hidden, &ctx, par, Some(sink))
     }
 
-    /// Final RMSNorm and output head: logits `[batch, seq, vocab]`.
-    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+    /// Final RMSNorm and output head: logits `[batch, seq, vocab]`, the head's product
+    /// as `par` says.
+    ///
+    /// # Errors
+    /// `hidden` not f32 `[batch, seq, hidden]`, a failed tensor operation.
+    pub fn logits(&self, hidden: &Tensor, par: Par) -> Result<Tensor> {
         self.check_hidden(hidden)?;
-        self.head_logits(&self.final_norm(hidden)?)
+        self.head_logits(&self.final_norm(hidden)?, par)
     }
 
-    /// Logits `[batch, seq, vocab]` of token sequences: embedding, every block, head.
-    pub fn forward<S: AsRef<[u32]>>(&self, sequences: &[S]) -> Result<Tensor> {
-        let hidden = self.hidden_states(sequences)?;
-        self.logits(&hidden)
+    /// Logits `[batch, seq, vocab]` of token sequences: embedding, every block, head,
+    /// as `par` says.
+    ///
+    /// # Errors
+    /// As [`Model::embed`], [`Model::run_block`].
+    pub fn forward<S: AsRef<[u32]>>(&self, sequences: &[S], par: Par) -> Result<Tensor> {
+        let hidden = self.hidden_states(sequences, par)?;
+        self.logits(&hidden, par)
     }
 
-    /// Hidden states after the last block (before the final norm).
-    pub fn hidden_states<S: AsRef<[u32]>>(&self, sequences: &[S]) -> Result<Tensor> {
+    /// Hidden states after the last block (before the final norm) of token
+    /// sequences, as `par` says.
+    ///
+    /// # Errors
+    /// As [`Model::embed`], [`Model::run_block`].
+    pub fn hidden_states<S: AsRef<[u32]>>(&self, sequences: &[S], par: Par) -> Result<Tensor> {
         let mut hidden = self.embed(sequences)?;
         let ctx = self.sequence_context(hidden.dim(1)?)?;
         for block in 0..self.num_blocks() {
-            hidden = self.block_forward(block, &hidden, &ctx, None)?;
+            hidden = self.block_forward(block, &hidden, &ctx, par, None)?;
         }
         Ok(hidden)
     }
 
-    /// `RMSNorm(hidden)` with the final norm's gain.
+    /// `RMSNorm(hidden)` with the final norm's gain (no product: no `Par`).
+    ///
+    /// # Errors
+    /// A failed tensor operation (for example a last dimension other than `hidden`).
     pub fn final_norm(&self, hidden: &Tensor) -> Result<Tensor> {
         let gain = self.host_tensor(&self.final_norm, &[self.config.hidden_size])?;
         self.rms_norm(hidden, &gain)
     }
 
     /// `normed @ head^T` for `normed` `[.., hidden]`: logits `[.., vocab]`.
-    pub(crate) fn head_logits(&self, normed: &Tensor) -> Result<Tensor> {
+    pub(crate) fn head_logits(&self, normed: &Tensor, par: Par) -> Result<Tensor> {
         let (vocab, d) = (self.config.vocab_size, self.config.hidden_size);
-        self.times_weight_t(normed, self.lm_head(), vocab, d)
+        self.times_weight_t(normed, self.lm_head(), vocab, d, par)
     }
 
     /// `x w^T` for `x` `[.., inp]` and host weights `w` `(out x inp)` row-major:
     /// `[.., out]`. On the CPU a faer product straight from the host weights (no
     /// copy into a tensor; faer is faster than candle's CPU matmul on these shapes),
     /// elsewhere candle's matmul on the device.
-    fn times_weight_t(&self, x: &Tensor, w: &[f32], out: usize, inp: usize) -> Result<Tensor> {
+    fn times_weight_t(
+        &self,
+        x: &Tensor,
+        w: &[f32],
+        out: usize,
+        inp: usize,
+        par: Par,
+    ) -> Result<Tensor> {
         let rows = x.elem_count() / inp;
         let mut dims = x.dims().to_vec();
         *dims.last_mut().expect("a matrix has a last dimension") = out;
@@ -153,7 +194,7 @@ impl Model {
                 MatRef::from_row_major_slice(xs, rows, inp),
                 MatRef::from_row_major_slice(w, out, inp).transpose(),
                 1.0,
-                Par::rayon(0),
+                par,
             );
             y
         })?;
@@ -161,8 +202,8 @@ impl Model {
     }
 
     /// `silu(gate) * up`: one vectorised pass over the host values on the CPU,
-    /// candle's operations elsewhere.
-    fn swiglu(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    /// candle's operations elsewhere. Elementwise: the same bits under any `par`.
+    fn swiglu(&self, gate: &Tensor, up: &Tensor, par: Par) -> Result<Tensor> {
         if !self.device.is_cpu() {
             return Ok((candle_nn::ops::silu(gate)? * up)?);
         }
@@ -171,6 +212,7 @@ impl Model {
                 let mut out = vec![0.0f32; g.len()];
                 out.par_chunks_mut(SWIGLU_CHUNK)
                     .zip(g.par_chunks(SWIGLU_CHUNK).zip(u.par_chunks(SWIGLU_CHUNK)))
+                    .follow(par)
                     .for_each(|(o, (g, u))| crate::softmax::silu_mul(g, u, o));
                 out
             })
@@ -198,11 +240,13 @@ impl Model {
         }
     }
 
+    /// Block `block` on `hidden` (checked by the caller) with the tables of `ctx`.
     pub(crate) fn block_forward(
         &self,
         block: usize,
         hidden: &Tensor,
         ctx: &SequenceContext,
+        par: Par,
         mut sink: Option<&mut dyn InputSink>,
     ) -> Result<Tensor> {
         let weights = self.block(block)?;
@@ -215,7 +259,7 @@ impl Model {
         );
         let linear = |kind: LinearKind, x: &Tensor| -> Result<Tensor> {
             let (out, inp) = kind.shape(cfg);
-            self.times_weight_t(x, &weights.linears[kind.index()], out, inp)
+            self.times_weight_t(x, &weights.linears[kind.index()], out, inp, par)
         };
         let mut capture = |input: LinearInput, x: &Tensor| -> Result<()> {
             match sink.as_deref_mut() {
@@ -236,8 +280,8 @@ impl Model {
         let v = heads(linear(LinearKind::V, &a)?, nkv)?;
         let q = candle_nn::rotary_emb::rope(&q, &ctx.cos, &ctx.sin)?;
         let k = candle_nn::rotary_emb::rope(&k, &ctx.cos, &ctx.sin)?;
-        let attn =
-            causal_attention(&q, &k, &v, 1.0 / (hd as f64).sqrt())?.reshape((b * t, nh * hd))?;
+        let attn = causal_attention(&q, &k, &v, 1.0 / (hd as f64).sqrt(), par)?
+            .reshape((b * t, nh * hd))?;
         capture(LinearInput::AttentionOutput, &attn)?;
         let hidden = (hidden + linear(LinearKind::O, &attn)?.reshape((b, t, d))?)?;
 
@@ -247,27 +291,9 @@ impl Model {
         capture(LinearInput::Mlp, &m)?;
         let gate = linear(LinearKind::Gate, &m)?;
         let up = linear(LinearKind::Up, &m)?;
-        let act = self.swiglu(&gate, &up)?;
+        let act = self.swiglu(&gate, &up, par)?;
         capture(LinearInput::MlpHidden, &act)?;
         let down = linear(LinearKind::Down, &act)?.reshape((b, t, d))?;
         Ok((hidden + down)?)
     }
-}
-
-/// Calls `f` with the row-major f32 values of `t` (contiguous), borrowing the
-/// storage on the CPU and copying to the host from other devices.
-pub(crate) fn with_host_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
-    ensure_f32(t, "tensor")?;
-    let t = if t.device().is_cpu() {
-        t.contiguous()?
-    } else {
-        t.to_device(&Device::Cpu)?
-    };
-    let (storage, layout) = t.storage_and_layout();
-    let (candle_core::Storage::Cpu(cpu), Some((start, end))) =
-        (&*storage, layout.contiguous_offsets())
-    else {
-        return Err(candle_core::Error::Msg("expected a contiguous CPU tensor".into()).into());
-    };
-    Ok(f(&cpu.as_slice::<f32>()?[start..end]))
 }

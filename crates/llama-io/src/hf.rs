@@ -1,18 +1,21 @@
 //! Hugging Face model directories: `config.json`, safetensors weights (one file or
 //! shards listed in `model.safetensors.index.json`; f32, f16 or bf16,
-//! memory-mapped), `tokenizer.json`; and the atomic writer of such a directory.
+//! memory-mapped), `tokenizer.json`; and the atomic writer of such a directory, with
+//! whatever a caller adds to it ([`DirExtras`]: tensors written as given, model
+//! tensors left out, `config.json` entries) without knowing what they mean.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use safetensors::{Dtype, SafeTensors, View};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::config::LlamaConfig;
 use crate::error::{LlamaIoError, Result};
 use crate::model::{HostTensor, Model};
+use crate::names::TensorRole;
 
 const CONFIG: &str = "config.json";
 const WEIGHTS: &str = "model.safetensors";
@@ -41,6 +44,7 @@ impl WeightDtype {
         }
     }
 
+    /// The safetensors dtype of this storage type.
     fn safetensors_dtype(self) -> Dtype {
         match self {
             WeightDtype::F32 => Dtype::F32,
@@ -50,6 +54,7 @@ impl WeightDtype {
     }
 }
 
+/// A closure turning an [`std::io::Error`] into [`LlamaIoError::Io`] about `path`.
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> LlamaIoError + '_ {
     move |source| LlamaIoError::Io {
         path: path.to_path_buf(),
@@ -210,13 +215,13 @@ fn bytes_to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
 
 /// One f32 weight seen as a safetensors tensor of the output dtype; the bytes are
 /// produced when the serializer asks for them, one tensor at a time.
-struct OutputTensor<'a> {
+struct FloatTensor<'a> {
     dtype: WeightDtype,
     shape: Vec<usize>,
     data: &'a [f32],
 }
 
-impl View for OutputTensor<'_> {
+impl View for FloatTensor<'_> {
     fn dtype(&self) -> Dtype {
         self.dtype.safetensors_dtype()
     }
@@ -247,67 +252,84 @@ impl View for OutputTensor<'_> {
     }
 }
 
-/// Values of a tensor written as they are (the parts of a packed quantized layer).
+/// Values of a tensor written as they are.
 #[derive(Debug, Clone, PartialEq)]
-pub enum PackedData {
-    /// 32-bit integers (packed codes, zero points, group indices).
+pub enum TensorData {
+    /// 32-bit integers, stored as `I32`.
     I32(Vec<i32>),
-    /// Values stored as f16 (each must be an f16 value to be stored exactly).
+    /// Values stored as `F16` (round to nearest even: each value must be an f16 value
+    /// to be stored exactly).
     F16(Vec<f32>),
 }
 
-/// One tensor of a packed linear layer, written as `{layer}.{suffix}` (for example
-/// `model.layers.0.self_attn.q_proj.qweight`).
+impl TensorData {
+    /// Number of values.
+    pub fn len(&self) -> usize {
+        match self {
+            TensorData::I32(v) => v.len(),
+            TensorData::F16(v) => v.len(),
+        }
+    }
+
+    /// Whether there are no values.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A tensor written under its own name, as given.
 #[derive(Debug, Clone, PartialEq)]
-pub struct PackedTensor {
-    /// Name suffix after the layer's module name (`qweight`, `scales`, ...).
-    pub suffix: &'static str,
-    /// Shape (row-major).
+pub struct NamedTensor {
+    /// The full tensor name in the safetensors file.
+    pub name: String,
+    /// Shape, outermost first (row-major); its product is the number of values.
     pub shape: Vec<usize>,
     /// Values.
-    pub data: PackedData,
+    pub data: TensorData,
 }
 
-/// Linear layers stored in a packed form instead of a float `weight`, and the
-/// `quantization_config` entry of `config.json` that tells loaders how to read them.
+/// What a writer adds to / leaves out of a model's Hugging Face directory.
 #[derive(Debug, Clone, Default)]
-pub struct PackedLinears {
-    /// The tensors replacing `weight`, per (block, layer).
-    pub layers: BTreeMap<(usize, crate::LinearKind), Vec<PackedTensor>>,
-    /// `config.json`'s `quantization_config`.
-    pub quantization_config: Value,
+pub struct DirExtras {
+    /// Hugging Face names of model tensors not written (e.g. a linear weight that
+    /// `tensors` replaces).
+    pub omitted: BTreeSet<String>,
+    /// Tensors written as given, beside the model's.
+    pub tensors: Vec<NamedTensor>,
+    /// Entries added to `config.json` (e.g. `quantization_config`).
+    pub config: Map<String, Value>,
 }
 
-/// A float weight or a packed part, as the serializer sees them.
-enum AnyTensor<'a> {
-    Float(OutputTensor<'a>),
-    Packed(&'a PackedTensor),
+/// A model weight or an extra tensor, as the serializer sees them.
+enum OutputTensor<'a> {
+    Float(FloatTensor<'a>),
+    Named(&'a NamedTensor),
 }
 
-impl View for AnyTensor<'_> {
+impl View for OutputTensor<'_> {
     fn dtype(&self) -> Dtype {
         match self {
-            AnyTensor::Float(t) => t.dtype(),
-            AnyTensor::Packed(p) => match p.data {
-                PackedData::I32(_) => Dtype::I32,
-                PackedData::F16(_) => Dtype::F16,
+            OutputTensor::Float(t) => t.dtype(),
+            OutputTensor::Named(p) => match p.data {
+                TensorData::I32(_) => Dtype::I32,
+                TensorData::F16(_) => Dtype::F16,
             },
         }
     }
 
     fn shape(&self) -> &[usize] {
         match self {
-            AnyTensor::Float(t) => t.shape(),
-            AnyTensor::Packed(p) => &p.shape,
+            OutputTensor::Float(t) => t.shape(),
+            OutputTensor::Named(p) => &p.shape,
         }
     }
 
     fn data(&self) -> Cow<'_, [u8]> {
         match self {
-            AnyTensor::Float(t) => t.data(),
-            AnyTensor::Packed(p) => Cow::Owned(match &p.data {
-                PackedData::I32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                PackedData::F16(v) => v
+            OutputTensor::Float(t) => t.data(),
+            OutputTensor::Named(p) => Cow::Owned(match &p.data {
+                TensorData::I32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                TensorData::F16(v) => v
                     .iter()
                     .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
                     .collect(),
@@ -317,10 +339,10 @@ impl View for AnyTensor<'_> {
 
     fn data_len(&self) -> usize {
         match self {
-            AnyTensor::Float(t) => t.data_len(),
-            AnyTensor::Packed(p) => match &p.data {
-                PackedData::I32(v) => 4 * v.len(),
-                PackedData::F16(v) => 2 * v.len(),
+            OutputTensor::Float(t) => t.data_len(),
+            OutputTensor::Named(p) => match &p.data {
+                TensorData::I32(v) => 4 * v.len(),
+                TensorData::F16(v) => 2 * v.len(),
             },
         }
     }
@@ -330,103 +352,125 @@ impl View for AnyTensor<'_> {
 /// `model.safetensors` (weights in `dtype`), and when the model has a tokenizer
 /// `tokenizer.json` plus a `tokenizer_config.json` naming the fast tokenizer class.
 ///
-/// The directory is first written under a temporary name beside `dir` and then
-/// renamed, so `dir` never holds a partial model. An existing `dir` is an error
-/// unless `overwrite` is true, in which case it is replaced as a whole.
-pub fn write_hf_dir(model: &Model, dir: &Path, dtype: WeightDtype, overwrite: bool) -> Result<()> {
-    write_dir(model, dir, dtype, overwrite, None)
-}
-
-/// [`write_hf_dir`] with the linear layers of `packed` stored as its tensors (every
-/// other tensor in `dtype`) and its `quantization_config` in `config.json`.
+/// The directory is built under a temporary name beside `dir` and then renamed
+/// ([`atomic_fs::write_dir`]), so `dir` never holds a partial model. An existing `dir`
+/// is an error unless `overwrite` is true, in which case it is replaced as a whole.
 ///
 /// # Errors
-/// As [`write_hf_dir`]; a packed layer outside the model.
-pub fn write_packed_hf_dir(
+/// An existing `dir` without `overwrite` ([`LlamaIoError::Io`], kind
+/// `AlreadyExists`), a failed write, each naming the path.
+pub fn write_hf_dir(model: &Model, dir: &Path, dtype: WeightDtype, overwrite: bool) -> Result<()> {
+    write_hf_dir_with(model, dir, dtype, overwrite, &DirExtras::default())
+}
+
+/// [`write_hf_dir`] with `extras`: the model tensors named in `extras.omitted` are
+/// left out, `extras.tensors` are written as given beside the model's (every model
+/// tensor still in `dtype`), and `extras.config` entries are added to `config.json`.
+/// Nothing is written when `extras` is invalid.
+///
+/// # Errors
+/// As [`write_hf_dir`]; and ([`LlamaIoError::InvalidArgument`], naming the tensor or
+/// key) an omitted name that is not a model tensor, an extra tensor whose name
+/// collides with a written model tensor or another extra (or is empty or
+/// `__metadata__`), a shape whose product differs from the data length, a config key
+/// the model's config already has.
+pub fn write_hf_dir_with(
     model: &Model,
     dir: &Path,
     dtype: WeightDtype,
     overwrite: bool,
-    packed: &PackedLinears,
+    extras: &DirExtras,
 ) -> Result<()> {
-    if let Some(&(block, kind)) = packed.layers.keys().find(|(b, _)| *b >= model.num_blocks()) {
-        return Err(LlamaIoError::InvalidArgument(format!(
-            "packed layer {} is outside the {}-block model",
-            kind.hf_name(block),
-            model.num_blocks()
-        )));
+    let mut config = model.config().to_hf_json(dtype.torch_name());
+    let tensors = output_tensors(model, dtype, extras)?;
+    let Value::Object(map) = &mut config else {
+        unreachable!("a config serialises to a JSON object")
+    };
+    for (key, value) in &extras.config {
+        if map.contains_key(key) {
+            return Err(LlamaIoError::InvalidArgument(format!(
+                "extra config.json entry `{key}`: the model's config already has it"
+            )));
+        }
+        map.insert(key.clone(), value.clone());
     }
-    write_dir(model, dir, dtype, overwrite, Some(packed))
+    atomic_fs::write_dir(dir, overwrite, |temp| {
+        write_dir_contents(model, temp, &config, tensors)
+    })
 }
 
-fn write_dir(
-    model: &Model,
-    dir: &Path,
+/// The tensors of the safetensors file: the model's (in `dtype`) but the omitted ones,
+/// and the extras; checked as [`write_hf_dir_with`] says.
+fn output_tensors<'a>(
+    model: &'a Model,
     dtype: WeightDtype,
-    overwrite: bool,
-    packed: Option<&PackedLinears>,
-) -> Result<()> {
-    if dir.exists() && !overwrite {
+    extras: &'a DirExtras,
+) -> Result<Vec<(String, OutputTensor<'a>)>> {
+    let roles = TensorRole::all(model.config());
+    let model_names: BTreeSet<String> = roles.iter().map(|r| r.hf_name()).collect();
+    if let Some(name) = extras.omitted.iter().find(|n| !model_names.contains(*n)) {
         return Err(LlamaIoError::InvalidArgument(format!(
-            "output directory {} exists (pass overwrite to replace it)",
-            dir.display()
+            "omitted tensor `{name}` is not a tensor of the model"
         )));
     }
-    let temp = sibling(dir, "tmp")?;
-    let written = write_dir_contents(model, &temp, dtype, packed);
-    let result = written.and_then(|()| replace_dir(&temp, dir));
-    if result.is_err() {
-        // Best effort: the temporary directory is ours and holds nothing else.
-        let _ = fs::remove_dir_all(&temp);
+    let mut tensors = Vec::with_capacity(roles.len() + extras.tensors.len());
+    let mut names = BTreeSet::new();
+    for role in roles {
+        let name = role.hf_name();
+        if extras.omitted.contains(&name) {
+            continue;
+        }
+        names.insert(name.clone());
+        let tensor = FloatTensor {
+            dtype,
+            shape: role.shape(model.config()),
+            data: model.tensor(role)?,
+        };
+        tensors.push((name, OutputTensor::Float(tensor)));
     }
-    result
+    for extra in &extras.tensors {
+        let name = &extra.name;
+        if name.is_empty() || name == "__metadata__" {
+            return Err(LlamaIoError::InvalidArgument(format!(
+                "extra tensor name `{name}` is reserved in safetensors"
+            )));
+        }
+        if !names.insert(name.clone()) {
+            let what = if model_names.contains(name) {
+                "a written model tensor"
+            } else {
+                "another extra tensor"
+            };
+            return Err(LlamaIoError::InvalidArgument(format!(
+                "extra tensor `{name}` has the name of {what}"
+            )));
+        }
+        let elements = extra
+            .shape
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d));
+        if elements != Some(extra.data.len()) {
+            return Err(LlamaIoError::InvalidArgument(format!(
+                "extra tensor `{name}` has shape {:?} but {} values",
+                extra.shape,
+                extra.data.len()
+            )));
+        }
+        tensors.push((name.clone(), OutputTensor::Named(extra)));
+    }
+    Ok(tensors)
 }
 
+/// Writes the files of the directory into `dir` (an empty directory).
 fn write_dir_contents(
     model: &Model,
     dir: &Path,
-    dtype: WeightDtype,
-    packed: Option<&PackedLinears>,
+    config: &Value,
+    tensors: Vec<(String, OutputTensor<'_>)>,
 ) -> Result<()> {
-    fs::create_dir(dir).map_err(io_error(dir))?;
-    let config_path = dir.join(CONFIG);
-    let mut config = model.config().to_hf_json(dtype.torch_name());
-    if let (Some(packed), Value::Object(map)) = (packed, &mut config) {
-        map.insert(
-            "quantization_config".into(),
-            packed.quantization_config.clone(),
-        );
-    }
-    write_json(&config_path, &config)?;
+    write_json(&dir.join(CONFIG), config)?;
 
     let weights_path = dir.join(WEIGHTS);
-    let mut tensors = Vec::new();
-    for role in crate::TensorRole::all(model.config()) {
-        let layer = match role {
-            crate::TensorRole::Linear(block, kind) => packed.and_then(|p| {
-                p.layers
-                    .get(&(block, kind))
-                    .map(|t| (kind.hf_name(block), t))
-            }),
-            _ => None,
-        };
-        match layer {
-            Some((name, parts)) => {
-                let module = name.trim_end_matches(".weight");
-                for part in parts {
-                    tensors.push((format!("{module}.{}", part.suffix), AnyTensor::Packed(part)));
-                }
-            }
-            None => tensors.push((
-                role.hf_name(),
-                AnyTensor::Float(OutputTensor {
-                    dtype,
-                    shape: role.shape(model.config()),
-                    data: model.tensor(role)?,
-                }),
-            )),
-        }
-    }
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
     safetensors::serialize_to_file(tensors, Some(metadata), &weights_path).map_err(|e| {
         LlamaIoError::Format {
@@ -439,12 +483,8 @@ fn write_dir_contents(
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&weights_path, std::fs::Permissions::from_mode(0o644)).map_err(
-            |source| LlamaIoError::Io {
-                path: weights_path.clone(),
-                source,
-            },
-        )?;
+        std::fs::set_permissions(&weights_path, std::fs::Permissions::from_mode(0o644))
+            .map_err(io_error(&weights_path))?;
     }
 
     if let Some(tokenizer) = &model.tokenizer {
@@ -461,52 +501,12 @@ fn write_dir_contents(
     Ok(())
 }
 
+/// Writes `value` as pretty-printed JSON and a final newline (inside the directory
+/// being built, so not atomic on its own).
 fn write_json(path: &Path, value: &Value) -> Result<()> {
     let text = serde_json::to_string_pretty(value).map_err(|e| LlamaIoError::Format {
         path: path.to_path_buf(),
         msg: format!("could not serialise JSON: {e}"),
     })?;
     fs::write(path, text + "\n").map_err(io_error(path))
-}
-
-/// A fresh path `.{name}.{tag}-{pid}-{n}` beside `dir`.
-fn sibling(dir: &Path, tag: &str) -> Result<PathBuf> {
-    let name = dir.file_name().ok_or_else(|| {
-        LlamaIoError::InvalidArgument(format!(
-            "output path {} has no final component",
-            dir.display()
-        ))
-    })?;
-    let parent = match dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let pid = std::process::id();
-    (0..u32::MAX)
-        .map(|n| parent.join(format!(".{}.{tag}-{pid}-{n}", name.to_string_lossy())))
-        .find(|p| !p.exists())
-        .ok_or_else(|| {
-            LlamaIoError::InvalidArgument(format!(
-                "no free temporary name beside {}",
-                dir.display()
-            ))
-        })
-}
-
-/// Moves the finished `temp` to `dir`, replacing an existing `dir` as a whole.
-fn replace_dir(temp: &Path, dir: &Path) -> Result<()> {
-    if !dir.exists() {
-        return fs::rename(temp, dir).map_err(io_error(dir));
-    }
-    let old = sibling(dir, "old")?;
-    fs::rename(dir, &old).map_err(io_error(dir))?;
-    if let Err(source) = fs::rename(temp, dir) {
-        // Put the previous model back so nothing is lost.
-        let _ = fs::rename(&old, dir);
-        return Err(LlamaIoError::Io {
-            path: dir.to_path_buf(),
-            source,
-        });
-    }
-    fs::remove_dir_all(&old).map_err(io_error(&old))
 }

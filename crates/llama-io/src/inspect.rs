@@ -3,10 +3,11 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file::{Content, Value as GgufValue};
+use safetensors::SafeTensors;
 use serde_json::Value;
 
 use crate::error::{LlamaIoError, Result};
@@ -42,7 +43,9 @@ pub struct Inventory {
 /// file's header) or of a GGUF file.
 ///
 /// # Errors
-/// A missing or unreadable file, a header that does not parse, each naming the file.
+/// A missing or unreadable file, a header that does not parse or does not describe
+/// the file (safetensors: see `safetensors_header`; also a truncated file), each
+/// naming the file.
 pub fn inspect(path: &Path) -> Result<Inventory> {
     if path.is_dir() {
         inspect_hf_dir(path)
@@ -51,6 +54,7 @@ pub fn inspect(path: &Path) -> Result<Inventory> {
     }
 }
 
+/// A closure turning an [`std::io::Error`] into [`LlamaIoError::Io`] about `path`.
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LlamaIoError + '_ {
     move |source| LlamaIoError::Io {
         path: path.to_path_buf(),
@@ -58,6 +62,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LlamaIoError + '_ {
     }
 }
 
+/// [`inspect`] of a Hugging Face directory.
 fn inspect_hf_dir(dir: &Path) -> Result<Inventory> {
     let config_path = dir.join("config.json");
     let text = std::fs::read_to_string(&config_path).map_err(io(&config_path))?;
@@ -94,60 +99,40 @@ fn inspect_hf_dir(dir: &Path) -> Result<Inventory> {
     })
 }
 
-/// The tensors listed in a safetensors header (8-byte little-endian length, then JSON).
+/// The tensors listed in a safetensors header, read and checked by the `safetensors`
+/// crate ([`SafeTensors::read_metadata`]: the 8-byte length within bounds and at most
+/// 100 MB, the header UTF-8 JSON with a known dtype, shape and `data_offsets` per
+/// tensor, the offsets contiguous from 0 and each tensor's size equal to its dtype
+/// times its shape, the data ending exactly at the end of the file). The file is
+/// memory-mapped, so only the pages of the header are read.
 fn safetensors_header(path: &Path) -> Result<Vec<TensorSummary>> {
-    let bad = |msg: String| LlamaIoError::format(path, msg);
-    let mut file = File::open(path).map_err(io(path))?;
+    let file = File::open(path).map_err(io(path))?;
     let file_len = file.metadata().map_err(io(path))?.len();
-    let mut len = [0u8; 8];
-    file.read_exact(&mut len)
-        .map_err(|_| bad("shorter than a safetensors header".into()))?;
-    let len = u64::from_le_bytes(len);
-    if len > file_len.saturating_sub(8) || len > 100 << 20 {
-        return Err(bad(format!(
-            "header of {len} bytes does not fit in the file ({file_len} bytes)"
-        )));
+    if file_len < 8 {
+        return Err(LlamaIoError::format(
+            path,
+            "shorter than a safetensors header".into(),
+        ));
     }
-    let mut header = vec![0u8; len as usize];
-    file.read_exact(&mut header).map_err(io(path))?;
-    let header: BTreeMap<String, Value> =
-        serde_json::from_slice(&header).map_err(|e| bad(format!("header is not JSON: {e}")))?;
-    header
+    // SAFETY: the map is read-only and lives only inside this function; a file
+    // modified by another process while we read it could give wrong values but not
+    // undefined behaviour in safe code that only reads bytes.
+    let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(io(path))?;
+    let (_, metadata) = SafeTensors::read_metadata(&mmap)
+        .map_err(|e| LlamaIoError::format(path, format!("not a valid safetensors header: {e}")))?;
+    Ok(metadata
+        .tensors()
         .into_iter()
-        .filter(|(name, _)| name != "__metadata__")
-        .map(|(name, info)| {
-            let field = |key: &str| {
-                info.get(key)
-                    .ok_or_else(|| bad(format!("tensor {name}: no `{key}`")))
-            };
-            let dtype = field("dtype")?.as_str().unwrap_or("?").to_string();
-            let shape = field("shape")?
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(Value::as_u64)
-                        .map(|d| d as usize)
-                        .collect()
-                })
-                .unwrap_or_default();
-            let offsets: Vec<u64> = field("data_offsets")?
-                .as_array()
-                .map(|a| a.iter().filter_map(Value::as_u64).collect())
-                .unwrap_or_default();
-            let bytes = match offsets[..] {
-                [start, end] if end >= start => end - start,
-                _ => return Err(bad(format!("tensor {name}: bad data_offsets"))),
-            };
-            Ok(TensorSummary {
-                name,
-                dtype,
-                shape,
-                bytes,
-            })
+        .map(|(name, info)| TensorSummary {
+            name,
+            dtype: info.dtype.to_string(),
+            shape: info.shape.clone(),
+            bytes: (info.data_offsets.1 - info.data_offsets.0) as u64,
         })
-        .collect()
+        .collect())
 }
 
+/// [`inspect`] of a GGUF file.
 fn inspect_gguf(path: &Path) -> Result<Inventory> {
     let file = File::open(path).map_err(io(path))?;
     let content = Content::read(&mut BufReader::new(file))

@@ -1,27 +1,47 @@
 #![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
 
-mod attention;
-pub mod capture;
-pub mod config;
-pub mod data;
+// Modules in dependency order: each uses only modules above it (the README's
+// "Module order" lists what each one uses).
+// Foundations.
 pub mod error;
-mod forward;
-pub mod gguf;
-mod hf;
-pub mod inspect;
-pub mod linear;
-mod model;
-pub mod names;
-pub mod perplexity;
+// Host views of tensors; rayon loops that follow a `Par`.
+mod host;
+// Vectorised kernels.
 mod softmax;
+// Descriptions of a model.
+pub mod config;
+// (uses config)
+pub mod linear;
+// (uses config, linear)
+pub mod names;
+// Files around a model.
+pub mod data;
+// (uses error)
 pub mod tokenizer;
+// (uses error)
+pub mod inspect;
+// The weights.
+mod model;
+// Readers and the writer (use model).
+mod hf;
+// (uses model, names, tokenizer)
+pub mod gguf;
+// `Model::load` (uses hf, gguf).
+mod load;
+// The forward pass.
+mod attention;
+// (uses host, config, linear)
+pub mod capture;
+// (uses model, attention, capture)
+mod forward;
+// (uses forward)
+pub mod perplexity;
 
 pub use capture::{InputSink, XtxAccumulator, accumulate_xtx};
 pub use config::LlamaConfig;
 pub use error::{LlamaIoError, Result};
-pub use hf::{
-    PackedData, PackedLinears, PackedTensor, WeightDtype, write_hf_dir, write_packed_hf_dir,
-};
+pub use hf::{DirExtras, NamedTensor, TensorData, WeightDtype, write_hf_dir, write_hf_dir_with};
 pub use inspect::{Inventory, TensorSummary, inspect};
 pub use linear::{LinearInput, LinearKind};
 pub use model::{HostTensor, Model};

@@ -53,34 +53,6 @@ pub struct Model {
 }
 
 impl Model {
-    /// Loads a model: a directory is read as a Hugging Face checkpoint
-    /// (`config.json`, safetensors, `tokenizer.json` when present), a file ending in
-    /// `.gguf` as a GGUF file (tokenizer rebuilt from its vocabulary).
-    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        if path.is_dir() {
-            crate::hf::read_hf_dir(path)
-        } else if path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
-        {
-            crate::gguf::read_gguf(path)
-        } else if path.exists() {
-            Err(LlamaIoError::Unsupported {
-                path: path.to_path_buf(),
-                msg: "expected a Hugging Face model directory or a `.gguf` file".into(),
-            })
-        } else {
-            Err(LlamaIoError::Io {
-                path: path.to_path_buf(),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    "no such file or directory",
-                ),
-            })
-        }
-    }
-
     /// Builds a model from tensors named as in a Hugging Face checkpoint
     /// (`model.layers.{i}.self_attn.q_proj.weight`, ...). Every tensor the config
     /// needs must be present with its exact shape and finite values; an unknown name

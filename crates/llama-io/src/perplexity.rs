@@ -17,7 +17,7 @@ use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 
 use crate::error::{LlamaIoError, Result};
-use crate::forward::with_host_slice;
+use crate::host::{FollowPar, with_host_slice};
 use crate::model::Model;
 use crate::softmax::max_and_exp_sum_by_vocab;
 
@@ -43,13 +43,17 @@ pub struct PerplexityReport {
 }
 
 /// Perplexity of `model` on `tokens` with windows of `seqlen` tokens, using the
-/// first `max_windows` windows when given. `progress(done, total)` is called after
-/// each window. Errors when `seqlen < 2` or the text holds no full window.
+/// first `max_windows` windows when given; the forward pass and the loss run as `par`
+/// says. `progress(done, total)` is called after each window.
+///
+/// # Errors
+/// `seqlen < 2`, a text that holds no full window, a token outside the vocabulary.
 pub fn perplexity(
     model: &Model,
     tokens: &[u32],
     seqlen: usize,
     max_windows: Option<usize>,
+    par: Par,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<PerplexityReport> {
     if seqlen < 2 {
@@ -68,13 +72,13 @@ pub fn perplexity(
     let start = Instant::now();
     let mut window_nll = Vec::with_capacity(windows);
     for (w, window) in tokens.chunks_exact(seqlen).take(windows).enumerate() {
-        let hidden = model.hidden_states(&[window])?;
+        let hidden = model.hidden_states(&[window], par)?;
         let normed = model.final_norm(&hidden)?.squeeze(0)?;
         let mut total = 0.0f64;
         for r0 in (0..seqlen - 1).step_by(LOSS_ROWS) {
             let rows = LOSS_ROWS.min(seqlen - 1 - r0);
             let labels = &window[r0 + 1..r0 + 1 + rows];
-            total += cross_entropy_sum(model, &normed.narrow(0, r0, rows)?, labels)?;
+            total += cross_entropy_sum(model, &normed.narrow(0, r0, rows)?, labels, par)?;
         }
         window_nll.push(total / (seqlen - 1) as f64);
         progress(w + 1, windows);
@@ -157,34 +161,43 @@ const VOCAB_SLAB: usize = 2048;
 /// `sum_r (logsumexp(z_r) - z_r[labels_r])` for the logits `z = normed head^T` of the
 /// rows of `normed` (`[rows, hidden]`, `rows = labels.len()`), in f64.
 ///
-/// On the CPU the vocabulary is cut into slabs, in parallel: each task forms its
-/// slab's logits with one faer product and reduces them at once, and the per-row
-/// statistics are merged. Elsewhere the logits are formed on the device and reduced
-/// on the host as one slab.
-fn cross_entropy_sum(model: &Model, normed: &Tensor, labels: &[u32]) -> Result<f64> {
+/// On the CPU the vocabulary is cut into slabs, in parallel under `Par::Rayon`: each
+/// task forms its slab's logits with one faer product and reduces them at once, and
+/// the per-row statistics are merged (in rayon's reduction tree under `Par::Rayon`, as
+/// a fold from the first slab under `Par::Seq`, which can differ in the last bits of
+/// the f64 sums). Elsewhere the logits are formed on the device and reduced on the
+/// host as one slab.
+fn cross_entropy_sum(model: &Model, normed: &Tensor, labels: &[u32], par: Par) -> Result<f64> {
     if model.device().is_cpu() {
-        cross_entropy_sum_host(model, normed, labels)
+        cross_entropy_sum_host(model, normed, labels, par)
     } else {
-        cross_entropy_sum_tensors(model, normed, labels)
+        cross_entropy_sum_tensors(model, normed, labels, par)
     }
 }
 
 /// [`cross_entropy_sum`] with the logits formed by candle on the model's device.
-fn cross_entropy_sum_tensors(model: &Model, normed: &Tensor, labels: &[u32]) -> Result<f64> {
-    let logits = model.head_logits(normed)?.t()?.contiguous()?;
+fn cross_entropy_sum_tensors(
+    model: &Model,
+    normed: &Tensor,
+    labels: &[u32],
+    par: Par,
+) -> Result<f64> {
+    let logits = model.head_logits(normed, par)?.t()?.contiguous()?;
     with_host_slice(&logits, |z| {
         RowStats::of(z, labels.len(), 0, labels).cross_entropy_sum()
     })
 }
 
-/// [`cross_entropy_sum`] on the CPU, by vocabulary slabs in parallel.
-fn cross_entropy_sum_host(model: &Model, normed: &Tensor, labels: &[u32]) -> Result<f64> {
+/// [`cross_entropy_sum`] on the CPU, by vocabulary slabs (in parallel under
+/// `Par::Rayon`).
+fn cross_entropy_sum_host(model: &Model, normed: &Tensor, labels: &[u32], par: Par) -> Result<f64> {
     let rows = labels.len();
     let (vocab, d) = (model.config().vocab_size, model.config().hidden_size);
     let head = model.lm_head();
     let stats = with_host_slice(normed, |x| {
         (0..vocab.div_ceil(VOCAB_SLAB))
             .into_par_iter()
+            .follow(par)
             .map_init(Vec::new, |z: &mut Vec<f32>, slab| {
                 let j0 = slab * VOCAB_SLAB;
                 let n = VOCAB_SLAB.min(vocab - j0);
@@ -276,15 +289,20 @@ mod tests {
         let model = Model::from_hf_tensors(config, tensors, None, Path::new("generated")).unwrap();
         let tokens: Vec<u32> = (0..40).map(|i| (i * 977 % 4173) as u32).collect();
         let normed = model
-            .final_norm(&model.hidden_states(&[&tokens]).unwrap())
+            .final_norm(&model.hidden_states(&[&tokens], Par::rayon(0)).unwrap())
             .unwrap()
             .squeeze(0)
             .unwrap()
             .narrow(0, 0, 39)
             .unwrap();
         let labels = &tokens[1..];
-        let host = cross_entropy_sum_host(&model, &normed, labels).unwrap();
-        let tensors = cross_entropy_sum_tensors(&model, &normed, labels).unwrap();
+        let host = cross_entropy_sum_host(&model, &normed, labels, Par::rayon(0)).unwrap();
+        let sequential = cross_entropy_sum_host(&model, &normed, labels, Par::Seq).unwrap();
+        let tensors = cross_entropy_sum_tensors(&model, &normed, labels, Par::rayon(0)).unwrap();
+        assert!(
+            (host - sequential).abs() <= 1e-12 * sequential.abs(),
+            "{host} vs {sequential}"
+        );
         assert!(
             (host - tensors).abs() <= 1e-9 * tensors.abs(),
             "{host} vs {tensors}"

@@ -5,6 +5,7 @@ mod common;
 
 use candle_core::Tensor;
 use common::{Reference, Spec, TINY, TempDir, max_rel_diff, reference_forward, rows_f64};
+use faer::Par;
 use llama_io::{LinearInput, LinearKind, Model, XtxAccumulator};
 use proptest::prelude::*;
 
@@ -26,7 +27,7 @@ fn load_hf(spec: &Spec, seed: u64) -> (TempDir, common::Tensors, Model) {
 }
 
 fn check_against_reference(model: &Model, reference: &Reference, toks: &[u32]) {
-    let logits = model.forward(&[toks]).unwrap();
+    let logits = model.forward(&[toks], Par::rayon(0)).unwrap();
     assert_eq!(logits.dims(), &[1, toks.len(), model.config().vocab_size]);
     let err = max_rel_diff(&rows_f64(&logits), &reference.logits);
     assert!(
@@ -95,7 +96,7 @@ fn block_api_and_captured_inputs_match_reference() {
             Ok(())
         };
         hidden = model
-            .run_block_capturing(block, &hidden, &mut sink)
+            .run_block_capturing(block, &hidden, Par::Seq, &mut sink)
             .unwrap();
         let order: Vec<LinearInput> = seen.iter().map(|(i, _)| *i).collect();
         assert_eq!(order, LinearInput::ALL);
@@ -114,15 +115,15 @@ fn block_api_and_captured_inputs_match_reference() {
         } else {
             let mut h = model.embed(&[&toks]).unwrap();
             for b in 0..block {
-                h = model.run_block(b, &h).unwrap();
+                h = model.run_block(b, &h, Par::Seq).unwrap();
             }
             h
         };
-        let plain = model.run_block(block, &before).unwrap();
+        let plain = model.run_block(block, &before, Par::Seq).unwrap();
         assert_eq!(rows_f64(&plain), rows_f64(&hidden));
     }
     let err = max_rel_diff(
-        &rows_f64(&model.logits(&hidden).unwrap()),
+        &rows_f64(&model.logits(&hidden, Par::rayon(0)).unwrap()),
         &reference.logits,
     );
     assert!(
@@ -140,12 +141,22 @@ fn xtx_accumulator_sums_over_batches_and_sequences() {
         tokens(20, TINY.vocab, 8),
     ];
     // Two calls: a batch of two sequences, then one more sequence.
-    let mut acc = XtxAccumulator::new(model.config());
+    let mut acc = XtxAccumulator::new(model.config(), Par::rayon(0));
     model
-        .run_block_capturing(0, &model.embed(&seqs[..2]).unwrap(), &mut acc)
+        .run_block_capturing(
+            0,
+            &model.embed(&seqs[..2]).unwrap(),
+            Par::rayon(0),
+            &mut acc,
+        )
         .unwrap();
     model
-        .run_block_capturing(0, &model.embed(&seqs[2..]).unwrap(), &mut acc)
+        .run_block_capturing(
+            0,
+            &model.embed(&seqs[2..]).unwrap(),
+            Par::rayon(0),
+            &mut acc,
+        )
         .unwrap();
     for kind in LinearKind::ALL {
         let width = acc.width(kind);
@@ -222,16 +233,19 @@ fn bad_forward_inputs_are_errors() {
         &candle_core::Device::Cpu,
     )
     .unwrap();
-    assert!(model.run_block(0, &wrong_width).is_err());
+    assert!(model.run_block(0, &wrong_width, Par::rayon(0)).is_err());
     let f64_hidden = Tensor::zeros(
         (1, 3, 64),
         candle_core::DType::F64,
         &candle_core::Device::Cpu,
     )
     .unwrap();
-    assert!(model.run_block(0, &f64_hidden).is_err());
+    assert!(model.run_block(0, &f64_hidden, Par::rayon(0)).is_err());
     let ok = model.embed(&[vec![1u32, 2]]).unwrap();
-    assert!(model.run_block(2, &ok).is_err(), "block index out of range");
+    assert!(
+        model.run_block(2, &ok, Par::rayon(0)).is_err(),
+        "block index out of range"
+    );
 }
 
 proptest! {
@@ -259,9 +273,9 @@ proptest! {
         let mut changed = toks.clone();
         changed[pos] = (toks[pos] + 1 + replacement % 299) % 300;
         let second = &other[..n];
-        let batch = rows_f64(&model.forward(&[&toks[..], &changed[..], second]).unwrap());
+        let batch = rows_f64(&model.forward(&[&toks[..], &changed[..], second], Par::rayon(0)).unwrap());
         let vocab = TINY.vocab;
-        let alone = rows_f64(&model.forward(&[&toks]).unwrap());
+        let alone = rows_f64(&model.forward(&[&toks], Par::rayon(0)).unwrap());
         // Row r of the batch result is sequence r / n, position r % n.
         // Earlier positions agree to rounding; the changed position moves visibly.
         let err = max_rel_diff(&batch[n..n + pos], &batch[..pos]);

@@ -3,6 +3,7 @@
 mod common;
 
 use common::{Spec, TINY, TempDir, reference_forward};
+use faer::Par;
 use llama_io::{Model, perplexity, sample_calibration};
 use proptest::prelude::*;
 
@@ -40,7 +41,7 @@ fn all_zero_logits_give_the_vocabulary_size() {
         41,
     );
     let tokens = stream(1000, 300);
-    let report = perplexity(&model, &tokens, 64, None, &mut |_, _| {}).unwrap();
+    let report = perplexity(&model, &tokens, 64, None, Par::rayon(0), &mut |_, _| {}).unwrap();
     assert_eq!(report.windows, 1000 / 64);
     assert_eq!(report.tokens_scored, 15 * 63);
     assert!(
@@ -63,9 +64,14 @@ fn perplexity_matches_naive_cross_entropy() {
     let seqlen = 300; // longer than the 256 rows scored at a time
     let tokens = stream(3 * seqlen + 17, 300);
     let mut calls = Vec::new();
-    let report = perplexity(&model, &tokens, seqlen, Some(2), &mut |done, total| {
-        calls.push((done, total))
-    })
+    let report = perplexity(
+        &model,
+        &tokens,
+        seqlen,
+        Some(2),
+        Par::rayon(0),
+        &mut |done, total| calls.push((done, total)),
+    )
     .unwrap();
     assert_eq!(calls, vec![(1, 2), (2, 2)]);
     assert_eq!(report.windows, 2);
@@ -97,7 +103,7 @@ fn perplexity_matches_naive_cross_entropy() {
         report.ppl
     );
     // Without a limit every full window is used; the remainder is dropped.
-    let all = perplexity(&model, &tokens, seqlen, None, &mut |_, _| {}).unwrap();
+    let all = perplexity(&model, &tokens, seqlen, None, Par::rayon(0), &mut |_, _| {}).unwrap();
     assert_eq!(all.windows, 3);
     assert_eq!(&all.window_nll[..2], &report.window_nll[..]);
 }
@@ -107,19 +113,27 @@ fn perplexity_argument_errors() {
     let (_dir, _w, model) = load(&TINY, |_| {}, 43);
     let tokens = stream(100, 300);
     assert!(
-        perplexity(&model, &tokens, 1, None, &mut |_, _| {}).is_err(),
+        perplexity(&model, &tokens, 1, None, Par::rayon(0), &mut |_, _| {}).is_err(),
         "seqlen 1"
     );
     assert!(
-        perplexity(&model, &tokens, 101, None, &mut |_, _| {}).is_err(),
+        perplexity(&model, &tokens, 101, None, Par::rayon(0), &mut |_, _| {}).is_err(),
         "no full window"
     );
     assert!(
-        perplexity(&model, &tokens, 10, Some(0), &mut |_, _| {}).is_err(),
+        perplexity(&model, &tokens, 10, Some(0), Par::rayon(0), &mut |_, _| {}).is_err(),
         "zero windows"
     );
     assert!(
-        perplexity(&model, &[5, 400, 7, 8], 2, None, &mut |_, _| {}).is_err(),
+        perplexity(
+            &model,
+            &[5, 400, 7, 8],
+            2,
+            None,
+            Par::rayon(0),
+            &mut |_, _| {}
+        )
+        .is_err(),
         "token id out of range"
     );
 }

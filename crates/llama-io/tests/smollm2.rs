@@ -5,6 +5,7 @@
 //! `MAGR_MODEL=path/to/SmolLM2-135M-Instruct.Q4_1.gguf cargo test -p llama-io --release --test smollm2 -- --ignored --nocapture`.
 //! It fails, never passes silently, when the model or the text is absent.
 
+use faer::Par;
 use llama_io::{Model, data, perplexity};
 
 #[test]
@@ -29,9 +30,16 @@ fn smollm2_wikitext2_perplexity_seqlen_2048_first_40_windows() {
     );
 
     let tokens = model.encode(&data::read_wikitext2_test().unwrap()).unwrap();
-    let report = perplexity(&model, &tokens, 2048, Some(40), &mut |done, total| {
-        eprintln!("window {done}/{total}");
-    })
+    let report = perplexity(
+        &model,
+        &tokens,
+        2048,
+        Some(40),
+        Par::rayon(0),
+        &mut |done, total| {
+            eprintln!("window {done}/{total}");
+        },
+    )
     .unwrap();
     println!(
         "SmolLM2-135M-Instruct (Q4_1 GGUF dequantized to f32), WikiText-2 test, {} tokens: \

@@ -1,11 +1,18 @@
 //! The Hugging Face directory writer: exact f32 round trip, f16/bf16 rounding,
-//! the config a `transformers` loader needs, the tokenizer, atomic replacement.
+//! the config a `transformers` loader needs, the tokenizer, atomic replacement, and
+//! the generic extras (tensors written as given, omitted tensors, config entries).
 
 mod common;
 
+use std::collections::BTreeMap;
+use std::path::Path;
+
 use common::{Spec, TINY, TempDir, Tensors};
 use half::{bf16, f16};
-use llama_io::{LinearKind, Model, WeightDtype, write_hf_dir};
+use llama_io::{
+    DirExtras, LinearKind, Model, NamedTensor, TensorData, WeightDtype, write_hf_dir,
+    write_hf_dir_with,
+};
 
 fn tensors_of(model: &Model) -> Tensors {
     model
@@ -223,4 +230,299 @@ fn unwritable_target_is_an_error_and_leaves_nothing() {
     let target = out.path().join("missing-parent").join("m");
     assert!(write_hf_dir(&model, &target, WeightDtype::F32, false).is_err());
     assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0);
+}
+
+/// The packed layout of a linear layer as the root package's GPTQ writer gives it:
+/// `(suffix, shape, data)` per part, deterministic values.
+fn packed_parts(
+    model: &Model,
+    block: usize,
+    kind: LinearKind,
+) -> Vec<(&'static str, Vec<usize>, TensorData)> {
+    let (out, inp) = model.linear_shape(kind);
+    let (groups, seed) = (inp / 16, (block * 7 + kind.index()) as i32);
+    let ints = |n: usize, k: i32| -> Vec<i32> {
+        (0..n as i32)
+            .map(|i| i.wrapping_mul(0x9E37_79B1u32 as i32) ^ (k + seed))
+            .collect()
+    };
+    vec![
+        (
+            "qweight",
+            vec![inp / 8, out],
+            TensorData::I32(ints(inp / 8 * out, 1)),
+        ),
+        (
+            "qzeros",
+            vec![groups, out / 8],
+            TensorData::I32(ints(groups * out / 8, 2)),
+        ),
+        (
+            "scales",
+            vec![groups, out],
+            TensorData::F16(
+                (0..groups * out)
+                    .map(|i| f16::from_f32(0.001 * (i % 97) as f32 + 0.01 * seed as f32).to_f32())
+                    .collect(),
+            ),
+        ),
+        (
+            "g_idx",
+            vec![inp],
+            TensorData::I32((0..inp as i32).map(|i| i / 16).collect()),
+        ),
+    ]
+}
+
+fn quantization_config() -> serde_json::Value {
+    serde_json::json!({
+        "quant_method": "gptq", "bits": 4, "group_size": 16, "desc_act": false,
+        "sym": true, "checkpoint_format": "gptq", "damp_percent": 0.01,
+        "static_groups": false,
+    })
+}
+
+/// A reference copy of the writer that `DirExtras` replaced (`write_packed_hf_dir`):
+/// the float tensors in `dtype` but the packed layers' weights, the packed parts
+/// named `{module}.{suffix}`, `quantization_config` inserted into the config.
+fn former_packed_writer(model: &Model, dir: &Path, dtype: WeightDtype) {
+    use safetensors::{Dtype, View};
+    use std::borrow::Cow;
+    enum AnyTensor<'a> {
+        Float(Vec<usize>, &'a [f32]),
+        Packed(Vec<usize>, &'a TensorData),
+    }
+    let st_dtype = match dtype {
+        WeightDtype::F32 => Dtype::F32,
+        WeightDtype::F16 => Dtype::F16,
+        WeightDtype::BF16 => Dtype::BF16,
+    };
+    struct Out<'a>(AnyTensor<'a>, WeightDtype, Dtype);
+    impl View for Out<'_> {
+        fn dtype(&self) -> Dtype {
+            match &self.0 {
+                AnyTensor::Float(..) => self.2,
+                AnyTensor::Packed(_, TensorData::I32(_)) => Dtype::I32,
+                AnyTensor::Packed(_, TensorData::F16(_)) => Dtype::F16,
+            }
+        }
+        fn shape(&self) -> &[usize] {
+            match &self.0 {
+                AnyTensor::Float(s, _) | AnyTensor::Packed(s, _) => s,
+            }
+        }
+        fn data(&self) -> Cow<'_, [u8]> {
+            Cow::Owned(match &self.0 {
+                AnyTensor::Float(_, d) => match self.1 {
+                    WeightDtype::F32 => d.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                    WeightDtype::F16 => d
+                        .iter()
+                        .flat_map(|&x| f16::from_f32(x).to_le_bytes())
+                        .collect(),
+                    WeightDtype::BF16 => d
+                        .iter()
+                        .flat_map(|&x| bf16::from_f32(x).to_le_bytes())
+                        .collect(),
+                },
+                AnyTensor::Packed(_, TensorData::I32(v)) => {
+                    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+                }
+                AnyTensor::Packed(_, TensorData::F16(v)) => v
+                    .iter()
+                    .flat_map(|&x| f16::from_f32(x).to_le_bytes())
+                    .collect(),
+            })
+        }
+        fn data_len(&self) -> usize {
+            self.data().len()
+        }
+    }
+    std::fs::create_dir(dir).unwrap();
+    let mut config = model.config().to_hf_json(dtype.torch_name());
+    config
+        .as_object_mut()
+        .unwrap()
+        .insert("quantization_config".into(), quantization_config());
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&config).unwrap() + "\n",
+    )
+    .unwrap();
+    let mut parts = BTreeMap::new();
+    for block in 0..model.num_blocks() {
+        for kind in LinearKind::ALL {
+            parts.insert(kind.hf_name(block), packed_parts(model, block, kind));
+        }
+    }
+    let mut tensors = Vec::new();
+    for role in llama_io::TensorRole::all(model.config()) {
+        match parts.get(&role.hf_name()) {
+            Some(layer) => {
+                let name = role.hf_name();
+                let module = name.trim_end_matches(".weight");
+                for (suffix, shape, data) in layer {
+                    tensors.push((
+                        format!("{module}.{suffix}"),
+                        Out(AnyTensor::Packed(shape.clone(), data), dtype, st_dtype),
+                    ));
+                }
+            }
+            None => tensors.push((
+                role.hf_name(),
+                Out(
+                    AnyTensor::Float(role.shape(model.config()), model.tensor(role).unwrap()),
+                    dtype,
+                    st_dtype,
+                ),
+            )),
+        }
+    }
+    let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::serialize_to_file(tensors, Some(metadata), &dir.join("model.safetensors"))
+        .unwrap();
+}
+
+/// Every linear layer replaced by its packed parts, through the generic extras.
+fn packed_extras(model: &Model) -> DirExtras {
+    let mut extras = DirExtras::default();
+    for block in 0..model.num_blocks() {
+        for kind in LinearKind::ALL {
+            let name = kind.hf_name(block);
+            let module = name.trim_end_matches(".weight").to_string();
+            for (suffix, shape, data) in packed_parts(model, block, kind) {
+                extras.tensors.push(NamedTensor {
+                    name: format!("{module}.{suffix}"),
+                    shape,
+                    data,
+                });
+            }
+            extras.omitted.insert(name);
+        }
+    }
+    extras
+        .config
+        .insert("quantization_config".into(), quantization_config());
+    extras
+}
+
+#[test]
+fn extras_write_a_packed_directory_byte_identical_to_the_former_writer() {
+    for spec in [TINY, Spec { tied: true, ..TINY }] {
+        let (_src, _w, model) = tiny_model(&spec, 57);
+        for dtype in [WeightDtype::F32, WeightDtype::F16] {
+            let out = TempDir::new("writer-extras");
+            let (new, old) = (out.path().join("new"), out.path().join("old"));
+            write_hf_dir_with(&model, &new, dtype, false, &packed_extras(&model)).unwrap();
+            former_packed_writer(&model, &old, dtype);
+            for file in ["config.json", "model.safetensors"] {
+                assert!(
+                    std::fs::read(new.join(file)).unwrap()
+                        == std::fs::read(old.join(file)).unwrap(),
+                    "{file} differs ({dtype:?})"
+                );
+            }
+            let listing = |d: &Path| {
+                let mut names: Vec<_> = std::fs::read_dir(d)
+                    .unwrap()
+                    .map(|e| e.unwrap().file_name())
+                    .collect();
+                names.sort();
+                names
+            };
+            assert_eq!(listing(&new), listing(&old));
+            // A packed directory is refused by the reader, by name.
+            let err = Model::load(&new).unwrap_err().to_string();
+            assert!(err.contains("gptq"), "{err}");
+        }
+    }
+}
+
+#[test]
+fn default_extras_write_what_write_hf_dir_writes() {
+    let (_src, _w, model) = tiny_model(&TINY, 58);
+    let out = TempDir::new("writer-default-extras");
+    let (a, b) = (out.path().join("a"), out.path().join("b"));
+    write_hf_dir(&model, &a, WeightDtype::BF16, false).unwrap();
+    write_hf_dir_with(&model, &b, WeightDtype::BF16, false, &DirExtras::default()).unwrap();
+    for file in ["config.json", "model.safetensors"] {
+        assert_eq!(
+            std::fs::read(a.join(file)).unwrap(),
+            std::fs::read(b.join(file)).unwrap(),
+            "{file}"
+        );
+    }
+}
+
+/// Writes `extras` and expects an error that names `what`, with nothing written.
+fn assert_rejected(model: &Model, extras: &DirExtras, what: &str) {
+    let out = TempDir::new("writer-bad-extras");
+    let target = out.path().join("m");
+    let err = write_hf_dir_with(model, &target, WeightDtype::F32, false, extras)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(what), "the error names `{what}`: {err}");
+    assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0, "{err}");
+}
+
+#[test]
+fn invalid_extras_are_errors_naming_the_tensor_or_key() {
+    let (_src, _w, model) = tiny_model(&TINY, 59);
+    let extra = |name: &str, shape: Vec<usize>, n: usize| NamedTensor {
+        name: name.into(),
+        shape,
+        data: TensorData::I32(vec![7; n]),
+    };
+
+    // An omitted name that is not a model tensor (here: a block outside the model).
+    let mut extras = DirExtras::default();
+    extras.omitted.insert(LinearKind::Q.hf_name(2));
+    assert_rejected(&model, &extras, "model.layers.2.self_attn.q_proj.weight");
+
+    // An extra named as a model tensor that is still written.
+    let taken = LinearKind::Up.hf_name(1);
+    let extras = DirExtras {
+        tensors: vec![extra(&taken, vec![2], 2)],
+        ..DirExtras::default()
+    };
+    assert_rejected(&model, &extras, &taken);
+    // ... which is fine once that tensor is omitted.
+    let mut extras = extras;
+    extras.omitted.insert(taken.clone());
+    let out = TempDir::new("writer-replace");
+    write_hf_dir_with(
+        &model,
+        &out.path().join("m"),
+        WeightDtype::F32,
+        false,
+        &extras,
+    )
+    .unwrap();
+
+    // Two extras of one name.
+    let extras = DirExtras {
+        tensors: vec![extra("extra.a", vec![1], 1), extra("extra.a", vec![2], 2)],
+        ..DirExtras::default()
+    };
+    assert_rejected(&model, &extras, "extra.a");
+
+    // A shape whose product is not the number of values.
+    let extras = DirExtras {
+        tensors: vec![extra("extra.b", vec![2, 3], 5)],
+        ..DirExtras::default()
+    };
+    assert_rejected(&model, &extras, "extra.b");
+    let extras = DirExtras {
+        tensors: vec![NamedTensor {
+            name: "extra.c".into(),
+            shape: vec![4],
+            data: TensorData::F16(vec![0.5; 3]),
+        }],
+        ..DirExtras::default()
+    };
+    assert_rejected(&model, &extras, "extra.c");
+
+    // A config key the model's config already has.
+    let mut extras = DirExtras::default();
+    extras.config.insert("hidden_size".into(), 1.into());
+    assert_rejected(&model, &extras, "hidden_size");
 }
