@@ -12,7 +12,7 @@ use std::fmt;
 
 use candle_core::Tensor;
 use faer::{Mat, MatRef, Par};
-use llama_io::{LinearInput, Model, XtxAccumulator};
+use llama_io::{InputSink, LinearInput, Model, XtxAccumulator};
 use prox_opt::{MagrOptions, MagrReport};
 use quantizers::{CoordinateDescent, Optq, Quantizer};
 

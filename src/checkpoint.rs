@@ -19,7 +19,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::output::{FormatState, OutputFormat};
-use crate::{PipelineError, PipelineReport, PipelineSettings, PipelineState};
+use magr_report::PipelineReport;
+
+use crate::{PipelineError, PipelineSettings, PipelineState};
 
 const STATE: &str = "state.json";
 
@@ -104,7 +106,7 @@ fn read_tensors(
         .tensors()
         .into_iter()
         .map(|(name, view)| {
-            NamedTensor::from_view(name, &view).map_err(|e| output_error(path, e))
+            NamedTensor::from_view(&name, &view).map_err(|e| output_error(path, e))
         })
         .collect::<Result<_, _>>()?;
     Ok((tensors, metadata.metadata().clone().unwrap_or_default()))

@@ -231,8 +231,10 @@ pub fn run_pipeline(
     let checkpoint = staging.map(|s| s.checkpoint(run_fingerprint(source, settings, windows)));
     let resumed = match &checkpoint {
         Some(c) if resume => {
-            let mut formats: Vec<&mut dyn OutputFormat> =
-                formats.iter_mut().map(|f| f.as_mut()).collect();
+            let mut formats: Vec<&mut dyn OutputFormat> = formats
+                .iter_mut()
+                .map(|f| f.as_mut() as &mut dyn OutputFormat)
+                .collect();
             c.load(model, &mut formats)?
         }
         _ => None,

@@ -213,6 +213,21 @@ fn bytes_to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
     }
 }
 
+/// Little-endian bytes of `values` stored as `dtype` (f16 and bf16 round to nearest even).
+fn float_bytes(values: &[f32], dtype: WeightDtype) -> Vec<u8> {
+    match dtype {
+        WeightDtype::F32 => values.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        WeightDtype::F16 => values
+            .iter()
+            .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+            .collect(),
+        WeightDtype::BF16 => values
+            .iter()
+            .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
+            .collect(),
+    }
+}
+
 /// One f32 weight seen as a safetensors tensor of the output dtype; the bytes are
 /// produced when the serializer asks for them, one tensor at a time.
 struct FloatTensor<'a> {
@@ -231,20 +246,7 @@ impl View for FloatTensor<'_> {
     }
 
     fn data(&self) -> Cow<'_, [u8]> {
-        let bytes: Vec<u8> = match self.dtype {
-            WeightDtype::F32 => self.data.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            WeightDtype::F16 => self
-                .data
-                .iter()
-                .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
-                .collect(),
-            WeightDtype::BF16 => self
-                .data
-                .iter()
-                .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
-                .collect(),
-        };
-        Cow::Owned(bytes)
+        Cow::Owned(float_bytes(self.data, self.dtype))
     }
 
     fn data_len(&self) -> usize {
@@ -260,6 +262,8 @@ pub enum TensorData {
     /// Values stored as `F16` (round to nearest even: each value must be an f16 value
     /// to be stored exactly).
     F16(Vec<f32>),
+    /// Values stored as `F32`.
+    F32(Vec<f32>),
 }
 
 impl TensorData {
@@ -267,7 +271,7 @@ impl TensorData {
     pub fn len(&self) -> usize {
         match self {
             TensorData::I32(v) => v.len(),
-            TensorData::F16(v) => v.len(),
+            TensorData::F16(v) | TensorData::F32(v) => v.len(),
         }
     }
 
@@ -286,6 +290,73 @@ pub struct NamedTensor {
     pub shape: Vec<usize>,
     /// Values.
     pub data: TensorData,
+}
+
+impl NamedTensor {
+    /// The tensor `name` of a safetensors file, read back from its `view`.
+    ///
+    /// # Errors
+    /// A dtype other than I32, F16 and F32, or a data length that does not match.
+    pub fn from_view(name: &str, view: &safetensors::tensor::TensorView<'_>) -> Result<Self> {
+        let bytes = view.data();
+        let words = |n: usize| bytes.chunks_exact(n);
+        let data = match view.dtype() {
+            Dtype::I32 => TensorData::I32(
+                words(4)
+                    .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+            ),
+            Dtype::F16 => TensorData::F16(
+                bytes_to_f32(Dtype::F16, bytes).expect("F16 converts to f32"),
+            ),
+            Dtype::F32 => TensorData::F32(
+                bytes_to_f32(Dtype::F32, bytes).expect("F32 converts to f32"),
+            ),
+            other => {
+                return Err(LlamaIoError::InvalidArgument(format!(
+                    "tensor `{name}` has dtype {other:?}; only I32, F16 and F32 are read as named tensors"
+                )));
+            }
+        };
+        if data.len() != view.shape().iter().product::<usize>() {
+            return Err(LlamaIoError::InvalidArgument(format!(
+                "tensor `{name}`: {} values for shape {:?}",
+                data.len(),
+                view.shape()
+            )));
+        }
+        Ok(NamedTensor {
+            name: name.to_string(),
+            shape: view.shape().to_vec(),
+            data,
+        })
+    }
+}
+
+impl View for &NamedTensor {
+    fn dtype(&self) -> Dtype {
+        match self.data {
+            TensorData::I32(_) => Dtype::I32,
+            TensorData::F16(_) => Dtype::F16,
+            TensorData::F32(_) => Dtype::F32,
+        }
+    }
+
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Owned(match &self.data {
+            TensorData::I32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            TensorData::F16(v) => float_bytes(v, WeightDtype::F16),
+            TensorData::F32(v) => float_bytes(v, WeightDtype::F32),
+        })
+    }
+
+    fn data_len(&self) -> usize {
+        self.data.len() * self.dtype().bitsize() / 8
+    }
 }
 
 /// What a writer adds to / leaves out of a model's Hugging Face directory.
@@ -310,40 +381,28 @@ impl View for OutputTensor<'_> {
     fn dtype(&self) -> Dtype {
         match self {
             OutputTensor::Float(t) => t.dtype(),
-            OutputTensor::Named(p) => match p.data {
-                TensorData::I32(_) => Dtype::I32,
-                TensorData::F16(_) => Dtype::F16,
-            },
+            OutputTensor::Named(t) => t.dtype(),
         }
     }
 
     fn shape(&self) -> &[usize] {
         match self {
             OutputTensor::Float(t) => t.shape(),
-            OutputTensor::Named(p) => &p.shape,
+            OutputTensor::Named(t) => &t.shape,
         }
     }
 
     fn data(&self) -> Cow<'_, [u8]> {
         match self {
             OutputTensor::Float(t) => t.data(),
-            OutputTensor::Named(p) => Cow::Owned(match &p.data {
-                TensorData::I32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                TensorData::F16(v) => v
-                    .iter()
-                    .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
-                    .collect(),
-            }),
+            OutputTensor::Named(t) => t.data(),
         }
     }
 
     fn data_len(&self) -> usize {
         match self {
             OutputTensor::Float(t) => t.data_len(),
-            OutputTensor::Named(p) => match &p.data {
-                TensorData::I32(v) => 4 * v.len(),
-                TensorData::F16(v) => 2 * v.len(),
-            },
+            OutputTensor::Named(t) => t.data_len(),
         }
     }
 }

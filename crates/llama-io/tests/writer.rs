@@ -304,6 +304,7 @@ fn former_packed_writer(model: &Model, dir: &Path, dtype: WeightDtype) {
                 AnyTensor::Float(..) => self.2,
                 AnyTensor::Packed(_, TensorData::I32(_)) => Dtype::I32,
                 AnyTensor::Packed(_, TensorData::F16(_)) => Dtype::F16,
+                AnyTensor::Packed(_, TensorData::F32(_)) => Dtype::F32,
             }
         }
         fn shape(&self) -> &[usize] {
@@ -331,6 +332,9 @@ fn former_packed_writer(model: &Model, dir: &Path, dtype: WeightDtype) {
                     .iter()
                     .flat_map(|&x| f16::from_f32(x).to_le_bytes())
                     .collect(),
+                AnyTensor::Packed(_, TensorData::F32(v)) => {
+                    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+                }
             })
         }
         fn data_len(&self) -> usize {
