@@ -542,7 +542,7 @@ fn write_dir_contents(
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&weights_path, std::fs::Permissions::from_mode(0o644))
+        fs::set_permissions(&weights_path, fs::Permissions::from_mode(0o644))
             .map_err(io_error(&weights_path))?;
     }
 
