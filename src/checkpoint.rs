@@ -65,11 +65,7 @@ pub fn run_fingerprint(source: &str, settings: &PipelineSettings, windows: &[Vec
     for token in windows.iter().flatten() {
         hash.update(token.to_le_bytes());
     }
-    let digest: String = hash
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let digest: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
     format!("{summary}; sha256 {digest}")
 }
 
@@ -105,9 +101,7 @@ fn read_tensors(
     let tensors = file
         .tensors()
         .into_iter()
-        .map(|(name, view)| {
-            NamedTensor::from_view(&name, &view).map_err(|e| output_error(path, e))
-        })
+        .map(|(name, view)| NamedTensor::from_view(&name, &view).map_err(|e| output_error(path, e)))
         .collect::<Result<_, _>>()?;
     Ok((tensors, metadata.metadata().clone().unwrap_or_default()))
 }

@@ -168,7 +168,7 @@ impl Method for OptqMethod {
     }
 
     fn damping(&self) -> Option<f64> {
-        Some(Optq::new(GridSpec::reference(4, None).expect("4 bits is a valid grid")).damping)
+        Some(Optq::REFERENCE_DAMPING)
     }
 
     fn quantizer<'a>(&self, context: &QuantizerContext<'a>) -> Box<dyn Quantizer + 'a> {

@@ -107,7 +107,8 @@ impl PipelineSettings {
 
     /// The label of the run (`MagR+OPTQ w3 g64`).
     pub fn label(&self) -> String {
-        let preprocessor = (!self.preprocessor.is_identity()).then(|| self.preprocessor.to_string());
+        let preprocessor =
+            (!self.preprocessor.is_identity()).then(|| self.preprocessor.to_string());
         format!(
             "{}{}",
             magr_report::method_label(preprocessor.as_deref(), &self.method.to_string()),
@@ -296,7 +297,8 @@ pub fn continue_quantize_model(
                         observer,
                     )
                     .map_err(|e| e.in_layer(block, kind))?;
-                    report.seconds.preprocess += record.preprocess.as_ref().map_or(0.0, |m| m.seconds);
+                    report.seconds.preprocess +=
+                        record.preprocess.as_ref().map_or(0.0, |m| m.seconds);
                     report.seconds.quantize += record.quantize_seconds;
                     report.layers.push(record);
                     observer.progress(Progress::Layer { block, kind });
@@ -347,8 +349,11 @@ fn quantize_layer(
     }
     let to_quantize = preprocessed.weights.as_ref().unwrap_or(&w0);
     let max_abs_after = max_abs(to_quantize.as_ref());
-    let magnitudes =
-        MagnitudeHistogram::new(weights(w0.as_ref()), weights(to_quantize.as_ref()), max_abs_before);
+    let magnitudes = MagnitudeHistogram::new(
+        weights(w0.as_ref()),
+        weights(to_quantize.as_ref()),
+        max_abs_before,
+    );
     let problem = LayerProblem::new(to_quantize.as_ref(), h.as_ref()).with_original(w0.as_ref());
 
     let start = Instant::now();

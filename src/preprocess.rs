@@ -9,10 +9,9 @@
 use std::fmt;
 
 use faer::{Mat, MatRef, Par};
+use magr_report::PreprocessRecord;
 use prox_opt::{Grouping, MagrOptions, Solver};
 use quantizers::GridSpec;
-use magr_report::PreprocessRecord;
-use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::backend::{ComputeBackend, Windows};
@@ -182,7 +181,7 @@ impl Preprocessor for Identity {
 /// MagR (per channel, or per group when the grid has groups):
 /// `min_W 1/2 ||X (W - W0)||_F^2 + alpha lambda_max(H) sum ||w||_inf` by proximal
 /// gradient ([`prox_opt::magr`]).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MagrSettings {
     /// Penalty `alpha` (reference: 1e-3 per channel, 1e-4 per group).
     pub alpha: f64,
@@ -191,7 +190,6 @@ pub struct MagrSettings {
     /// FISTA instead of the plain method.
     pub fista: bool,
     /// Which windows form `H`.
-    #[serde(skip)]
     pub windows: Windows,
 }
 

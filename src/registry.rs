@@ -18,7 +18,11 @@ pub(crate) fn find<'a, E: Entry>(
     entries.iter().find(|e| e.name() == name).ok_or_else(|| {
         PipelineError::Settings(format!(
             "unknown {kind} `{name}` (known: {})",
-            entries.iter().map(Entry::name).collect::<Vec<_>>().join(", ")
+            entries
+                .iter()
+                .map(Entry::name)
+                .collect::<Vec<_>>()
+                .join(", ")
         ))
     })
 }

@@ -277,8 +277,8 @@ pub fn write_outputs(
     for format in formats {
         notes.extend(format.write(model, &dir.join(format.name()))?);
     }
-    let json = serde_json::to_string_pretty(report)
-        .map_err(|e| io_error(&dir.join("report.json"), e))?;
+    let json =
+        serde_json::to_string_pretty(report).map_err(|e| io_error(&dir.join("report.json"), e))?;
     atomic_fs::write(&dir.join("report.json"), json)?;
     atomic_fs::write(&dir.join("report.md"), report.markdown())?;
     let preprocessor = &report.settings.preprocessor;

@@ -32,7 +32,10 @@ fn every_path_in_the_code_map_exists() {
     let paths = code_map_paths(&text);
     assert!(paths.len() > 40, "only {} paths found", paths.len());
     let missing: Vec<&String> = paths.iter().filter(|p| !root.join(p).exists()).collect();
-    assert!(missing.is_empty(), "named in the code map but absent: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "named in the code map but absent: {missing:?}"
+    );
 }
 
 #[test]

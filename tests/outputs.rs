@@ -10,13 +10,14 @@ use std::sync::Arc;
 
 use common::{tiny_model, windows};
 use faer::Par;
-use magr::llama_io::{LinearKind, Model, WeightDtype, write_hf_dir};
+use magr::llama_io::{LinearKind, Model, NamedTensor, TensorData, WeightDtype, write_hf_dir};
+use magr::magr_report::{PipelineReport, RunReport};
 use magr::quantizers::{GptqTensors, GridSpec, QuantizedLinear, ZeroFormat, dequantize_gptq};
-use magr::magr_report::PipelineReport;
+use magr::run::{RunEvents, Staging, run_pipeline, write_outputs};
 use magr::{
-    FormatContext, GptqFormat, Identity, MagrSettings, Method, OptqMethod, OutputFormat,
-    PipelineError, PipelineObserver, PipelineSettings, PipelineState, RtnMethod, RunCheckpoint,
-    continue_quantize_model, quantize_model, run_fingerprint,
+    FormatContext, FormatState, GptqFormat, Identity, MagrSettings, Method, OptqMethod,
+    OutputFormat, PipelineError, PipelineObserver, PipelineSettings, PipelineState, Progress,
+    RtnMethod, RunCheckpoint, continue_quantize_model, quantize_model, run_fingerprint,
 };
 use safetensors::{Dtype, SafeTensors};
 
@@ -151,7 +152,14 @@ fn outputs_load_back_and_the_packed_checkpoint_unpacks_to_the_fake_quant_weights
     let dir = scratch("gptq");
     let calibration = windows(4, 32, 1);
     for (n, (bits, group, symmetric, act_order, method, magr)) in [
-        (4, None, false, false, Arc::new(OptqMethod) as Arc<dyn Method>, true),
+        (
+            4,
+            None,
+            false,
+            false,
+            Arc::new(OptqMethod) as Arc<dyn Method>,
+            true,
+        ),
         (3, None, false, true, Arc::new(RtnMethod), true),
         (2, Some(32), false, true, Arc::new(OptqMethod), false),
         (3, Some(16), true, false, Arc::new(OptqMethod), true),
@@ -383,7 +391,11 @@ impl OutputFormat for PerLayerCodes {
         Ok(())
     }
 
-    fn write(&self, _model: &Model, dir: &std::path::Path) -> Result<Option<String>, PipelineError> {
+    fn write(
+        &self,
+        _model: &Model,
+        dir: &std::path::Path,
+    ) -> Result<Option<String>, PipelineError> {
         std::fs::create_dir_all(dir).unwrap();
         for ((block, kind), codes) in &self.layers {
             let text: Vec<String> = codes.iter().map(i32::to_string).collect();
@@ -392,30 +404,26 @@ impl OutputFormat for PerLayerCodes {
         Ok(Some(format!("{} layer files", self.layers.len())))
     }
 
-    fn save_block(&self, block: usize) -> Result<magr::FormatState, PipelineError> {
-        let mut state = magr::FormatState::default();
+    fn save_block(&self, block: usize) -> Result<FormatState, PipelineError> {
+        let mut state = FormatState::default();
         for kind in LinearKind::ALL {
             let codes = &self.layers[&(block, kind)];
-            state.tensors.push(magr::llama_io::NamedTensor {
+            state.tensors.push(NamedTensor {
                 name: kind.hf_suffix().to_string(),
                 shape: vec![codes.len()],
-                data: magr::llama_io::TensorData::I32(codes.clone()),
+                data: TensorData::I32(codes.clone()),
             });
         }
         Ok(state)
     }
 
-    fn restore_block(
-        &mut self,
-        block: usize,
-        state: magr::FormatState,
-    ) -> Result<(), PipelineError> {
+    fn restore_block(&mut self, block: usize, state: FormatState) -> Result<(), PipelineError> {
         for t in state.tensors {
             let kind = LinearKind::ALL
                 .into_iter()
                 .find(|k| k.hf_suffix() == t.name)
                 .unwrap();
-            let magr::llama_io::TensorData::I32(codes) = t.data else {
+            let TensorData::I32(codes) = t.data else {
                 panic!("codes are int32");
             };
             self.layers.insert((block, kind), codes);
@@ -427,14 +435,13 @@ impl OutputFormat for PerLayerCodes {
 /// Progress and warnings nobody reads; the run after block `fail_after` stops (a kill).
 struct Quiet;
 
-impl magr::run::RunEvents for Quiet {
-    fn progress(&mut self, _: magr::Progress) {}
+impl RunEvents for Quiet {
+    fn progress(&mut self, _: Progress) {}
     fn warning(&mut self, _: usize, _: LinearKind, _: &str) {}
 }
 
 #[test]
 fn a_format_defined_outside_the_library_is_written_and_resumed() {
-    use magr::run::{Staging, run_pipeline, write_outputs};
     let dir = scratch("custom-format");
     let calibration = windows(4, 24, 7);
     let spec = GridSpec::reference(4, None).unwrap();
@@ -444,7 +451,7 @@ fn a_format_defined_outside_the_library_is_written_and_resumed() {
             layers: Default::default(),
         })]
     };
-    let report = |model: &Model, pipeline: PipelineReport| magr::magr_report::RunReport {
+    let report = |model: &Model, pipeline: PipelineReport| RunReport {
         model: "generated".into(),
         formats: vec!["per-layer-codes".into()],
         settings: s.record("calib".into(), 4, 24, 7),
@@ -460,10 +467,23 @@ fn a_format_defined_outside_the_library_is_written_and_resumed() {
     let mut formats = new_format();
     let mut model = tiny_model(9);
     let pipeline = run_pipeline(
-        &mut model, &calibration, &s, "tiny", Some(&staging), false, &mut formats, &mut Quiet,
+        &mut model,
+        &calibration,
+        &s,
+        "tiny",
+        Some(&staging),
+        false,
+        &mut formats,
+        &mut Quiet,
     )
     .unwrap();
-    let notes = write_outputs(staging.partial(), &model, &formats, &report(&model, pipeline)).unwrap();
+    let notes = write_outputs(
+        staging.partial(),
+        &model,
+        &formats,
+        &report(&model, pipeline),
+    )
+    .unwrap();
     assert_eq!(notes, ["14 layer files"]);
     staging.commit().unwrap();
     let layer_file = "per-layer-codes/model.layers.1.mlp.down_proj.weight";
@@ -481,7 +501,14 @@ fn a_format_defined_outside_the_library_is_written_and_resumed() {
     let mut formats = new_format();
     assert!(
         run_pipeline(
-            &mut broken, &calibration, &s, "tiny", Some(&staging), false, &mut formats, &mut Quiet,
+            &mut broken,
+            &calibration,
+            &s,
+            "tiny",
+            Some(&staging),
+            false,
+            &mut formats,
+            &mut Quiet,
         )
         .is_err()
     );
@@ -491,10 +518,23 @@ fn a_format_defined_outside_the_library_is_written_and_resumed() {
     let mut formats = new_format();
     let mut model = tiny_model(9);
     let pipeline = run_pipeline(
-        &mut model, &calibration, &s, "tiny", Some(&staging), true, &mut formats, &mut Quiet,
+        &mut model,
+        &calibration,
+        &s,
+        "tiny",
+        Some(&staging),
+        true,
+        &mut formats,
+        &mut Quiet,
     )
     .unwrap();
-    write_outputs(staging.partial(), &model, &formats, &report(&model, pipeline)).unwrap();
+    write_outputs(
+        staging.partial(),
+        &model,
+        &formats,
+        &report(&model, pipeline),
+    )
+    .unwrap();
     staging.commit().unwrap();
     for block in 0..2 {
         for kind in LinearKind::ALL {

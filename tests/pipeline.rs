@@ -99,7 +99,10 @@ fn every_method_and_bit_setting_runs_and_lands_on_grids() {
                         .iter()
                         .all(|l| l.layer_loss.is_finite() && l.layer_loss >= 0.0)
                 );
-                assert_eq!(report.layers.iter().all(|l| l.preprocess.is_some()), with_magr);
+                assert_eq!(
+                    report.layers.iter().all(|l| l.preprocess.is_some()),
+                    with_magr
+                );
                 if with_magr {
                     // MagR never increases the largest weight of a layer.
                     assert!(

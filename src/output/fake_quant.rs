@@ -39,7 +39,7 @@ impl OutputFormat for FakeQuantFormat {
     }
 
     fn write(&self, model: &Model, dir: &Path) -> Result<Option<String>, PipelineError> {
-        llama_io::write_hf_dir(model, dir, self.dtype, false)?;
+        llama_io::write_hf_dir(model, dir, self.dtype, true)?;
         Ok(None)
     }
 

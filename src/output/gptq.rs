@@ -142,9 +142,10 @@ impl OutputFormat for GptqFormat {
             tensors: Vec::new(),
             config: serde_json::Map::new(),
         };
-        extras
-            .config
-            .insert("quantization_config".into(), self.quantization_config(format));
+        extras.config.insert(
+            "quantization_config".into(),
+            self.quantization_config(format),
+        );
         for block in 0..model.num_blocks() {
             for kind in LinearKind::ALL {
                 let t = self.layer(block, kind).ok_or_else(|| {
@@ -197,7 +198,11 @@ impl OutputFormat for GptqFormat {
                     kind.hf_name(block)
                 ))
             };
-            let format = match state.metadata.get(&format!("{suffix}.format")).map(String::as_str) {
+            let format = match state
+                .metadata
+                .get(&format!("{suffix}.format"))
+                .map(String::as_str)
+            {
                 Some("gptq") => ZeroFormat::V1,
                 Some("gptq_v2") => ZeroFormat::V2,
                 Some(other) => {

@@ -62,8 +62,9 @@ pub trait OutputFormat: Send {
         quantized: &QuantizedLinear,
     ) -> Result<(), PipelineError>;
 
-    /// Writes the directory `dir` (which does not exist yet) for `model`, whose every
-    /// linear layer is quantized; returns a line worth telling the user, if any.
+    /// Writes the directory `dir` for `model`, whose every linear layer is quantized,
+    /// atomically (replacing whatever a failed earlier attempt left at `dir`); returns a
+    /// line worth telling the user, if any.
     ///
     /// # Errors
     /// A layer never quantized, and write errors naming the file.
@@ -120,7 +121,9 @@ pub fn output_format(
     name: &str,
     context: &FormatContext,
 ) -> Result<Box<dyn OutputFormat>, PipelineError> {
-    Ok((registry::find(FORMATS, "output format", name)?.build)(context))
+    Ok((registry::find(FORMATS, "output format", name)?.build)(
+        context,
+    ))
 }
 
 impl registry::Entry for FormatEntry {

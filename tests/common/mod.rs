@@ -5,7 +5,8 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use magr::llama_io::{HostTensor, LlamaConfig, Model, TensorRole, WeightDtype};
+use magr::llama_io::tokenizer::tokenizer_from_json;
+use magr::llama_io::{HostTensor, LlamaConfig, Model, TensorRole, WeightDtype, write_hf_dir};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use rand_distr::{Distribution, Normal};
 
@@ -110,7 +111,7 @@ pub fn write_tiny_model_dir_with(
     });
     let scratch = dir.with_extension("tokenizer.json");
     std::fs::write(&scratch, tokenizer.to_string()).unwrap();
-    let tokenizer = magr::llama_io::tokenizer::tokenizer_from_json(&scratch).unwrap();
+    let tokenizer = tokenizer_from_json(&scratch).unwrap();
     std::fs::remove_file(&scratch).unwrap();
     let model = tiny_model(seed);
     let mut tensors = HashMap::new();
@@ -126,5 +127,5 @@ pub fn write_tiny_model_dir_with(
     edit(&mut tensors);
     let model =
         Model::from_hf_tensors(model.config().clone(), tensors, Some(tokenizer), dir).unwrap();
-    magr::llama_io::write_hf_dir(&model, dir, WeightDtype::F32, false).unwrap();
+    write_hf_dir(&model, dir, WeightDtype::F32, false).unwrap();
 }

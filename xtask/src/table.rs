@@ -282,9 +282,12 @@ fn read_typed<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, 
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("{}: {e}", path.display())),
     };
-    serde_json::from_str(&text)
-        .map(Some)
-        .map_err(|e| format!("{}: {e} (measure the cell again: `cargo xtask bench --fresh`)", path.display()))
+    serde_json::from_str(&text).map(Some).map_err(|e| {
+        format!(
+            "{}: {e} (measure the cell again: `cargo xtask bench --fresh`)",
+            path.display()
+        )
+    })
 }
 
 /// The preprocessor's arithmetic rate in a cell, in GFLOP/s, for MagR: each iteration's
@@ -475,4 +478,123 @@ fn write_results(runs: &Path, results: &Path, machine: &str) -> Result<(), Strin
          --eval-windows {EVAL_WINDOWS}`. Per-cell reports stay in `target/bench/runs/`."
     );
     atomic_fs::write(results, md).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use magr_report::{
+        ComponentRecord, LayerRecord, MagnitudeHistogram, PipelineReport, PreprocessRecord,
+        SettingsRecord, StageSeconds,
+    };
+    use serde_json::json;
+
+    fn evaluation(ppl: f64) -> Evaluation {
+        Evaluation {
+            text: "wiki.test.raw".into(),
+            seqlen: 2048,
+            windows: 40,
+            tokens_scored: 81_880,
+            ppl,
+            seconds: 150.0,
+            tokens_per_second: 546.0,
+        }
+    }
+
+    /// A MagR+OPTQ cell: one layer of 576 x 1536 with 200 MagR iterations in 2 s.
+    fn report() -> RunReport {
+        RunReport {
+            model: "m.gguf".into(),
+            formats: vec![],
+            settings: SettingsRecord {
+                bits: 3,
+                group_size: None,
+                symmetric: false,
+                beta: 0.9,
+                method: ComponentRecord {
+                    name: "optq".into(),
+                    label: "OPTQ".into(),
+                    parameters: json!({}),
+                },
+                preprocessor: ComponentRecord {
+                    name: "magr".into(),
+                    label: "MagR".into(),
+                    parameters: json!({"alpha": 0.001}),
+                },
+                act_order: false,
+                true_sequential: false,
+                backend: "cpu".into(),
+                calibration_text: "c.txt".into(),
+                nsamples: 32,
+                seqlen: 2048,
+                seed: 0,
+            },
+            float: None,
+            quantized: Some(evaluation(107.03)),
+            pipeline: PipelineReport {
+                layers: vec![LayerRecord {
+                    block: 0,
+                    layer: "q_proj".into(),
+                    shape: [576, 1536],
+                    preprocess: Some(PreprocessRecord {
+                        objective_before: 1.0,
+                        objective_after: 0.5,
+                        output_error: 0.1,
+                        iterations: 200,
+                        seconds: 2.0,
+                        warnings: vec![],
+                    }),
+                    max_abs_before: 1.0,
+                    max_abs_after: 0.9,
+                    magnitudes: MagnitudeHistogram::new([1.0f32], [0.9f32], 1.0),
+                    layer_loss: 1234.5,
+                    quantize_seconds: 0.1,
+                }],
+                seconds: StageSeconds {
+                    preprocess: 2.0,
+                    ..StageSeconds::default()
+                },
+                calibration: [32, 2048],
+            },
+            seconds_total: 10.0,
+        }
+    }
+
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("xtask-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("runs/magr-optq-w3")).unwrap();
+        std::fs::create_dir_all(dir.join("runs/float")).unwrap();
+        dir
+    }
+
+    #[test]
+    fn the_table_reads_typed_reports_and_labels_rows_from_them() {
+        let dir = scratch("table");
+        let runs = dir.join("runs");
+        let cell = runs.join("magr-optq-w3");
+        let text = serde_json::to_string(&report()).unwrap();
+        std::fs::write(cell.join("report.json"), &text).unwrap();
+        std::fs::write(cell.join("meta.txt"), "abc\n100.0\n2.1\n").unwrap();
+        let float = serde_json::to_string(&evaluation(20.81)).unwrap();
+        std::fs::write(runs.join("float/eval.json"), float).unwrap();
+        let results = dir.join("results.md");
+        write_results(&runs, &results, "test machine").unwrap();
+        let md = std::fs::read_to_string(&results).unwrap();
+        assert!(md.contains("Float model: perplexity **20.81**"), "{md}");
+        // The row label is the library's (preprocessor + method), the cell its perplexity.
+        assert!(md.contains("| MagR+OPTQ | … | 107.03 | … | … |"), "{md}");
+        assert!(md.contains("| rtn (not measured yet) |"), "{md}");
+        // MagR's rate: 2 * 576^2 * 1536 * 200 flops in 2 s.
+        let gflops = 2.0 * 576.0f64 * 576.0 * 1536.0 * 200.0 / 2.0 / 1e9;
+        assert!(md.contains(&format!("| {gflops:.0} |")), "{md}");
+        assert!(md.contains("1.234e3"), "{md}");
+
+        // A report with a renamed field fails the table, naming the file.
+        let renamed = text.replace("\"layer_loss\"", "\"loss\"");
+        std::fs::write(cell.join("report.json"), renamed).unwrap();
+        let e = write_results(&runs, &results, "test machine").unwrap_err();
+        assert!(e.contains("report.json") && e.contains("layer_loss"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

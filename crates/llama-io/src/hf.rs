@@ -306,12 +306,12 @@ impl NamedTensor {
                     .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                     .collect(),
             ),
-            Dtype::F16 => TensorData::F16(
-                bytes_to_f32(Dtype::F16, bytes).expect("F16 converts to f32"),
-            ),
-            Dtype::F32 => TensorData::F32(
-                bytes_to_f32(Dtype::F32, bytes).expect("F32 converts to f32"),
-            ),
+            Dtype::F16 => {
+                TensorData::F16(bytes_to_f32(Dtype::F16, bytes).expect("F16 converts to f32"))
+            }
+            Dtype::F32 => {
+                TensorData::F32(bytes_to_f32(Dtype::F32, bytes).expect("F32 converts to f32"))
+            }
             other => {
                 return Err(LlamaIoError::InvalidArgument(format!(
                     "tensor `{name}` has dtype {other:?}; only I32, F16 and F32 are read as named tensors"

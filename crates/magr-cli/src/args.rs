@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 use faer::Par;
+use indicatif::{ProgressBar, ProgressStyle};
 use magr::llama_io::{Model, data};
 use magr::magr_report::Evaluation;
 

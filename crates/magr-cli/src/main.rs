@@ -36,7 +36,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Quantize every linear layer (layer-wise, with calibration text), evaluate, write.
-    Quantize(commands::quantize::QuantizeArgs),
+    Quantize(Box<commands::quantize::QuantizeArgs>),
     /// Perplexity of a model on a text (the papers' protocol).
     Eval(commands::eval::EvalArgs),
     /// Configuration, metadata and tensors (name, dtype, shape, size) of a Hugging Face

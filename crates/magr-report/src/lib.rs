@@ -456,7 +456,9 @@ mod tests {
         assert!(md.contains("- method: OPTQ+CD (lambda default, sweeps 30), act-order false"));
         assert!(md.contains("- preprocessor: MagR (alpha 0.0001)"));
         assert!(md.contains("- block 0 q_proj: H is zero"));
-        assert!(md.contains("| 0 | q_proj | 4 x 2 | 3.0000 | 1.5000 | 1.0000e0 -> 5.0000e-1 | 2.0000e0 |"));
+        assert!(md.contains(
+            "| 0 | q_proj | 4 x 2 | 3.0000 | 1.5000 | 1.0000e0 -> 5.0000e-1 | 2.0000e0 |"
+        ));
         assert!(!md.contains("OptqCd"));
         assert_eq!(report().label(), "MagR+OPTQ+CD w3 g64");
     }

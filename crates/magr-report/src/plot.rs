@@ -142,3 +142,41 @@ fn panel(svg: &mut String, layer: &LayerRecord, x0: f64, y0: f64) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MagnitudeHistogram;
+
+    fn layer(block: usize, name: &str) -> LayerRecord {
+        LayerRecord {
+            block,
+            layer: name.into(),
+            shape: [4, 2],
+            preprocess: None,
+            max_abs_before: 2.0,
+            max_abs_after: 1.0,
+            magnitudes: MagnitudeHistogram::new([0.5f32, 2.0], [0.5f32, 1.0], 2.0),
+            layer_loss: 0.0,
+            quantize_seconds: 0.0,
+        }
+    }
+
+    #[test]
+    fn the_plot_names_the_preprocessor_and_shows_the_chosen_layers() {
+        assert_eq!(magnitude_svg(&[], "MagR"), None);
+        let layers = [
+            layer(0, "q_proj"),
+            layer(0, "k_proj"),
+            layer(3, "down_proj"),
+        ];
+        let svg = magnitude_svg(&layers, "A<B").unwrap();
+        assert!(svg.starts_with("<svg") && svg.ends_with("</svg>\n"));
+        assert!(svg.contains("before and after A&lt;B") && svg.contains("after A&lt;B</tspan>"));
+        // q_proj of the first block and down_proj of the last; never k_proj.
+        assert!(svg.contains("block 0 q_proj (4 x 2)") && svg.contains("block 3 down_proj"));
+        assert!(!svg.contains("k_proj"));
+        // One polyline per histogram per panel.
+        assert_eq!(svg.matches("<polyline").count(), 4);
+    }
+}

@@ -45,13 +45,16 @@ pub struct Optq {
 }
 
 impl Optq {
+    /// The reference relative damping of `H`'s diagonal (GPTQ's `damp_percent`).
+    pub const REFERENCE_DAMPING: f64 = 0.01;
+
     /// The reference settings for a grid: blocks of 128, 1% damping, natural order,
     /// dynamic groups, parallel.
     pub fn new(spec: GridSpec) -> Self {
         Self {
             spec,
             block_size: 128,
-            damping: 0.01,
+            damping: Self::REFERENCE_DAMPING,
             act_order: false,
             static_groups: false,
             par: Par::rayon(0),

@@ -16,7 +16,9 @@ use magr::{
     PreprocessOptions, Progress, Windows,
 };
 
-use crate::args::{Error, EvalTextArgs, ModelArg, ParArg, bar, eval_tokens, evaluate, load_model, log};
+use crate::args::{
+    Error, EvalTextArgs, ModelArg, ParArg, bar, eval_tokens, evaluate, load_model, log,
+};
 
 #[derive(Clone, Copy, ValueEnum)]
 enum HessianArg {
@@ -57,7 +59,11 @@ fn formats() -> PossibleValuesParser {
 }
 
 fn default_formats() -> Vec<&'static str> {
-    FORMATS.iter().filter(|e| e.default).map(|e| e.name).collect()
+    FORMATS
+        .iter()
+        .filter(|e| e.default)
+        .map(|e| e.name)
+        .collect()
 }
 
 /// `magr quantize`'s arguments.
@@ -251,8 +257,12 @@ impl RunEvents for BarEvents<'_> {
 
     fn warning(&mut self, block: usize, kind: LinearKind, warning: &str) {
         if !self.quiet {
-            self.bar
-                .suspend(|| log(false, &format!("warning: {}: {warning}", kind.hf_name(block))));
+            self.bar.suspend(|| {
+                log(
+                    false,
+                    &format!("warning: {}: {warning}", kind.hf_name(block)),
+                )
+            });
         }
     }
 }
@@ -305,7 +315,12 @@ fn quantize_into(
         DtypeArg::Bf16 => WeightDtype::BF16,
     };
     let format_names: Vec<String> = match staging {
-        Some(_) => args.formats.iter().filter(|f| *f != "none").cloned().collect(),
+        Some(_) => args
+            .formats
+            .iter()
+            .filter(|f| *f != "none")
+            .cloned()
+            .collect(),
         None => Vec::new(),
     };
     let context = FormatContext {
