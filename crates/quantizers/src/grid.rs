@@ -1,14 +1,18 @@
 //! Uniform quantization grids, exactly as in the GPTQ / MagR reference quantizer.
 
 use crate::QuantError;
+use crate::ggml::{self, GgmlBlockType, GridFit};
 
-/// The settings that define a grid family: bit width, grouping, symmetry, shrink factor.
+/// The settings that define a grid family: bit width, grouping, symmetry, shrink factor;
+/// or one of llama.cpp's legacy block formats ([`GridSpec::ggml`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GridSpec {
     bits: u32,
     group_size: Option<usize>,
     symmetric: bool,
     beta: f32,
+    ggml: Option<GgmlBlockType>,
+    fit: GridFit,
 }
 
 /// The shrink factor `beta` of the MagR paper's experiments: 1.0 at 8 bits; else 0.95
@@ -52,7 +56,30 @@ impl GridSpec {
             group_size,
             symmetric,
             beta,
+            ggml: None,
+            fit: GridFit::MinMax,
         })
+    }
+
+    /// The grid family of a GGUF block format: one grid per block of
+    /// [`GgmlBlockType::BLOCK_SIZE`] (32) consecutive inputs of one output channel, the
+    /// format's bits, `beta = 1`, symmetric for the `_0` types. A fitted [`Grid`] holds
+    /// the block's parameters as stored (f16 values `d`, and `m` for Q4_1 / Q5_1), and
+    /// its [`Grid::value`] is the value llama.cpp's `dequantize_row_*` computes.
+    ///
+    /// `fit` chooses how the block parameters are found: [`GridFit::MinMax`] is
+    /// llama.cpp's `quantize_row_*_ref`; [`GridFit::Weighted`] searches for the parameters
+    /// minimising `sum_i w_i (x_i - value_i)^2` with `w_i = H_ii` (see
+    /// [`GridSpec::fit_weighted`]).
+    pub fn ggml(ty: GgmlBlockType, fit: GridFit) -> Self {
+        Self {
+            bits: ty.bits(),
+            group_size: Some(GgmlBlockType::BLOCK_SIZE),
+            symmetric: !ty.has_min(),
+            beta: 1.0,
+            ggml: Some(ty),
+            fit,
+        }
     }
 
     /// Asymmetric grid with [`reference_beta`] for these bits and group size.
@@ -83,6 +110,15 @@ impl GridSpec {
     pub fn maxq(&self) -> u32 {
         (1u32 << self.bits) - 1
     }
+    /// The GGUF block format these grids follow, if any.
+    pub fn ggml_type(&self) -> Option<GgmlBlockType> {
+        self.ggml
+    }
+    /// How grids are fitted: [`GridFit::MinMax`] unless a GGUF spec asked for
+    /// [`GridFit::Weighted`].
+    pub fn grid_fit(&self) -> GridFit {
+        self.fit
+    }
 
     /// Inputs per group for a layer with `inputs` inputs: the group size, or `inputs`
     /// per channel. `inputs / group_rows` is the number of groups.
@@ -96,6 +132,7 @@ impl GridSpec {
             )),
             None => Ok(inputs),
             Some(g) if inputs.is_multiple_of(g) => Ok(g),
+            Some(_) if self.ggml.is_some() => Err(QuantError::GgmlWidth { inputs }),
             Some(g) => Err(QuantError::GroupSize {
                 group_size: g,
                 inputs,
@@ -112,15 +149,35 @@ impl GridSpec {
     ///
     /// With `beta < 1` the asymmetric zero point can exceed `maxq` (up to
     /// `round(maxq / beta)`); codes stay in `0..=maxq`.
+    ///
+    /// GGUF specs: llama.cpp's min-max fit (`quantize_row_*_ref`, whatever
+    /// [`GridSpec::grid_fit`] says): Q4_0 / Q5_0 `d = max / -8` (`/ -16`) with `max` the
+    /// first value of largest magnitude, in order (so `d` is negative when that value is
+    /// positive); Q8_0 `d = amax / 127`; Q4_1 / Q5_1 `d = (max - min) / 15` (`/ 31`) and
+    /// `m = min`; each rounded to f16 as stored. The one departure from the C code: an `d`
+    /// or `m` beyond the f16 range is kept at `+-65504` instead of becoming infinite.
     pub fn fit(&self, values: impl IntoIterator<Item = f32>) -> Grid {
+        if let Some(ty) = self.ggml {
+            return ggml::fit_min_max(ty, values);
+        }
         let (lo, hi) = values
             .into_iter()
             .fold((0.0f32, 0.0f32), |(lo, hi), x| (lo.min(x), hi.max(x)));
         self.fit_range(lo, hi)
     }
 
-    /// [`GridSpec::fit`] for weights whose minimum is `lo` and maximum `hi`.
+    /// [`GridSpec::fit`] for weights whose minimum is `lo` and maximum `hi`. (GGUF
+    /// `_0` specs, which depend on the order of the values, take `hi` when
+    /// `|lo| == |hi|`.)
     pub fn fit_range(&self, lo: f32, hi: f32) -> Grid {
+        if let Some(ty) = self.ggml {
+            let first = if lo.abs() > hi.abs() {
+                [lo, hi]
+            } else {
+                [hi, lo]
+            };
+            return ggml::fit_min_max(ty, first);
+        }
         let (mut xmin, mut xmax) = (lo.min(0.0), hi.max(0.0));
         if self.symmetric {
             xmax = xmax.max(xmin.abs());
@@ -139,7 +196,30 @@ impl GridSpec {
         } else {
             (-xmin / scale).round_ties_even() as u32
         };
-        Grid { scale, zero, maxq }
+        Grid {
+            scale,
+            zero,
+            maxq,
+            min: None,
+        }
+    }
+
+    /// Fits the grid of one group to its `values` with per-value weights (`H_ii` of the
+    /// inputs; pairs beyond the shorter slice are ignored by the weighted error).
+    ///
+    /// With [`GridFit::Weighted`] on a GGUF spec, a small search (llama.cpp's imatrix
+    /// path: `make_qx_quants` for the `_0` types, a `(d, m)` least-squares search like
+    /// `make_qkx3_quants` for Q4_1 / Q5_1, plus both signs of `d` and three least-squares
+    /// refits of the best codes) returns the candidate with the smallest
+    /// `sum_i w_i (x_i - value(code(x_i)))^2`, evaluated exactly as the quantizers round;
+    /// the min-max grid of [`GridSpec::fit`] is the first candidate and is only replaced
+    /// by a strictly better one, so the weighted error is never above min-max's. Every
+    /// other spec: [`GridSpec::fit`] on `values`.
+    pub fn fit_weighted(&self, values: &[f32], weights: &[f32]) -> Grid {
+        match self.ggml {
+            Some(ty) if self.fit == GridFit::Weighted => ggml::fit_weighted(ty, values, weights),
+            _ => self.fit(values.iter().copied()),
+        }
     }
 }
 
@@ -150,28 +230,52 @@ fn f16_scale(scale: f32) -> f32 {
     rounded.clamp(half::f16::from_bits(1).to_f32(), half::f16::MAX.to_f32())
 }
 
-/// One fitted grid: `x ~ scale * (q - zero)` with integer code `q` in `0..=maxq`.
+/// One fitted grid: `x ~ scale * (q - zero)` with integer code `q` in `0..=maxq`; or,
+/// for the GGUF formats with a minimum (Q4_1, Q5_1), `x ~ q * scale + min`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Grid {
-    /// Step between grid points (positive, an f16 value).
+    /// Step between grid points, an f16 value (positive, except for GGUF grids: Q4_0 /
+    /// Q5_0 `d` is negative when the block's largest magnitude is a positive value, and
+    /// any GGUF `d` is 0 for a constant block).
     pub scale: f32,
-    /// Integer zero point.
+    /// Integer zero point (GGUF: 8 for Q4_0, 16 for Q5_0, 128 for Q8_0, whose stored
+    /// int8 is `code - 128`; 0 for Q4_1 / Q5_1).
     pub zero: u32,
     /// Largest code.
     pub maxq: u32,
+    /// The block minimum `m` of Q4_1 / Q5_1 (an f16 value); `None` for every other grid.
+    pub min: Option<f32>,
 }
 
 impl Grid {
-    /// The code `clamp(round(x / scale) + zero, 0, maxq)`, rounding ties to even.
+    /// The code `clamp(round(x / scale) + zero, 0, maxq)`, rounding ties to even; with a
+    /// minimum `m`, `clamp(round((x - m) / scale), 0, maxq)` (0 if `scale` is 0).
     #[inline]
     pub fn code(&self, x: f32) -> u32 {
-        (round_ties_even(x / self.scale) + self.zero as f32).clamp(0.0, self.maxq as f32) as u32
+        match self.min {
+            None => (round_ties_even(x / self.scale) + self.zero as f32)
+                .clamp(0.0, self.maxq as f32) as u32,
+            Some(_) if self.scale == 0.0 => 0,
+            Some(m) => round_ties_even((x - m) / self.scale).clamp(0.0, self.maxq as f32) as u32,
+        }
     }
 
-    /// The value of a code, `scale * (q - zero)`.
+    /// The value of a code, `scale * (q - zero)`; with a minimum `m`, `q * scale + m`.
+    ///
+    /// These are ggml's operations and order: `dequantize_row_q4_0` computes
+    /// `(float)(q - 8) * d` (one product, of the same operands), `dequantize_row_q4_1`
+    /// `x0*d + m`. A C compiler may contract the latter into `fmaf(x0, d, m)` (clang by
+    /// default, GCC with FMA targets), numpy's gguf reader computes `d * q + m` as a
+    /// product then a sum; here it is the product then the sum, and all three agree bit
+    /// for bit: `d` is an f16 value (11 significant bits) and `q < 2^5`, so `q * d` has at
+    /// most 16 significant bits and is exact in f32 (f16 subnormals included), and an FMA
+    /// rounds the same exact sum once.
     #[inline]
     pub fn value(&self, q: u32) -> f32 {
-        self.scale * (q as f32 - self.zero as f32)
+        match self.min {
+            None => self.scale * (q as f32 - self.zero as f32),
+            Some(m) => q as f32 * self.scale + m,
+        }
     }
 
     /// The grid point the reference quantizer maps `x` to, `value(code(x))`.

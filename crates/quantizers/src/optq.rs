@@ -28,6 +28,14 @@ use crate::{Grid, GridSpec, LayerProblem, QuantError, QuantizedLinear, Quantizer
 /// (see `inverse_cholesky_upper`) and is used in f32, as are the weights.
 /// `g_idx` follows the reference: under act-order with dynamic groups, input `i`'s group
 /// is its processing position divided by the group size.
+///
+/// GGUF block formats ([`GridSpec::ggml`]): groups are the blocks of 32 inputs and each
+/// block's grid is fitted as above (dynamic: when the loop reaches the block, on the
+/// error-updated weights) by [`GridSpec::fit_weighted`], whose weights, for
+/// [`crate::GridFit::Weighted`], are the undamped `H_ii` of the block's inputs in
+/// processing order (0 for dead inputs, whose weights are zeroed anyway). Act-order with
+/// dynamic groups is refused ([`QuantError::GgmlActOrder`]): a GGUF row cannot permute
+/// its inputs. Act-order with static groups keeps the natural blocks and is allowed.
 #[derive(Debug, Clone, Copy)]
 pub struct Optq {
     /// The grid family.
@@ -76,11 +84,19 @@ impl Quantizer for Optq {
         }
         let (w, h, spec) = (problem.weights, problem.hessian, self.spec);
         let (n, m) = (w.nrows(), w.ncols());
+        if let Some(ty) = spec.ggml_type()
+            && self.act_order
+            && !self.static_groups
+        {
+            return Err(QuantError::GgmlActOrder(ty));
+        }
         let gs = spec.group_rows(n)?;
         let groups = n / gs;
         let dynamic_groups = spec.group_size().is_some() && !self.static_groups;
 
         let dead: Vec<bool> = (0..n).map(|i| h[(i, i)] == 0.0).collect();
+        // The weights of a weighted GGUF fit: undamped H_ii, natural order.
+        let fit_weights: Vec<f32> = (0..n).map(|i| h[(i, i)].max(0.0)).collect();
         let diag = |i: usize| if dead[i] { 1.0 } else { h[(i, i)] as f64 };
         let weight = |i: usize, j: usize| if dead[i] { 0.0 } else { w[(i, j)] };
 
@@ -94,7 +110,13 @@ impl Quantizer for Optq {
         } else if self.static_groups {
             for g in 0..groups {
                 for j in 0..m {
-                    grids[g * m + j] = spec.fit((g * gs..(g + 1) * gs).map(|i| weight(i, j)));
+                    grids[g * m + j] = if spec.ggml_type().is_some() {
+                        let values: Vec<f32> =
+                            (g * gs..(g + 1) * gs).map(|i| weight(i, j)).collect();
+                        spec.fit_weighted(&values, &fit_weights[g * gs..(g + 1) * gs])
+                    } else {
+                        spec.fit((g * gs..(g + 1) * gs).map(|i| weight(i, j)))
+                    };
                 }
             }
         }
@@ -125,11 +147,17 @@ impl Quantizer for Optq {
             let i2 = (i1 + bs).min(n);
             if dynamic_groups {
                 for start in (i1..i2).filter(|k| k % gs == 0) {
-                    fit_group(
-                        spec,
-                        wp.as_ref().subcols(start, gs),
-                        &mut grids[start / gs * m..(start / gs + 1) * m],
-                    );
+                    let block = wp.as_ref().subcols(start, gs);
+                    let grids = &mut grids[start / gs * m..(start / gs + 1) * m];
+                    if spec.ggml_type().is_some() {
+                        let weights: Vec<f32> = perm[start..start + gs]
+                            .iter()
+                            .map(|&i| fit_weights[i])
+                            .collect();
+                        fit_group_values(spec, block, &weights, grids);
+                    } else {
+                        fit_group(spec, block, grids);
+                    }
                 }
             }
             for i in i1..i2 {
@@ -184,6 +212,19 @@ fn fit_group(spec: GridSpec, w: MatRef<'_, f32>, grids: &mut [Grid]) {
     }
     for (grid, (lo, hi)) in grids.iter_mut().zip(lo.into_iter().zip(hi)) {
         *grid = spec.fit_range(lo, hi);
+    }
+}
+
+/// Fits one grid per output to the rows of `w` (outputs x group inputs) from the values
+/// in processing order, with `weights` for a weighted fit (GGUF specs, whose min-max fit
+/// depends on the order of the values).
+fn fit_group_values(spec: GridSpec, w: MatRef<'_, f32>, weights: &[f32], grids: &mut [Grid]) {
+    let mut values = vec![0.0f32; w.ncols()];
+    for (j, grid) in grids.iter_mut().enumerate() {
+        for (k, v) in values.iter_mut().enumerate() {
+            *v = w[(j, k)];
+        }
+        *grid = spec.fit_weighted(&values, weights);
     }
 }
 

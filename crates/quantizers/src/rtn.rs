@@ -2,10 +2,11 @@
 
 use faer::Par;
 
-use crate::{GridSpec, LayerProblem, QuantError, QuantizedLinear, Quantizer};
+use crate::{GridFit, GridSpec, LayerProblem, QuantError, QuantizedLinear, Quantizer};
 
 /// Round to nearest: fit each (group, channel) grid to its weights and round each weight
-/// to its grid. `H` is used only for the reported loss.
+/// to its grid. `H` is used only for the reported loss, and by a weighted fit
+/// ([`crate::GridFit::Weighted`]), whose weights are `H_ii` of the group's inputs.
 #[derive(Debug, Clone, Copy)]
 pub struct Rtn {
     /// The grid family.
@@ -33,12 +34,22 @@ impl Quantizer for Rtn {
         let groups = n / gs;
         let mut codes = vec![0u8; n * m];
         let mut grids = vec![self.spec.fit([]); groups * m];
+        let weighted = self.spec.grid_fit() == GridFit::Weighted;
+        let diag: Vec<f32> = if weighted {
+            (0..n).map(|i| problem.hessian[(i, i)].max(0.0)).collect()
+        } else {
+            Vec::new()
+        };
         let mut buffer = Vec::new();
         for j in 0..m {
             let column = contiguous(w.col(j), &mut buffer);
             let codes_j = &mut codes[j * n..(j + 1) * n];
             for (g, (values, out)) in column.chunks(gs).zip(codes_j.chunks_mut(gs)).enumerate() {
-                let grid = self.spec.fit(values.iter().copied());
+                let grid = if weighted {
+                    self.spec.fit_weighted(values, &diag[g * gs..(g + 1) * gs])
+                } else {
+                    self.spec.fit(values.iter().copied())
+                };
                 for (c, &x) in out.iter_mut().zip(values) {
                     *c = grid.code(x) as u8;
                 }

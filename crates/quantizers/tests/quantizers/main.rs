@@ -5,6 +5,7 @@
 
 mod cd;
 mod errors;
+mod ggml;
 mod grid_rtn;
 mod optq;
 mod pack;
