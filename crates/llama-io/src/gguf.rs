@@ -320,9 +320,7 @@ pub(crate) fn read_gguf(path: &Path) -> Result<Model> {
 
 /// `F32, F16, ...`: the names of [`READABLE_TYPES`].
 fn readable_list() -> String {
-    READABLE_TYPES
-        .map(ggml_type_name)
-        .join(", ")
+    READABLE_TYPES.map(ggml_type_name).join(", ")
 }
 
 /// The first tensor (name, type id) of a GGUF file whose type id candle does not know,

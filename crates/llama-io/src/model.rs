@@ -293,7 +293,10 @@ impl std::fmt::Debug for Model {
         f.debug_struct("Model")
             .field("config", &self.config)
             .field("tokenizer", &self.tokenizer.is_some())
-            .field("tokenizer_source", &self.tokenizer_source.as_ref().map(|s| s.kind()))
+            .field(
+                "tokenizer_source",
+                &self.tokenizer_source.as_ref().map(|s| s.kind()),
+            )
             .field("device", &self.device)
             .finish_non_exhaustive()
     }

@@ -516,10 +516,19 @@ pub fn gguf_tokenizer_metadata(
     }
 
     let mut meta = vec![
-        ("tokenizer.ggml.model".to_string(), Value::String("gpt2".into())),
+        (
+            "tokenizer.ggml.model".to_string(),
+            Value::String("gpt2".into()),
+        ),
         ("tokenizer.ggml.pre".to_string(), Value::String(pre)),
-        ("tokenizer.ggml.tokens".to_string(), Value::Array(token_list)),
-        ("tokenizer.ggml.token_type".to_string(), Value::Array(token_types)),
+        (
+            "tokenizer.ggml.tokens".to_string(),
+            Value::Array(token_list),
+        ),
+        (
+            "tokenizer.ggml.token_type".to_string(),
+            Value::Array(token_types),
+        ),
     ];
     if !merges.is_empty() {
         meta.push(("tokenizer.ggml.merges".to_string(), Value::Array(merges)));

@@ -103,7 +103,10 @@ fn f32_round_trip_is_exact_and_metadata_is_llama_cpps() {
     assert_same_weights(&model, &back);
 
     let content = read_content(&path);
-    assert_eq!(content.magic, candle_core::quantized::gguf_file::VersionedMagic::GgufV3);
+    assert_eq!(
+        content.magic,
+        candle_core::quantized::gguf_file::VersionedMagic::GgufV3
+    );
     let meta = &content.metadata;
     let s = |k: &str| meta[k].to_string().unwrap().clone();
     let u = |k: &str| meta[k].to_u32().unwrap();
@@ -120,7 +123,9 @@ fn f32_round_trip_is_exact_and_metadata_is_llama_cpps() {
     assert_eq!(u("llama.vocab_size"), 300);
     assert_eq!(meta["llama.rope.freq_base"].to_f32().unwrap(), 10_000.0);
     assert_eq!(
-        meta["llama.attention.layer_norm_rms_epsilon"].to_f32().unwrap(),
+        meta["llama.attention.layer_norm_rms_epsilon"]
+            .to_f32()
+            .unwrap(),
         1e-5
     );
     // The head dimension is hidden / heads: no key/value length; all float: no
@@ -162,7 +167,10 @@ fn q_and_k_rows_are_in_llama_cpp_order() {
         .flat_map(|x| x.to_le_bytes())
         .collect();
     assert_eq!(permuted, expected);
-    assert_eq!(unpermute_qk_rows(&permuted, rows, cols * 4, 2).unwrap(), bytes);
+    assert_eq!(
+        unpermute_qk_rows(&permuted, rows, cols * 4, 2).unwrap(),
+        bytes
+    );
 }
 
 #[test]
@@ -190,12 +198,20 @@ fn f16_and_bf16_round_trip_as_rounded_and_as_source_keeps_them() {
             let want: Vec<f32> = if role.shape(model.config()).len() == 1 {
                 model.tensor(role).unwrap().to_vec() // norms stay F32
             } else {
-                model.tensor(role).unwrap().iter().map(|&x| round(x)).collect()
+                model
+                    .tensor(role)
+                    .unwrap()
+                    .iter()
+                    .map(|&x| round(x))
+                    .collect()
             };
             assert_eq!(bits(back.tensor(role).unwrap()), bits(&want), "{role:?}");
         }
         assert_eq!(back.source_dtype(TensorRole::Embedding), Some(dtype));
-        assert_eq!(back.source_dtype(TensorRole::FinalNorm), Some(GgmlDType::F32));
+        assert_eq!(
+            back.source_dtype(TensorRole::FinalNorm),
+            Some(GgmlDType::F32)
+        );
         // Written again "as the source had it": the same types, the same bytes.
         let named = |float| GgufOptions {
             name: Some("same".into()),
@@ -205,12 +221,23 @@ fn f16_and_bf16_round_trip_as_rounded_and_as_source_keeps_them() {
         let again = dir.path().join(format!("{dtype:?}-again.gguf"));
         write_gguf(&back, &again, &named(float), &GgufLinears::new()).unwrap();
         let as_source = dir.path().join(format!("{dtype:?}-as-source.gguf"));
-        write_gguf(&back, &as_source, &named(GgufFloat::AsSource), &GgufLinears::new())
-            .unwrap();
-        assert_eq!(std::fs::read(&again).unwrap(), std::fs::read(&as_source).unwrap());
+        write_gguf(
+            &back,
+            &as_source,
+            &named(GgufFloat::AsSource),
+            &GgufLinears::new(),
+        )
+        .unwrap();
+        assert_eq!(
+            std::fs::read(&again).unwrap(),
+            std::fs::read(&as_source).unwrap()
+        );
     }
     // A model from an f32 directory has F32 sources.
-    assert_eq!(model.source_dtype(TensorRole::Embedding), Some(GgmlDType::F32));
+    assert_eq!(
+        model.source_dtype(TensorRole::Embedding),
+        Some(GgmlDType::F32)
+    );
 }
 
 #[test]
@@ -244,19 +271,37 @@ fn encoded_linears_read_back_as_candles_dequantization() {
     };
     write_gguf(&model, &path, &options, &linears).unwrap();
     let content = read_content(&path);
-    assert_eq!(content.tensor_infos["blk.0.attn_q.weight"].ggml_dtype, GgmlDType::Q8_0);
-    assert_eq!(content.tensor_infos["blk.0.attn_output.weight"].ggml_dtype, GgmlDType::F32);
-    assert_eq!(content.metadata["general.quantization_version"].to_u32().unwrap(), 2);
+    assert_eq!(
+        content.tensor_infos["blk.0.attn_q.weight"].ggml_dtype,
+        GgmlDType::Q8_0
+    );
+    assert_eq!(
+        content.tensor_infos["blk.0.attn_output.weight"].ggml_dtype,
+        GgmlDType::F32
+    );
+    assert_eq!(
+        content.metadata["general.quantization_version"]
+            .to_u32()
+            .unwrap(),
+        2
+    );
     let back = Model::load(&path).unwrap();
     for (block, kind, deq) in &expected {
-        assert_eq!(bits(back.linear_weight(*block, *kind).unwrap()), bits(deq), "{kind:?}");
+        assert_eq!(
+            bits(back.linear_weight(*block, *kind).unwrap()),
+            bits(deq),
+            "{kind:?}"
+        );
     }
     // The layers not given are written in float, exactly.
     assert_eq!(
         bits(back.linear_weight(0, LinearKind::O).unwrap()),
         bits(model.linear_weight(0, LinearKind::O).unwrap())
     );
-    assert_eq!(back.source_dtype(TensorRole::Linear(0, LinearKind::Q)), Some(GgmlDType::Q8_0));
+    assert_eq!(
+        back.source_dtype(TensorRole::Linear(0, LinearKind::Q)),
+        Some(GgmlDType::Q8_0)
+    );
 }
 
 #[test]
@@ -284,11 +329,23 @@ fn every_type_candle_dequantizes_is_read() {
     write_gguf(&model, &path, &GgufOptions::default(), &linears).unwrap();
     let back = Model::load(&path).unwrap();
     for (kind, dtype, deq) in &expected {
-        assert_eq!(bits(back.linear_weight(0, *kind).unwrap()), bits(deq), "{dtype:?}");
-        assert_eq!(back.source_dtype(TensorRole::Linear(0, *kind)), Some(*dtype));
+        assert_eq!(
+            bits(back.linear_weight(0, *kind).unwrap()),
+            bits(deq),
+            "{dtype:?}"
+        );
+        assert_eq!(
+            back.source_dtype(TensorRole::Linear(0, *kind)),
+            Some(*dtype)
+        );
     }
     // The rest (Q4_0, Q4_1, Q8_0 and the floats) by the embedding, in each type.
-    for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0, GgmlDType::BF16] {
+    for dtype in [
+        GgmlDType::Q4_0,
+        GgmlDType::Q4_1,
+        GgmlDType::Q8_0,
+        GgmlDType::BF16,
+    ] {
         let emb = model.embedding();
         let (bytes, deq) = candle_encode(emb, WIDE.vocab, WIDE.hidden, dtype);
         let mut tensors = vec![GTensor {
@@ -379,7 +436,10 @@ fn types_candle_cannot_read_are_named_errors() {
     let path = dir.path().join("q8_1.gguf");
     gguf_with_q_type(&path, 9, vec![0; 256 * 256 / 32 * 36]);
     let err = Model::load(&path).unwrap_err().to_string();
-    assert!(err.contains("blk.0.attn_q.weight") && err.contains("Q8_1"), "{err}");
+    assert!(
+        err.contains("blk.0.attn_q.weight") && err.contains("Q8_1"),
+        "{err}"
+    );
     // IQ2_XXS (id 16): unknown to candle, which refuses the whole file.
     let path = dir.path().join("iq2.gguf");
     gguf_with_q_type(&path, 16, vec![0; 256 * 256 / 256 * 66]);
@@ -462,7 +522,10 @@ fn invalid_encoded_tensors_are_named_and_leave_nothing() {
         ..GgufOptions::default()
     };
     let err = write_gguf(&big, &path, &options, &GgufLinears::new()).unwrap_err();
-    assert!(err.to_string().contains("blk.0.attn_output.weight"), "{err}");
+    assert!(
+        err.to_string().contains("blk.0.attn_output.weight"),
+        "{err}"
+    );
     assert!(entries(&out_dir).is_empty());
 }
 
@@ -502,7 +565,10 @@ fn tiny_tokenizer_metadata() -> Vec<(&'static str, GValue)> {
         ("tokenizer.ggml.bos_token_id", GValue::U32(0)),
         ("tokenizer.ggml.eos_token_id", GValue::U32(0)),
         ("tokenizer.ggml.add_bos_token", GValue::Bool(false)),
-        ("tokenizer.chat_template", GValue::Str("{{ messages }}".into())),
+        (
+            "tokenizer.chat_template",
+            GValue::Str("{{ messages }}".into()),
+        ),
     ]
 }
 
@@ -533,7 +599,10 @@ fn gguf_tokenizer_keys_are_copied_as_they_were() {
     let input = dir.path().join("in.gguf");
     gguf_with_tokenizer(&input);
     let model = Model::load(&input).unwrap();
-    assert!(matches!(model.tokenizer_source(), Some(TokenizerSource::Gguf(_))));
+    assert!(matches!(
+        model.tokenizer_source(),
+        Some(TokenizerSource::Gguf(_))
+    ));
     let out = dir.path().join("out.gguf");
     write_gguf(&model, &out, &GgufOptions::default(), &GgufLinears::new()).unwrap();
     assert_eq!(
@@ -597,10 +666,17 @@ fn hugging_face_tokenizer_is_converted_as_llama_cpp_does() {
     }
     // No post-processor and no tokenizer_config entries: no add_bos_token; bos/eos
     // ids from config.json (none here).
-    assert!(!written.metadata.contains_key("tokenizer.ggml.add_bos_token"));
+    assert!(
+        !written
+            .metadata
+            .contains_key("tokenizer.ggml.add_bos_token")
+    );
     let back = Model::load(&out).unwrap();
     assert_eq!(back.encode(TEXT).unwrap(), model.encode(TEXT).unwrap());
-    assert_eq!(back.encode(LLAMA_CPP_CHKTXT).unwrap(), model.encode(LLAMA_CPP_CHKTXT).unwrap());
+    assert_eq!(
+        back.encode(LLAMA_CPP_CHKTXT).unwrap(),
+        model.encode(LLAMA_CPP_CHKTXT).unwrap()
+    );
 }
 
 #[test]
@@ -638,14 +714,33 @@ fn smollm2_tokenizer_is_recognised_as_llama_cpp_does() {
         llama_io::tokenizer::gguf_tokenizer_metadata(tokenizer, &json, None, model.config(), None)
             .unwrap();
     let get = |k: &str| meta.iter().find(|(key, _)| key == k).map(|(_, v)| v);
-    assert_eq!(get("tokenizer.ggml.pre").unwrap().to_string().unwrap(), "smollm");
+    assert_eq!(
+        get("tokenizer.ggml.pre").unwrap().to_string().unwrap(),
+        "smollm"
+    );
     let Some(TokenizerSource::Gguf(original)) = model.tokenizer_source() else {
         panic!("a GGUF model keeps its tokenizer keys");
     };
-    for key in ["tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type"] {
+    for key in [
+        "tokenizer.ggml.tokens",
+        "tokenizer.ggml.merges",
+        "tokenizer.ggml.token_type",
+    ] {
         let want = original.iter().find(|(k, _)| k == key).map(|(_, v)| v);
-        let want: Vec<String> = want.unwrap().to_vec().unwrap().iter().map(|v| format!("{v:?}")).collect();
-        let got: Vec<String> = get(key).unwrap().to_vec().unwrap().iter().map(|v| format!("{v:?}")).collect();
+        let want: Vec<String> = want
+            .unwrap()
+            .to_vec()
+            .unwrap()
+            .iter()
+            .map(|v| format!("{v:?}"))
+            .collect();
+        let got: Vec<String> = get(key)
+            .unwrap()
+            .to_vec()
+            .unwrap()
+            .iter()
+            .map(|v| format!("{v:?}"))
+            .collect();
         assert_eq!(got.len(), want.len(), "{key}");
         let diff = got.iter().zip(&want).filter(|(a, b)| a != b).count();
         assert_eq!(diff, 0, "{key}: {diff} entries differ");
