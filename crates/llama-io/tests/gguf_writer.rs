@@ -747,3 +747,38 @@ fn smollm2_tokenizer_is_recognised_as_llama_cpp_does() {
     }
     let _ = Value::Bool(true);
 }
+
+/// Writes SmolLM2 as an F32 GGUF whose block-0 `attn_q`, `attn_k` and `ffn_down` are
+/// given as candle's Q8_0 encoding, to `$MAGR_GGUF_CHECK_OUT/smollm2-written.gguf`, for
+/// `scripts/gguf_check.py` (an independent reader: the `gguf` Python package).
+#[test]
+#[ignore = "needs the SmolLM2 GGUF and MAGR_GGUF_CHECK_OUT; feeds scripts/gguf_check.py"]
+fn smollm2_written_for_the_python_check() {
+    let out_dir = std::env::var("MAGR_GGUF_CHECK_OUT").expect("MAGR_GGUF_CHECK_OUT");
+    let model = Model::load(llama_io::data::default_model_path().unwrap()).unwrap();
+    let mut linears = GgufLinears::new();
+    for kind in [LinearKind::Q, LinearKind::K, LinearKind::Down] {
+        let (out, inp) = model.linear_shape(kind);
+        let (data, _) = candle_encode(
+            model.linear_weight(0, kind).unwrap(),
+            out,
+            inp,
+            GgmlDType::Q8_0,
+        );
+        linears.insert(
+            (0, kind),
+            EncodedLinear {
+                dtype: GgmlDType::Q8_0,
+                data,
+            },
+        );
+    }
+    let options = GgufOptions {
+        float: GgufFloat::F32,
+        ..GgufOptions::default()
+    };
+    let path = Path::new(&out_dir).join("smollm2-written.gguf");
+    write_gguf(&model, &path, &options, &linears).unwrap();
+    let back = Model::load(&path).unwrap();
+    assert_eq!(back.encode(TEXT).unwrap(), model.encode(TEXT).unwrap());
+}
