@@ -1,6 +1,8 @@
-//! GGUF (v2/v3) files with `general.architecture = llama`: metadata, tensors in F32,
-//! F16, BF16, Q8_0, Q4_0 and Q4_1 dequantized to f32, the Q/K row permutation of
-//! llama.cpp undone, and the tokenizer rebuilt from the GGUF vocabulary.
+//! GGUF (v2/v3) files with `general.architecture = llama`: metadata, tensors in every
+//! type candle dequantizes ([`READABLE_TYPES`]: F32, F16, BF16, Q4_0, Q4_1, Q5_0,
+//! Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K) dequantized to f32, the Q/K row
+//! permutation of llama.cpp undone, and the tokenizer rebuilt from the GGUF
+//! vocabulary (its `tokenizer.*` metadata kept as read for the writer).
 //!
 //! **Q/K permutation.** llama.cpp applies RoPE to adjacent pairs `(2j, 2j+1)` of a
 //! head, Hugging Face to `(j, j + h/2)` (`rotate_half`, `h` = head dim). Its converter
@@ -22,16 +24,93 @@ use crate::error::{LlamaIoError, Result};
 use crate::linear::LinearKind;
 use crate::model::{HostTensor, Model, unexpected_tensor};
 use crate::names::TensorRole;
+use crate::tokenizer::TokenizerSource;
 
-/// Tensor dtypes this reader dequantizes.
-const SUPPORTED_DTYPES: [GgmlDType; 6] = [
+/// Tensor types this reader dequantizes: those candle 0.11 reads from a GGUF file
+/// (its `Q8_1` and `Q8K` are intermediate types of matrix products, which candle does
+/// not read from files; llama.cpp does not store weights in them either).
+pub const READABLE_TYPES: [GgmlDType; 13] = [
     GgmlDType::F32,
     GgmlDType::F16,
     GgmlDType::BF16,
-    GgmlDType::Q8_0,
     GgmlDType::Q4_0,
     GgmlDType::Q4_1,
+    GgmlDType::Q5_0,
+    GgmlDType::Q5_1,
+    GgmlDType::Q8_0,
+    GgmlDType::Q2K,
+    GgmlDType::Q3K,
+    GgmlDType::Q4K,
+    GgmlDType::Q5K,
+    GgmlDType::Q6K,
 ];
+
+/// llama.cpp's name of a GGML type (`Q4_K`, not candle's `Q4K`).
+pub fn ggml_type_name(dtype: GgmlDType) -> &'static str {
+    match dtype {
+        GgmlDType::F32 => "F32",
+        GgmlDType::F16 => "F16",
+        GgmlDType::BF16 => "BF16",
+        GgmlDType::Q4_0 => "Q4_0",
+        GgmlDType::Q4_1 => "Q4_1",
+        GgmlDType::Q5_0 => "Q5_0",
+        GgmlDType::Q5_1 => "Q5_1",
+        GgmlDType::Q8_0 => "Q8_0",
+        GgmlDType::Q8_1 => "Q8_1",
+        GgmlDType::Q2K => "Q2_K",
+        GgmlDType::Q3K => "Q3_K",
+        GgmlDType::Q4K => "Q4_K",
+        GgmlDType::Q5K => "Q5_K",
+        GgmlDType::Q6K => "Q6_K",
+        GgmlDType::Q8K => "Q8_K",
+    }
+}
+
+/// The numeric id of a GGML type in a GGUF tensor header (`ggml_type` of `ggml.h`).
+pub fn ggml_type_id(dtype: GgmlDType) -> u32 {
+    match dtype {
+        GgmlDType::F32 => 0,
+        GgmlDType::F16 => 1,
+        GgmlDType::Q4_0 => 2,
+        GgmlDType::Q4_1 => 3,
+        GgmlDType::Q5_0 => 6,
+        GgmlDType::Q5_1 => 7,
+        GgmlDType::Q8_0 => 8,
+        GgmlDType::Q8_1 => 9,
+        GgmlDType::Q2K => 10,
+        GgmlDType::Q3K => 11,
+        GgmlDType::Q4K => 12,
+        GgmlDType::Q5K => 13,
+        GgmlDType::Q6K => 14,
+        GgmlDType::Q8K => 15,
+        GgmlDType::BF16 => 30,
+    }
+}
+
+/// llama.cpp's name of a GGML type id that candle does not know (`ggml.h`).
+fn unknown_type_name(id: u32) -> &'static str {
+    match id {
+        4 | 5 => "Q4_2/Q4_3 (removed from ggml)",
+        16 => "IQ2_XXS",
+        17 => "IQ2_XS",
+        18 => "IQ3_XXS",
+        19 => "IQ1_S",
+        20 => "IQ4_NL",
+        21 => "IQ3_S",
+        22 => "IQ2_S",
+        23 => "IQ4_XS",
+        24 => "I8",
+        25 => "I16",
+        26 => "I32",
+        27 => "I64",
+        28 => "F64",
+        29 => "IQ1_M",
+        34 => "TQ1_0",
+        35 => "TQ2_0",
+        39 => "MXFP4",
+        _ => "unknown",
+    }
+}
 
 /// Hugging Face row order from GGUF row order for a `rows x cols` row-major Q or K
 /// weight with `n_heads` heads (see the module docs).
@@ -44,13 +123,37 @@ pub fn permute_qk(data: &[f32], rows: usize, cols: usize, n_heads: usize) -> Res
     reorder_qk(data, rows, cols, n_heads, false)
 }
 
-fn reorder_qk(
-    data: &[f32],
+/// GGUF row order from Hugging Face row order for encoded rows: `data` holds `rows`
+/// rows of `row_bytes` bytes each (for a block type, one row is the
+/// `in / block_size` blocks of one output channel), moved whole as
+/// [`permute_qk`] moves f32 rows.
+pub fn permute_qk_rows(
+    data: &[u8],
+    rows: usize,
+    row_bytes: usize,
+    n_heads: usize,
+) -> Result<Vec<u8>> {
+    reorder_qk(data, rows, row_bytes, n_heads, false)
+}
+
+/// Hugging Face row order from GGUF row order for encoded rows: the inverse of
+/// [`permute_qk_rows`].
+pub fn unpermute_qk_rows(
+    data: &[u8],
+    rows: usize,
+    row_bytes: usize,
+    n_heads: usize,
+) -> Result<Vec<u8>> {
+    reorder_qk(data, rows, row_bytes, n_heads, true)
+}
+
+fn reorder_qk<T: Copy + Default>(
+    data: &[T],
     rows: usize,
     cols: usize,
     n_heads: usize,
     to_hf: bool,
-) -> Result<Vec<f32>> {
+) -> Result<Vec<T>> {
     if n_heads == 0 || !rows.is_multiple_of(n_heads) || !(rows / n_heads).is_multiple_of(2) {
         return Err(LlamaIoError::InvalidArgument(format!(
             "{rows} rows cannot be split into {n_heads} heads of even width"
@@ -64,7 +167,7 @@ fn reorder_qk(
     }
     let head_dim = rows / n_heads;
     let half = head_dim / 2;
-    let mut out = vec![0.0f32; data.len()];
+    let mut out = vec![T::default(); data.len()];
     for head in 0..n_heads {
         for s in 0..2 {
             for j in 0..half {
@@ -91,8 +194,24 @@ pub(crate) fn read_gguf(path: &Path) -> Result<Model> {
         source,
     })?;
     let mut reader = BufReader::new(file);
-    let content =
-        Content::read(&mut reader).map_err(|e| format(format!("not a valid GGUF file: {e}")))?;
+    let content = match Content::read(&mut reader) {
+        Ok(content) => content,
+        Err(e) => {
+            // candle refuses a whole file for one tensor type it does not know; name it.
+            if let Some((name, id)) = first_unknown_type(path) {
+                return Err(LlamaIoError::unsupported(
+                    path,
+                    format!(
+                        "tensor `{name}` has GGML type {id} ({}), which candle cannot read; \
+                         readable: {}",
+                        unknown_type_name(id),
+                        readable_list()
+                    ),
+                ));
+            }
+            return Err(format(format!("not a valid GGUF file: {e}")));
+        }
+    };
     if content.magic == VersionedMagic::GgufV1 {
         return Err(LlamaIoError::Unsupported {
             path: path.to_path_buf(),
@@ -121,12 +240,13 @@ pub(crate) fn read_gguf(path: &Path) -> Result<Model> {
         if !roles.contains_key(gguf_name) {
             return Err(unexpected_tensor(gguf_name, path));
         }
-        if !SUPPORTED_DTYPES.contains(&info.ggml_dtype) {
+        if !READABLE_TYPES.contains(&info.ggml_dtype) {
             return Err(LlamaIoError::Unsupported {
                 path: path.to_path_buf(),
                 msg: format!(
-                    "tensor `{gguf_name}` has type {:?}; supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1",
-                    info.ggml_dtype
+                    "tensor `{gguf_name}` has type {}, which candle cannot dequantize; readable: {}",
+                    ggml_type_name(info.ggml_dtype),
+                    readable_list()
                 ),
             });
         }
@@ -157,9 +277,11 @@ pub(crate) fn read_gguf(path: &Path) -> Result<Model> {
     }
 
     let mut tensors = HashMap::with_capacity(gguf_names.len());
+    let mut source_dtypes = HashMap::with_capacity(gguf_names.len());
     for gguf_name in gguf_names {
         let info = &content.tensor_infos[gguf_name];
         let role = roles[gguf_name];
+        source_dtypes.insert(role.hf_name(), info.ggml_dtype);
         let data = content
             .tensor(&mut reader, gguf_name, &Device::Cpu)
             .and_then(|q| q.dequantize(&Device::Cpu))
@@ -188,7 +310,98 @@ pub(crate) fn read_gguf(path: &Path) -> Result<Model> {
     } else {
         None
     };
-    Model::from_named_tensors(config, tensors, tokenizer, path, TensorRole::gguf_name)
+    let keys = crate::tokenizer::gguf_tokenizer_keys(&content);
+    let mut model =
+        Model::from_named_tensors(config, tensors, tokenizer, path, TensorRole::gguf_name)?;
+    model.source_dtypes = source_dtypes;
+    model.tokenizer_source = (!keys.is_empty()).then_some(TokenizerSource::Gguf(keys));
+    Ok(model)
+}
+
+/// `F32, F16, ...`: the names of [`READABLE_TYPES`].
+fn readable_list() -> String {
+    READABLE_TYPES.map(ggml_type_name).join(", ")
+}
+
+/// The first tensor (name, type id) of a GGUF file whose type id candle does not know,
+/// found by walking the header; `None` when there is none or the header does not parse.
+fn first_unknown_type(path: &Path) -> Option<(String, u32)> {
+    use std::io::Read;
+    let mut r = BufReader::new(File::open(path).ok()?);
+    let u32_ = |r: &mut BufReader<File>| -> Option<u32> {
+        let mut b = [0u8; 4];
+        r.read_exact(&mut b).ok()?;
+        Some(u32::from_le_bytes(b))
+    };
+    let u64_ = |r: &mut BufReader<File>| -> Option<u64> {
+        let mut b = [0u8; 8];
+        r.read_exact(&mut b).ok()?;
+        Some(u64::from_le_bytes(b))
+    };
+    if u32_(&mut r)? != 0x4655_4747 {
+        return None;
+    }
+    if !matches!(u32_(&mut r)?, 2 | 3) {
+        return None;
+    }
+    let n_tensors = u64_(&mut r)?;
+    let n_kv = u64_(&mut r)?;
+    let string = |r: &mut BufReader<File>| -> Option<String> {
+        let len = u64_(r)?;
+        let mut bytes = Vec::new();
+        r.by_ref().take(len).read_to_end(&mut bytes).ok()?;
+        (bytes.len() as u64 == len).then(|| String::from_utf8_lossy(&bytes).into_owned())
+    };
+    // Skips one value of type `t` (GGUF value type ids).
+    fn skip(r: &mut BufReader<File>, t: u32, depth: usize) -> Option<()> {
+        let mut b = [0u8; 8];
+        let width = match t {
+            0 | 1 | 7 => 1,
+            2 | 3 => 2,
+            4..=6 => 4,
+            10..=12 => 8,
+            8 => {
+                r.read_exact(&mut b).ok()?;
+                let len = u64::from_le_bytes(b);
+                r.seek_relative(i64::try_from(len).ok()?).ok()?;
+                return Some(());
+            }
+            9 if depth < 8 => {
+                let mut tb = [0u8; 4];
+                r.read_exact(&mut tb).ok()?;
+                r.read_exact(&mut b).ok()?;
+                let (elem, len) = (u32::from_le_bytes(tb), u64::from_le_bytes(b));
+                for _ in 0..len {
+                    skip(r, elem, depth + 1)?;
+                }
+                return Some(());
+            }
+            _ => return None,
+        };
+        r.read_exact(&mut b[..width]).ok()
+    }
+    for _ in 0..n_kv {
+        string(&mut r)?;
+        let t = u32_(&mut r)?;
+        skip(&mut r, t, 0)?;
+    }
+    for _ in 0..n_tensors {
+        let name = string(&mut r)?;
+        let n_dims = u32_(&mut r)?;
+        for _ in 0..n_dims.min(8) {
+            u64_(&mut r)?;
+        }
+        let id = u32_(&mut r)?;
+        u64_(&mut r)?;
+        if !READABLE_TYPES
+            .iter()
+            .chain(&[GgmlDType::Q8_1, GgmlDType::Q8K])
+            .any(|&d| ggml_type_id(d) == id)
+        {
+            return Some((name, id));
+        }
+    }
+    None
 }
 
 /// [`LlamaConfig`] from the `llama.*` metadata of a GGUF file.

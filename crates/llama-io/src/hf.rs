@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::path::Path;
 
+use candle_core::quantized::GgmlDType;
 use safetensors::{Dtype, SafeTensors, View};
 use serde_json::{Map, Value};
 
@@ -16,6 +17,7 @@ use crate::config::LlamaConfig;
 use crate::error::{LlamaIoError, Result};
 use crate::model::{HostTensor, Model};
 use crate::names::TensorRole;
+use crate::tokenizer::TokenizerSource;
 
 const CONFIG: &str = "config.json";
 const WEIGHTS: &str = "model.safetensors";
@@ -85,28 +87,50 @@ pub(crate) fn read_hf_dir(dir: &Path) -> Result<Model> {
     let config = LlamaConfig::from_hf_json(&text, &config_path)?;
 
     let mut tensors = HashMap::new();
+    let mut dtypes = HashMap::new();
     let index_path = dir.join(WEIGHTS_INDEX);
     let single_path = dir.join(WEIGHTS);
     if index_path.exists() {
         for (shard, names) in read_index(&index_path)? {
-            read_safetensors(&dir.join(&shard), Some(&names), &mut tensors)?;
+            read_safetensors(&dir.join(&shard), Some(&names), &mut tensors, &mut dtypes)?;
         }
     } else {
-        read_safetensors(&single_path, None, &mut tensors)?;
+        read_safetensors(&single_path, None, &mut tensors, &mut dtypes)?;
     }
 
     let tokenizer_path = dir.join(TOKENIZER);
-    let tokenizer = if tokenizer_path.exists() {
-        Some(crate::tokenizer::tokenizer_from_json(&tokenizer_path)?)
+    let (tokenizer, tokenizer_source) = if tokenizer_path.exists() {
+        let tokenizer = crate::tokenizer::tokenizer_from_json(&tokenizer_path)?;
+        let tokenizer_json =
+            fs::read_to_string(&tokenizer_path).map_err(io_error(&tokenizer_path))?;
+        let config_path = dir.join(TOKENIZER_CONFIG);
+        let tokenizer_config = if config_path.exists() {
+            Some(fs::read_to_string(&config_path).map_err(io_error(&config_path))?)
+        } else {
+            None
+        };
+        let source = TokenizerSource::HuggingFace {
+            tokenizer_json,
+            tokenizer_config,
+        };
+        (Some(tokenizer), Some(source))
     } else {
-        None
+        (None, None)
     };
     let source = if index_path.exists() {
         index_path
     } else {
         single_path
     };
-    Model::from_hf_tensors(config, tensors, tokenizer, &source)
+    let mut model = Model::from_hf_tensors(config, tensors, tokenizer, &source)?;
+    dtypes.retain(|name, _| {
+        TensorRole::all(model.config())
+            .iter()
+            .any(|r| r.hf_name() == *name)
+    });
+    model.source_dtypes = dtypes;
+    model.tokenizer_source = tokenizer_source;
+    Ok(model)
 }
 
 /// The shards of a sharded checkpoint and the tensor names each one holds.
@@ -142,6 +166,7 @@ fn read_safetensors(
     path: &Path,
     names: Option<&[String]>,
     out: &mut HashMap<String, HostTensor>,
+    dtypes: &mut HashMap<String, GgmlDType>,
 ) -> Result<()> {
     let file = fs::File::open(path).map_err(io_error(path))?;
     // SAFETY: the map is read-only and lives only inside this function; a file
@@ -177,6 +202,12 @@ fn read_safetensors(
                 msg: format!("tensor `{name}` appears twice"),
             });
         }
+        let dtype = match view.dtype() {
+            Dtype::F16 => GgmlDType::F16,
+            Dtype::BF16 => GgmlDType::BF16,
+            _ => GgmlDType::F32,
+        };
+        dtypes.insert(name.clone(), dtype);
         out.insert(
             name,
             HostTensor {

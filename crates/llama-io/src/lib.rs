@@ -27,6 +27,8 @@ mod model;
 mod hf;
 // (uses model, names, tokenizer)
 pub mod gguf;
+// The GGUF writer (uses model, names, tokenizer, gguf).
+pub mod gguf_writer;
 // `Model::load` (uses hf, gguf).
 mod load;
 // The forward pass.
@@ -41,9 +43,11 @@ pub mod perplexity;
 pub use capture::{InputSink, XtxAccumulator, accumulate_xtx};
 pub use config::LlamaConfig;
 pub use error::{LlamaIoError, Result};
+pub use gguf_writer::{EncodedLinear, GgufFloat, GgufLinears, GgufOptions, write_gguf};
 pub use hf::{DirExtras, NamedTensor, TensorData, WeightDtype, write_hf_dir, write_hf_dir_with};
 pub use inspect::{Inventory, TensorSummary, inspect};
 pub use linear::{LinearInput, LinearKind};
 pub use model::{HostTensor, Model};
 pub use names::TensorRole;
 pub use perplexity::{PerplexityReport, perplexity, sample_calibration};
+pub use tokenizer::TokenizerSource;

@@ -9,12 +9,14 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::Device;
+use candle_core::quantized::GgmlDType;
 use tokenizers::Tokenizer;
 
 use crate::config::LlamaConfig;
 use crate::error::{LlamaIoError, Result};
 use crate::linear::LinearKind;
 use crate::names::{Naming, TensorRole};
+use crate::tokenizer::TokenizerSource;
 
 /// A dense f32 tensor on the host: shape (outermost first) and row-major data.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,6 +51,10 @@ pub struct Model {
     /// Output head `vocab x hidden`; `None` when tied to the embedding.
     pub(crate) lm_head: Option<Vec<f32>>,
     pub(crate) tokenizer: Option<Tokenizer>,
+    /// Where the tokenizer came from, as the GGUF writer needs it.
+    pub(crate) tokenizer_source: Option<TokenizerSource>,
+    /// Storage type of each tensor in the file it was read from, by Hugging Face name.
+    pub(crate) source_dtypes: HashMap<String, GgmlDType>,
     pub(crate) device: Device,
 }
 
@@ -125,6 +131,8 @@ impl Model {
             final_norm,
             lm_head,
             tokenizer,
+            tokenizer_source: None,
+            source_dtypes: HashMap::new(),
             device: Device::Cpu,
         })
     }
@@ -151,9 +159,26 @@ impl Model {
         Ok(encoding.get_ids().to_vec())
     }
 
-    /// Replaces (or removes) the tokenizer.
+    /// Replaces (or removes) the tokenizer. The [`TokenizerSource`] of the former one
+    /// is dropped: a GGUF written afterwards describes the new tokenizer from its own
+    /// JSON.
     pub fn set_tokenizer(&mut self, tokenizer: Option<Tokenizer>) {
         self.tokenizer = tokenizer;
+        self.tokenizer_source = None;
+    }
+
+    /// Where the tokenizer came from: the `tokenizer.*` metadata of a GGUF input, or
+    /// the `tokenizer.json` (and `tokenizer_config.json`) of a Hugging Face input;
+    /// `None` for a model built in memory or after [`Model::set_tokenizer`].
+    pub fn tokenizer_source(&self) -> Option<&TokenizerSource> {
+        self.tokenizer_source.as_ref()
+    }
+
+    /// The storage type the tensor playing `role` had in the file this model was read
+    /// from (`F32`, `F16`, `BF16` for safetensors; any GGML type for GGUF); `None`
+    /// for a model built in memory. Changing a weight does not change it.
+    pub fn source_dtype(&self, role: TensorRole) -> Option<GgmlDType> {
+        self.source_dtypes.get(&role.hf_name()).copied()
     }
 
     /// The device the forward pass runs on (the CPU unless changed).
@@ -268,6 +293,10 @@ impl std::fmt::Debug for Model {
         f.debug_struct("Model")
             .field("config", &self.config)
             .field("tokenizer", &self.tokenizer.is_some())
+            .field(
+                "tokenizer_source",
+                &self.tokenizer_source.as_ref().map(|s| s.kind()),
+            )
             .field("device", &self.device)
             .finish_non_exhaustive()
     }
