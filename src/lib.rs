@@ -35,8 +35,8 @@ pub use method::{
     RtnMethod, method,
 };
 pub use output::{
-    FORMATS, FakeQuantFormat, FormatContext, FormatEntry, FormatState, GptqFormat, OutputFormat,
-    output_format,
+    FORMATS, FakeQuantFormat, FormatContext, FormatEntry, FormatState, GGUF_FILE, GgufFormat,
+    GptqFormat, OutputFormat, output_format,
 };
 pub use pipeline::{
     PipelineObserver, PipelineSettings, PipelineState, Progress, continue_quantize_model,

@@ -85,6 +85,7 @@ impl PipelineSettings {
             group_size: self.spec.group_size(),
             symmetric: self.spec.symmetric(),
             beta: self.spec.beta(),
+            gguf_type: self.spec.ggml_type().map(|t| t.name().to_string()),
             method: ComponentRecord {
                 name: self.method.name().to_string(),
                 label: self.method.to_string(),
@@ -112,7 +113,11 @@ impl PipelineSettings {
         format!(
             "{}{}",
             magr_report::method_label(preprocessor.as_deref(), &self.method.to_string()),
-            magr_report::grid_label(self.spec.bits(), self.spec.group_size())
+            magr_report::grid_label(
+                self.spec.bits(),
+                self.spec.group_size(),
+                self.spec.ggml_type().map(|t| t.name())
+            )
         )
     }
 }

@@ -10,12 +10,15 @@ use std::sync::Arc;
 
 use common::{tiny_model, windows};
 use faer::Par;
-use magr::llama_io::{LinearKind, Model, NamedTensor, TensorData, WeightDtype, write_hf_dir};
+use magr::llama_io::{
+    GgufFloat, LinearKind, Model, NamedTensor, TensorData, WeightDtype, write_hf_dir,
+};
+use magr::quantizers::{GgmlBlockType, GridFit};
 use magr::magr_report::{PipelineReport, RunReport};
 use magr::quantizers::{GptqTensors, GridSpec, QuantizedLinear, ZeroFormat, dequantize_gptq};
 use magr::run::{RunEvents, Staging, run_pipeline, write_outputs};
 use magr::{
-    FormatContext, FormatState, GptqFormat, Identity, MagrSettings, Method, OptqMethod,
+    FormatContext, FormatState, GGUF_FILE, GgufFormat, GptqFormat, OptqCdMethod, Identity, MagrSettings, Method, OptqMethod,
     OutputFormat, PipelineError, PipelineObserver, PipelineSettings, PipelineState, Progress,
     RtnMethod, RunCheckpoint, continue_quantize_model, quantize_model, run_fingerprint,
 };
@@ -58,6 +61,7 @@ fn gptq_format(spec: GridSpec, act_order: bool) -> GptqFormat {
         act_order,
         damping: Some(0.01),
         dtype: WeightDtype::F32,
+        gguf_float: GgufFloat::F32,
     })
 }
 
@@ -546,5 +550,99 @@ fn a_format_defined_outside_the_library_is_written_and_resumed() {
             );
         }
     }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Feeds one format and checkpoints finished blocks with its state.
+struct Feed<'a> {
+    format: &'a mut GgufFormat,
+    checkpoint: &'a RunCheckpoint,
+}
+
+impl PipelineObserver for Feed<'_> {
+    fn layer_quantized(
+        &mut self,
+        block: usize,
+        kind: LinearKind,
+        q: &QuantizedLinear,
+    ) -> Result<(), PipelineError> {
+        self.format.layer_quantized(block, kind, q)
+    }
+
+    fn block_finished(
+        &mut self,
+        model: &Model,
+        state: &PipelineState,
+    ) -> Result<(), PipelineError> {
+        self.checkpoint.save(model, state, &[&*self.format])
+    }
+}
+
+#[test]
+fn the_gguf_file_reads_back_as_the_fake_quant_weights_and_its_state_resumes() {
+    let dir = scratch("gguf");
+    let calibration = windows(4, 32, 3);
+    let cases: [(GgmlBlockType, GridFit, Arc<dyn Method>, bool); 5] = [
+        (GgmlBlockType::Q4_0, GridFit::MinMax, Arc::new(OptqMethod), true),
+        (GgmlBlockType::Q4_1, GridFit::Weighted, Arc::new(RtnMethod), true),
+        (GgmlBlockType::Q5_0, GridFit::Weighted, Arc::new(OptqMethod), false),
+        (
+            GgmlBlockType::Q5_1,
+            GridFit::MinMax,
+            Arc::new(OptqCdMethod {
+                sweeps: 2,
+                lambda: None,
+            }),
+            true,
+        ),
+        (GgmlBlockType::Q8_0, GridFit::MinMax, Arc::new(OptqMethod), false),
+    ];
+    for (n, (ty, fit, method, magr)) in cases.into_iter().enumerate() {
+        let spec = GridSpec::ggml(ty, fit);
+        let context = FormatContext {
+            spec,
+            act_order: false,
+            damping: method.damping(),
+            dtype: WeightDtype::F32,
+            gguf_float: GgufFloat::F32,
+        };
+        let s = settings(spec, method, magr, false);
+        let mut model = tiny_model(2);
+        let mut format = GgufFormat::new(&context).unwrap();
+        let checkpoint = RunCheckpoint::new(dir.join(format!("checkpoint-{n}")), "gguf".into());
+        let mut feed = Feed {
+            format: &mut format,
+            checkpoint: &checkpoint,
+        };
+        quantize_model(&mut model, &calibration, &s, &mut feed).unwrap();
+        let out = dir.join(format!("gguf-{n}"));
+        format.write(&model, &out).unwrap();
+
+        // candle's dequantization of the written blocks is the fake-quant model.
+        let loaded = Model::load(out.join(GGUF_FILE)).unwrap();
+        assert_eq!(weight_bits(&loaded), weight_bits(&model), "{ty}");
+
+        // The checkpoint restores every encoded layer into a fresh format.
+        let mut resumed = GgufFormat::new(&context).unwrap();
+        checkpoint
+            .load(&mut tiny_model(2), &mut [&mut resumed])
+            .unwrap()
+            .unwrap();
+        for block in 0..model.num_blocks() {
+            for kind in LinearKind::ALL {
+                assert_eq!(resumed.layer(block, kind), format.layer(block, kind));
+            }
+        }
+    }
+    // A run whose grids are not a GGUF format cannot have the gguf format.
+    let gptq_grid = FormatContext {
+        spec: GridSpec::reference(4, Some(32)).unwrap(),
+        act_order: false,
+        damping: None,
+        dtype: WeightDtype::F32,
+        gguf_float: GgufFloat::F32,
+    };
+    let e = GgufFormat::new(&gptq_grid).unwrap_err().to_string();
+    assert!(e.contains("--gguf-type"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -9,18 +9,20 @@
 //! and adding one [`FormatEntry`].
 
 mod fake_quant;
+mod gguf;
 mod gptq;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use llama_io::{LinearKind, Model, NamedTensor, WeightDtype};
+use llama_io::{GgufFloat, LinearKind, Model, NamedTensor, WeightDtype};
 use quantizers::{GridSpec, QuantizedLinear};
 
 use crate::error::PipelineError;
 use crate::registry;
 
 pub use fake_quant::FakeQuantFormat;
+pub use gguf::{GGUF_FILE, GgufFormat};
 pub use gptq::GptqFormat;
 
 /// What a format knows of the run that feeds it.
@@ -32,8 +34,10 @@ pub struct FormatContext {
     pub act_order: bool,
     /// The relative damping of `H` of the quantizer, if it uses `H` (GPTQ's `damp_percent`).
     pub damping: Option<f64>,
-    /// Storage type of the float tensors written.
+    /// Storage type of the float tensors of Hugging Face directories.
     pub dtype: WeightDtype,
+    /// Storage type of the float tensors of GGUF files.
+    pub gguf_float: GgufFloat,
 }
 
 /// A format's state after a block, as a run checkpoint stores it: tensors and text
@@ -94,7 +98,10 @@ pub struct FormatEntry {
     /// Written unless `--formats` says otherwise.
     pub default: bool,
     /// The format for a run.
-    pub build: fn(&FormatContext) -> Box<dyn OutputFormat>,
+    ///
+    /// # Errors
+    /// A run whose settings the format cannot store (named, before any work).
+    pub build: fn(&FormatContext) -> Result<Box<dyn OutputFormat>, PipelineError>,
 }
 
 /// Every format, in the order the CLI lists them.
@@ -103,13 +110,19 @@ pub static FORMATS: &[FormatEntry] = &[
         name: "fake-quant",
         about: "a Hugging Face directory with the dequantized weights (loads wherever a float model loads)",
         default: true,
-        build: |c| Box::new(FakeQuantFormat::new(c.dtype)),
+        build: |c| Ok(Box::new(FakeQuantFormat::new(c.dtype))),
     },
     FormatEntry {
         name: "gptq",
         about: "the packed GPTQ checkpoint (int32 codes, f16 scales, quantization_config)",
         default: true,
-        build: |c| Box::new(GptqFormat::new(c)),
+        build: |c| Ok(Box::new(GptqFormat::new(c))),
+    },
+    FormatEntry {
+        name: "gguf",
+        about: "a GGUF file for llama.cpp, linear layers in the block format of --gguf-type",
+        default: false,
+        build: |c| Ok(Box::new(GgufFormat::new(c)?)),
     },
 ];
 
@@ -121,9 +134,7 @@ pub fn output_format(
     name: &str,
     context: &FormatContext,
 ) -> Result<Box<dyn OutputFormat>, PipelineError> {
-    Ok((registry::find(FORMATS, "output format", name)?.build)(
-        context,
-    ))
+    (registry::find(FORMATS, "output format", name)?.build)(context)
 }
 
 impl registry::Entry for FormatEntry {

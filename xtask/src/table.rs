@@ -511,6 +511,7 @@ mod tests {
                 group_size: None,
                 symmetric: false,
                 beta: 0.9,
+                gguf_type: None,
                 method: ComponentRecord {
                     name: "optq".into(),
                     label: "OPTQ".into(),

@@ -295,6 +295,8 @@ pub enum TensorData {
     F16(Vec<f32>),
     /// Values stored as `F32`.
     F32(Vec<f32>),
+    /// Bytes stored as `U8` (an encoded block format, for instance).
+    U8(Vec<u8>),
 }
 
 impl TensorData {
@@ -303,6 +305,7 @@ impl TensorData {
         match self {
             TensorData::I32(v) => v.len(),
             TensorData::F16(v) | TensorData::F32(v) => v.len(),
+            TensorData::U8(v) => v.len(),
         }
     }
 
@@ -327,11 +330,12 @@ impl NamedTensor {
     /// The tensor `name` of a safetensors file, read back from its `view`.
     ///
     /// # Errors
-    /// A dtype other than I32, F16 and F32, or a data length that does not match.
+    /// A dtype other than U8, I32, F16 and F32, or a data length that does not match.
     pub fn from_view(name: &str, view: &safetensors::tensor::TensorView<'_>) -> Result<Self> {
         let bytes = view.data();
         let words = |n: usize| bytes.chunks_exact(n);
         let data = match view.dtype() {
+            Dtype::U8 => TensorData::U8(bytes.to_vec()),
             Dtype::I32 => TensorData::I32(
                 words(4)
                     .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -345,7 +349,7 @@ impl NamedTensor {
             }
             other => {
                 return Err(LlamaIoError::InvalidArgument(format!(
-                    "tensor `{name}` has dtype {other:?}; only I32, F16 and F32 are read as named tensors"
+                    "tensor `{name}` has dtype {other:?}; only U8, I32, F16 and F32 are read as named tensors"
                 )));
             }
         };
@@ -370,6 +374,7 @@ impl View for &NamedTensor {
             TensorData::I32(_) => Dtype::I32,
             TensorData::F16(_) => Dtype::F16,
             TensorData::F32(_) => Dtype::F32,
+            TensorData::U8(_) => Dtype::U8,
         }
     }
 
@@ -382,6 +387,7 @@ impl View for &NamedTensor {
             TensorData::I32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             TensorData::F16(v) => float_bytes(v, WeightDtype::F16),
             TensorData::F32(v) => float_bytes(v, WeightDtype::F32),
+            TensorData::U8(v) => v.clone(),
         })
     }
 

@@ -305,6 +305,7 @@ fn former_packed_writer(model: &Model, dir: &Path, dtype: WeightDtype) {
                 AnyTensor::Packed(_, TensorData::I32(_)) => Dtype::I32,
                 AnyTensor::Packed(_, TensorData::F16(_)) => Dtype::F16,
                 AnyTensor::Packed(_, TensorData::F32(_)) => Dtype::F32,
+                AnyTensor::Packed(_, TensorData::U8(_)) => Dtype::U8,
             }
         }
         fn shape(&self) -> &[usize] {
@@ -335,6 +336,7 @@ fn former_packed_writer(model: &Model, dir: &Path, dtype: WeightDtype) {
                 AnyTensor::Packed(_, TensorData::F32(v)) => {
                     v.iter().flat_map(|x| x.to_le_bytes()).collect()
                 }
+                AnyTensor::Packed(_, TensorData::U8(v)) => v.to_vec(),
             })
         }
         fn data_len(&self) -> usize {

@@ -202,6 +202,9 @@ pub struct SettingsRecord {
     pub symmetric: bool,
     /// Grid shrink factor.
     pub beta: f32,
+    /// The GGUF block format the grids are (`q4_0`, ...), if they are one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gguf_type: Option<String>,
     /// The quantizer.
     pub method: ComponentRecord,
     /// The preprocessor.
@@ -255,7 +258,11 @@ impl RunReport {
     /// The label of the run (`MagR+OPTQ w3 g64`): what progress and result lines show.
     pub fn label(&self) -> String {
         let s = &self.settings;
-        format!("{}{}", s.method_label(), grid_label(s.bits, s.group_size))
+        format!(
+            "{}{}",
+            s.method_label(),
+            grid_label(s.bits, s.group_size, s.gguf_type.as_deref())
+        )
     }
 
     /// `report.md`: the settings, the perplexities and times, and one row per layer.
@@ -367,12 +374,16 @@ pub fn method_label(preprocessor: Option<&str>, method: &str) -> String {
     }
 }
 
-/// ` w3 g64`: bits, and the group size when there is one.
-pub fn grid_label(bits: u32, group_size: Option<usize>) -> String {
-    format!(
-        " w{bits}{}",
-        group_size.map_or(String::new(), |g| format!(" g{g}"))
-    )
+/// ` w3 g64`: bits, and the group size when there is one; ` q4_0` for a GGUF block
+/// format.
+pub fn grid_label(bits: u32, group_size: Option<usize>, gguf_type: Option<&str>) -> String {
+    match gguf_type {
+        Some(t) => format!(" {t}"),
+        None => format!(
+            " w{bits}{}",
+            group_size.map_or(String::new(), |g| format!(" g{g}"))
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -391,6 +402,7 @@ mod tests {
                 group_size: Some(64),
                 symmetric: false,
                 beta: 0.95,
+                gguf_type: None,
                 method: ComponentRecord {
                     name: "optq-cd".into(),
                     label: "OPTQ+CD".into(),

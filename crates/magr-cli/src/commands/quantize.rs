@@ -7,12 +7,12 @@ use std::time::Instant;
 use clap::builder::{PossibleValue, PossibleValuesParser};
 use clap::{Args, ValueEnum};
 use indicatif::ProgressBar;
-use magr::llama_io::{self, LinearKind, WeightDtype, data};
+use magr::llama_io::{self, GgufFloat, LinearKind, WeightDtype, data};
 use magr::magr_report::RunReport;
-use magr::quantizers::GridSpec;
+use magr::quantizers::{GgmlBlockType, GridFit, GridSpec};
 use magr::run::{RunEvents, Staging, run_pipeline, write_outputs};
 use magr::{
-    Cpu, FORMATS, FormatContext, METHODS, MethodOptions, PREPROCESSORS, PipelineSettings,
+    Cpu, FORMATS, FormatContext, METHODS, OutputFormat, MethodOptions, PREPROCESSORS, PipelineSettings,
     PreprocessOptions, Progress, Windows,
 };
 
@@ -33,6 +33,28 @@ enum DtypeArg {
     F32,
     F16,
     Bf16,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum GgufFloatArg {
+    /// The input file's type where it was F32, F16 or BF16, else F32.
+    AsSource,
+    F32,
+    F16,
+    Bf16,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum GridFitArg {
+    /// Block parameters from the block's minimum and maximum (llama.cpp without imatrix).
+    MinMax,
+    /// A search minimising the block's error weighted by diag(H) (llama.cpp's imatrix path).
+    Weighted,
+}
+
+/// The GGUF block formats.
+fn gguf_types() -> PossibleValuesParser {
+    PossibleValuesParser::new(GgmlBlockType::ALL.map(|t| t.name()))
 }
 
 /// The possible values of a flag from a registry's names and help lines.
@@ -84,6 +106,14 @@ pub struct QuantizeArgs {
     /// per channel; 0.95 with groups].
     #[arg(long)]
     beta: Option<f32>,
+    /// Quantize onto llama.cpp's block format (blocks of 32 inputs, its f16 block
+    /// parameters) instead of the GPTQ grid of --bits/--group-size; the gguf format
+    /// stores the result exactly.
+    #[arg(long, value_parser = gguf_types(), conflicts_with_all = ["group_size", "symmetric", "beta"])]
+    gguf_type: Option<String>,
+    /// How GGUF block parameters are fitted.
+    #[arg(long, value_enum, default_value_t = GridFitArg::MinMax, requires = "gguf_type")]
+    grid_fit: GridFitArg,
     /// The quantizer.
     #[arg(long, default_value = "optq", value_parser = methods())]
     method: String,
@@ -152,9 +182,12 @@ pub struct QuantizeArgs {
     /// uninterrupted run's.
     #[arg(long)]
     resume: bool,
-    /// Weight dtype of the written directories.
+    /// Weight dtype of the written Hugging Face directories.
     #[arg(long, value_enum, default_value_t = DtypeArg::F16)]
     dtype: DtypeArg,
+    /// Float type of the embeddings, norms and head in the GGUF file (norms are always F32).
+    #[arg(long, value_enum, default_value_t = GgufFloatArg::AsSource)]
+    gguf_float: GgufFloatArg,
     /// Replace an existing output directory.
     #[arg(long)]
     force: bool,
@@ -171,6 +204,7 @@ pub fn run(args: &QuantizeArgs, quiet: bool) -> Result<(), Error> {
     if args.resume && args.out.is_none() {
         return Err("--resume needs --out (the checkpoint lives in OUT.partial)".into());
     }
+    let (format_names, mut formats) = output_formats(args, &settings)?;
     // The output's staging directory is made before anything is loaded: an unwritable
     // or existing output fails at once.
     let staging = args
@@ -178,7 +212,14 @@ pub fn run(args: &QuantizeArgs, quiet: bool) -> Result<(), Error> {
         .as_deref()
         .map(|out| Staging::create(out, args.force, args.resume))
         .transpose()?;
-    if let Err(e) = quantize_into(args, quiet, total, &settings, staging.as_ref()) {
+    if let Err(e) = quantize_into(
+        args,
+        quiet,
+        total,
+        &settings,
+        staging.as_ref(),
+        (format_names, &mut formats),
+    ) {
         return Err(match staging.as_ref().and_then(Staging::keep_checkpoint) {
             Some(hint) => format!("{e}\n{hint}").into(),
             None => e,
@@ -193,9 +234,23 @@ pub fn run(args: &QuantizeArgs, quiet: bool) -> Result<(), Error> {
 
 /// The pipeline's settings from the flags.
 fn settings(args: &QuantizeArgs) -> Result<PipelineSettings, Error> {
-    let spec = match args.beta {
-        Some(beta) => GridSpec::new(args.bits, args.group_size, args.symmetric, beta)?,
-        None => {
+    let spec = match (&args.gguf_type, args.beta) {
+        (Some(name), _) => {
+            if args.act_order {
+                return Err(
+                    "--act-order cannot be used with --gguf-type: a GGUF row stores its inputs \
+                     in order"
+                        .into(),
+                );
+            }
+            let fit = match args.grid_fit {
+                GridFitArg::MinMax => GridFit::MinMax,
+                GridFitArg::Weighted => GridFit::Weighted,
+            };
+            GridSpec::ggml(name.parse::<GgmlBlockType>()?, fit)
+        }
+        (None, Some(beta)) => GridSpec::new(args.bits, args.group_size, args.symmetric, beta)?,
+        (None, None) => {
             let reference = GridSpec::reference(args.bits, args.group_size)?;
             GridSpec::new(args.bits, args.group_size, args.symmetric, reference.beta())?
         }
@@ -236,6 +291,46 @@ fn settings(args: &QuantizeArgs) -> Result<PipelineSettings, Error> {
     })
 }
 
+/// The output formats of `--formats` (none without `--out`), built from the flags
+/// before anything is loaded, so that a format that cannot store the run fails at once.
+fn output_formats(
+    args: &QuantizeArgs,
+    settings: &PipelineSettings,
+) -> Result<(Vec<String>, Vec<Box<dyn OutputFormat>>), Error> {
+    let dtype = match args.dtype {
+        DtypeArg::F32 => WeightDtype::F32,
+        DtypeArg::F16 => WeightDtype::F16,
+        DtypeArg::Bf16 => WeightDtype::BF16,
+    };
+    let format_names: Vec<String> = match args.out {
+        Some(_) => args
+            .formats
+            .iter()
+            .filter(|f| *f != "none")
+            .cloned()
+            .collect(),
+        None => Vec::new(),
+    };
+    let context = FormatContext {
+        spec: settings.spec,
+        act_order: settings.act_order,
+        damping: settings.method.damping(),
+        dtype,
+        gguf_float: match args.gguf_float {
+            GgufFloatArg::AsSource => GgufFloat::AsSource,
+            GgufFloatArg::F32 => GgufFloat::F32,
+            GgufFloatArg::F16 => GgufFloat::F16,
+            GgufFloatArg::Bf16 => GgufFloat::BF16,
+        },
+    };
+    let formats = format_names
+        .iter()
+        .map(|name| magr::output_format(name, &context))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    Ok((format_names, formats))
+}
+
 /// Progress bar and warnings of a run.
 struct BarEvents<'a> {
     bar: &'a ProgressBar,
@@ -274,6 +369,7 @@ fn quantize_into(
     total: Instant,
     settings: &PipelineSettings,
     staging: Option<&Staging>,
+    (format_names, formats): (Vec<String>, &mut [Box<dyn OutputFormat>]),
 ) -> Result<(), Error> {
     let (mut model, model_path) = load_model(&args.model, quiet)?;
     let calib_path = match &args.calib {
@@ -309,31 +405,6 @@ fn quantize_into(
         _ => None,
     };
 
-    let dtype = match args.dtype {
-        DtypeArg::F32 => WeightDtype::F32,
-        DtypeArg::F16 => WeightDtype::F16,
-        DtypeArg::Bf16 => WeightDtype::BF16,
-    };
-    let format_names: Vec<String> = match staging {
-        Some(_) => args
-            .formats
-            .iter()
-            .filter(|f| *f != "none")
-            .cloned()
-            .collect(),
-        None => Vec::new(),
-    };
-    let context = FormatContext {
-        spec: settings.spec,
-        act_order: settings.act_order,
-        damping: settings.method.damping(),
-        dtype,
-    };
-    let mut formats = format_names
-        .iter()
-        .map(|name| magr::output_format(name, &context))
-        .collect::<Result<Vec<_>, _>>()?;
-
     let label = settings.label();
     let bar = bar(quiet, (model.num_blocks() * 7) as u64, &label);
     if args.resume {
@@ -358,7 +429,7 @@ fn quantize_into(
         &source,
         staging,
         args.resume,
-        &mut formats,
+        formats,
         &mut BarEvents { bar: &bar, quiet },
     )?;
     bar.finish_and_clear();
@@ -391,7 +462,7 @@ fn quantize_into(
             pipeline: report,
             seconds_total: total.elapsed().as_secs_f64(),
         };
-        for note in write_outputs(staging.partial(), &model, &formats, &run)? {
+        for note in write_outputs(staging.partial(), &model, formats, &run)? {
             log(quiet, &note);
         }
     }
