@@ -209,7 +209,8 @@ impl PipelineObserver for RunObserver<'_> {
     }
 }
 
-/// Quantizes `model` with `settings` on the calibration `windows`, feeding `formats`;
+/// Quantizes `model` with `settings` on the calibration `windows`, feeding `formats`
+/// (each first checks that it can store `model`);
 /// with a `staging` directory, checkpoints every finished block there and, if `resume`,
 /// continues from the blocks already checkpointed. `source` names the model and
 /// formats for the run's fingerprint.
@@ -228,6 +229,9 @@ pub fn run_pipeline(
     formats: &mut [Box<dyn OutputFormat>],
     events: &mut dyn RunEvents,
 ) -> Result<PipelineReport, PipelineError> {
+    for format in formats.iter() {
+        format.check(model)?;
+    }
     let checkpoint = staging.map(|s| s.checkpoint(run_fingerprint(source, settings, windows)));
     let resumed = match &checkpoint {
         Some(c) if resume => {
@@ -290,8 +294,9 @@ pub fn write_outputs(
     Ok(notes)
 }
 
-/// The perplexity of `model` on `tokens` of the text at `text` (the papers' protocol:
-/// the first `windows` windows of `seqlen`), `progress(done, total)` after each window.
+/// The perplexity of `model` on `tokens` of the text at `text` (the first `windows`
+/// windows of `seqlen`, each scored from position `first`: 0 is the papers' protocol,
+/// `seqlen / 2` llama.cpp's), `progress(done, total)` after each window.
 ///
 /// # Errors
 /// The forward pass's errors and a text shorter than one window.
@@ -300,15 +305,17 @@ pub fn evaluate(
     text: &Path,
     tokens: &[u32],
     seqlen: usize,
-    windows: usize,
+    (windows, first): (usize, usize),
     par: Par,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Evaluation, PipelineError> {
-    let report = llama_io::perplexity(model, tokens, seqlen, Some(windows), par, progress)?;
+    let report =
+        llama_io::perplexity_from(model, tokens, seqlen, Some(windows), first, par, progress)?;
     Ok(Evaluation {
         text: text.to_path_buf(),
         seqlen,
         windows: report.windows,
+        first_scored: first,
         tokens_scored: report.tokens_scored,
         ppl: report.ppl,
         seconds: report.seconds,

@@ -13,14 +13,15 @@ use faer::Par;
 use magr::llama_io::{
     GgufFloat, LinearKind, Model, NamedTensor, TensorData, WeightDtype, write_hf_dir,
 };
-use magr::quantizers::{GgmlBlockType, GridFit};
 use magr::magr_report::{PipelineReport, RunReport};
+use magr::quantizers::{GgmlBlockType, GridFit};
 use magr::quantizers::{GptqTensors, GridSpec, QuantizedLinear, ZeroFormat, dequantize_gptq};
 use magr::run::{RunEvents, Staging, run_pipeline, write_outputs};
 use magr::{
-    FormatContext, FormatState, GGUF_FILE, GgufFormat, GptqFormat, OptqCdMethod, Identity, MagrSettings, Method, OptqMethod,
-    OutputFormat, PipelineError, PipelineObserver, PipelineSettings, PipelineState, Progress,
-    RtnMethod, RunCheckpoint, continue_quantize_model, quantize_model, run_fingerprint,
+    FormatContext, FormatState, GGUF_FILE, GgufFormat, GptqFormat, Identity, MagrSettings, Method,
+    OptqCdMethod, OptqMethod, OutputFormat, PipelineError, PipelineObserver, PipelineSettings,
+    PipelineState, Progress, RtnMethod, RunCheckpoint, continue_quantize_model, quantize_model,
+    run_fingerprint,
 };
 use safetensors::{Dtype, SafeTensors};
 
@@ -583,9 +584,24 @@ fn the_gguf_file_reads_back_as_the_fake_quant_weights_and_its_state_resumes() {
     let dir = scratch("gguf");
     let calibration = windows(4, 32, 3);
     let cases: [(GgmlBlockType, GridFit, Arc<dyn Method>, bool); 5] = [
-        (GgmlBlockType::Q4_0, GridFit::MinMax, Arc::new(OptqMethod), true),
-        (GgmlBlockType::Q4_1, GridFit::Weighted, Arc::new(RtnMethod), true),
-        (GgmlBlockType::Q5_0, GridFit::Weighted, Arc::new(OptqMethod), false),
+        (
+            GgmlBlockType::Q4_0,
+            GridFit::MinMax,
+            Arc::new(OptqMethod),
+            true,
+        ),
+        (
+            GgmlBlockType::Q4_1,
+            GridFit::Weighted,
+            Arc::new(RtnMethod),
+            true,
+        ),
+        (
+            GgmlBlockType::Q5_0,
+            GridFit::Weighted,
+            Arc::new(OptqMethod),
+            false,
+        ),
         (
             GgmlBlockType::Q5_1,
             GridFit::MinMax,
@@ -595,7 +611,12 @@ fn the_gguf_file_reads_back_as_the_fake_quant_weights_and_its_state_resumes() {
             }),
             true,
         ),
-        (GgmlBlockType::Q8_0, GridFit::MinMax, Arc::new(OptqMethod), false),
+        (
+            GgmlBlockType::Q8_0,
+            GridFit::MinMax,
+            Arc::new(OptqMethod),
+            false,
+        ),
     ];
     for (n, (ty, fit, method, magr)) in cases.into_iter().enumerate() {
         let spec = GridSpec::ggml(ty, fit);

@@ -59,6 +59,15 @@ impl GgufFormat {
         })
     }
 
+    /// The writer's options: the file type of the block format, the float type asked for.
+    fn options(&self) -> GgufOptions {
+        GgufOptions {
+            file_type: Some(file_type(self.ty)),
+            float: self.context.gguf_float,
+            ..GgufOptions::default()
+        }
+    }
+
     /// The encoded rows of layer `kind` of `block`, if it is there.
     pub fn layer(&self, block: usize, kind: LinearKind) -> Option<&[u8]> {
         self.layers.get(&(block, kind)).map(Vec::as_slice)
@@ -68,6 +77,12 @@ impl GgufFormat {
 impl OutputFormat for GgufFormat {
     fn name(&self) -> &str {
         "gguf"
+    }
+
+    /// The tokenizer converts to GGUF metadata.
+    fn check(&self, model: &Model) -> Result<(), PipelineError> {
+        llama_io::check_gguf(model, &self.options())
+            .map_err(|e| PipelineError::Settings(format!("the gguf format: {e}")))
     }
 
     fn layer_quantized(
@@ -105,11 +120,7 @@ impl OutputFormat for GgufFormat {
                 );
             }
         }
-        let options = GgufOptions {
-            file_type: Some(file_type(self.ty)),
-            float: self.context.gguf_float,
-            ..GgufOptions::default()
-        };
+        let options = self.options();
         atomic_fs::write_dir(dir, true, |staged| -> Result<(), PipelineError> {
             llama_io::write_gguf(model, &staged.join(GGUF_FILE), &options, &linears)?;
             Ok(())

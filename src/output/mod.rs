@@ -55,6 +55,15 @@ pub trait OutputFormat: Send {
     /// Its name: the `--formats` value and the subdirectory it writes.
     fn name(&self) -> &str;
 
+    /// Whether it can store `model` at all, checked before any work (a tokenizer it
+    /// cannot write, for instance).
+    ///
+    /// # Errors
+    /// What it cannot store, named.
+    fn check(&self, _model: &Model) -> Result<(), PipelineError> {
+        Ok(())
+    }
+
     /// Layer `kind` of `block` is quantized as `quantized`.
     ///
     /// # Errors

@@ -4,8 +4,11 @@ Usage: llama_cpp.py CACHE_DIR JOBS
 
 The source is the PyPI source distribution of llama-cpp-python, which vendors the whole
 llama.cpp tree (SHA-256 checked); CMake comes as a PyPI wheel. Only the tools the checks
-and benchmarks use are built (CPU only, static, native): llama-quantize,
-llama-perplexity, llama-imatrix. They land in CACHE_DIR/llama.cpp-VERSION/bin, which is
+and benchmarks use are built (CPU only, static): llama-quantize, llama-perplexity,
+llama-imatrix. Not `-march=native`: on these machines it compiles in ggml's AMX kernels,
+which crash (SIGSEGV in ggml_backend_amx_mul_mat) where the kernel does not grant AMX
+tiles to the process; the build targets AVX2 + FMA + F16C instead, which every x86-64
+machine of the last decade runs. They land in CACHE_DIR/llama.cpp-VERSION-FLAVOR/bin, which is
 built under a temporary name and renamed, so an interrupted build never leaves a partial
 directory under the final name. Prints that directory on stdout.
 """
@@ -22,6 +25,9 @@ SDIST = (f"llama-cpp-python=={VERSION}", f"llama_cpp_python-{VERSION}.tar.gz",
          "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e")
 VENDORED = f"llama_cpp_python-{VERSION}/vendor/llama.cpp/"
 CMAKE = "cmake==4.4.5"
+FLAVOR = "avx2"
+FLAGS = ["-DGGML_NATIVE=OFF", "-DGGML_AVX=ON", "-DGGML_AVX2=ON", "-DGGML_FMA=ON",
+         "-DGGML_F16C=ON"]
 TARGETS = ["llama-quantize", "llama-perplexity", "llama-imatrix"]
 
 
@@ -58,7 +64,7 @@ def cmake(cache):
 
 def main():
     cache, jobs = sys.argv[1], sys.argv[2]
-    home = os.path.join(cache, f"llama.cpp-{VERSION}")
+    home = os.path.join(cache, f"llama.cpp-{VERSION}-{FLAVOR}")
     bin_dir = os.path.join(home, "bin")
     if all(os.path.exists(os.path.join(bin_dir, t)) for t in TARGETS):
         print(bin_dir)
@@ -83,9 +89,9 @@ def main():
             tar.extractall(src, members=[m for m in members if m.name],
                            filter="data")
         build = os.path.join(tmp, "build")
-        run([cmake_bin, "-S", src, "-B", build, "-DCMAKE_BUILD_TYPE=Release",
-             "-DGGML_NATIVE=ON", "-DLLAMA_CURL=OFF", "-DBUILD_SHARED_LIBS=OFF",
-             "-DLLAMA_BUILD_TESTS=OFF"], stdout=subprocess.DEVNULL)
+        run([cmake_bin, "-S", src, "-B", build, "-DCMAKE_BUILD_TYPE=Release", *FLAGS,
+             "-DLLAMA_CURL=OFF", "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_BUILD_TESTS=OFF"],
+            stdout=subprocess.DEVNULL)
         run([cmake_bin, "--build", build, "--target", *TARGETS, "-j", jobs],
             stdout=subprocess.DEVNULL)
         staged = os.path.join(tmp, "bin")

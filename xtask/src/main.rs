@@ -278,7 +278,9 @@ fn llama_cpp() -> Result<PathBuf, String> {
     if !output.status.success() {
         return Err(format!("building llama.cpp failed ({})", output.status));
     }
-    Ok(PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()))
+    Ok(PathBuf::from(
+        String::from_utf8_lossy(&output.stdout).trim(),
+    ))
 }
 
 /// The cache directory: `MAGR_CACHE_DIR`, else `$XDG_CACHE_HOME/magr`, else

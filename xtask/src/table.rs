@@ -494,6 +494,7 @@ mod tests {
             text: "wiki.test.raw".into(),
             seqlen: 2048,
             windows: 40,
+            first_scored: 0,
             tokens_scored: 81_880,
             ppl,
             seconds: 150.0,

@@ -158,6 +158,15 @@ pub fn write_gguf(
     })
 }
 
+/// Checks, before any work, what [`write_gguf`] needs of `model` besides the encoded
+/// linear layers: that its tokenizer converts to GGUF metadata with `options`.
+///
+/// # Errors
+/// As [`write_gguf`]'s tokenizer errors (an unsupported tokenizer, named).
+pub fn check_gguf(model: &Model, options: &GgufOptions) -> Result<()> {
+    tokenizer_metadata(model, options).map(|_| ())
+}
+
 /// The `llama.*` hyper-parameters as llama.cpp reads them (and as its converter
 /// writes them: u32 sizes, f32 floats): `block_count`, `context_length`,
 /// `embedding_length`, `feed_forward_length`, `attention.head_count`,

@@ -5,7 +5,9 @@
 //! trailing remainder is dropped). In window `w` the logits at positions
 //! `0..seqlen-1` predict the tokens at `1..seqlen`, and
 //! `nll_w = mean_p (logsumexp(z_p) - z_p[token_{p+1}])` over those `seqlen - 1`
-//! positions. The perplexity is `exp(mean_w nll_w)`.
+//! positions. The perplexity is `exp(mean_w nll_w)`. [`perplexity_from`] scores only the
+//! positions `first..seqlen-1` of each window: `first = seqlen / 2` is llama.cpp's
+//! `llama-perplexity` protocol (the first half of each chunk is context only).
 
 use std::time::Instant;
 
@@ -32,7 +34,7 @@ pub struct PerplexityReport {
     pub ppl: f64,
     /// Windows evaluated.
     pub windows: usize,
-    /// Predicted positions scored: `windows * (seqlen - 1)`.
+    /// Predicted positions scored: `windows * (seqlen - 1 - first)`.
     pub tokens_scored: usize,
     /// Wall-clock seconds of the evaluation (forward passes and losses).
     pub seconds: f64,
@@ -56,9 +58,31 @@ pub fn perplexity(
     par: Par,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<PerplexityReport> {
+    perplexity_from(model, tokens, seqlen, max_windows, 0, par, progress)
+}
+
+/// [`perplexity`] scoring only the predictions made at positions `first..seqlen - 1` of
+/// each window (the tokens `first + 1..seqlen`); the positions before are context.
+///
+/// # Errors
+/// As [`perplexity`]; `first >= seqlen - 1` (nothing left to score).
+pub fn perplexity_from(
+    model: &Model,
+    tokens: &[u32],
+    seqlen: usize,
+    max_windows: Option<usize>,
+    first: usize,
+    par: Par,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<PerplexityReport> {
     if seqlen < 2 {
         return Err(LlamaIoError::InvalidArgument(format!(
             "perplexity window of {seqlen} tokens: at least 2 are needed"
+        )));
+    }
+    if first >= seqlen - 1 {
+        return Err(LlamaIoError::InvalidArgument(format!(
+            "perplexity window of {seqlen} tokens scored from position {first}: nothing to score"
         )));
     }
     let available = tokens.len() / seqlen;
@@ -75,12 +99,12 @@ pub fn perplexity(
         let hidden = model.hidden_states(&[window], par)?;
         let normed = model.final_norm(&hidden)?.squeeze(0)?;
         let mut total = 0.0f64;
-        for r0 in (0..seqlen - 1).step_by(LOSS_ROWS) {
+        for r0 in (first..seqlen - 1).step_by(LOSS_ROWS) {
             let rows = LOSS_ROWS.min(seqlen - 1 - r0);
             let labels = &window[r0 + 1..r0 + 1 + rows];
             total += cross_entropy_sum(model, &normed.narrow(0, r0, rows)?, labels, par)?;
         }
-        window_nll.push(total / (seqlen - 1) as f64);
+        window_nll.push(total / (seqlen - 1 - first) as f64);
         progress(w + 1, windows);
     }
     let seconds = start.elapsed().as_secs_f64();
@@ -88,7 +112,7 @@ pub fn perplexity(
     Ok(PerplexityReport {
         ppl: mean.exp(),
         windows,
-        tokens_scored: windows * (seqlen - 1),
+        tokens_scored: windows * (seqlen - 1 - first),
         seconds,
         tokens_per_second: (windows * seqlen) as f64 / seconds,
         window_nll,

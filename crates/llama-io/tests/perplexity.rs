@@ -108,6 +108,51 @@ fn perplexity_matches_naive_cross_entropy() {
     assert_eq!(&all.window_nll[..2], &report.window_nll[..]);
 }
 
+/// llama.cpp's protocol: only the second half of each window is scored, against the
+/// same naive f64 reference.
+#[test]
+fn perplexity_from_scores_only_the_positions_asked_for() {
+    let (_dir, weights, model) = load(&TINY, |_| {}, 44);
+    let seqlen = 40;
+    let first = seqlen / 2;
+    let tokens = stream(2 * seqlen, 300);
+    let report = llama_io::perplexity_from(
+        &model,
+        &tokens,
+        seqlen,
+        None,
+        first,
+        Par::Seq,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(report.tokens_scored, 2 * (seqlen - 1 - first));
+    for w in 0..2 {
+        let window = &tokens[w * seqlen..(w + 1) * seqlen];
+        let logits = reference_forward(&TINY, &weights, window).logits;
+        let naive = (first..seqlen - 1)
+            .map(|p| {
+                let z = &logits[p];
+                z.iter().map(|v| v.exp()).sum::<f64>().ln() - z[window[p + 1] as usize]
+            })
+            .sum::<f64>()
+            / (seqlen - 1 - first) as f64;
+        let got = report.window_nll[w];
+        assert!((got - naive).abs() < 1e-4 * naive.abs(), "{got} vs {naive}");
+    }
+    // Nothing left to score is an error.
+    let none = llama_io::perplexity_from(
+        &model,
+        &tokens,
+        seqlen,
+        None,
+        seqlen - 1,
+        Par::Seq,
+        &mut |_, _| {},
+    );
+    assert!(none.is_err());
+}
+
 #[test]
 fn perplexity_argument_errors() {
     let (_dir, _w, model) = load(&TINY, |_| {}, 43);

@@ -35,6 +35,10 @@ pub struct EvalTextArgs {
     /// Evaluate the first N windows only (0: no evaluation).
     #[arg(id = "eval_windows", long = "eval-windows", default_value_t = 40)]
     pub windows: usize,
+    /// Score only the second half of each window, as llama.cpp's llama-perplexity does
+    /// (the first half is context), instead of every position (the papers' protocol).
+    #[arg(long)]
+    llama_cpp_protocol: bool,
 }
 
 /// `--threads`.
@@ -143,7 +147,14 @@ pub fn evaluate(
         path,
         tokens,
         args.seqlen,
-        args.windows,
+        (
+            args.windows,
+            if args.llama_cpp_protocol {
+                args.seqlen / 2
+            } else {
+                0
+            },
+        ),
         par,
         &mut |done, _| bar.set_position(done as u64),
     )?;

@@ -277,3 +277,40 @@ fn an_interrupted_run_resumes_to_the_same_bytes() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The GGUF flags: refusals named before any work, and a tokenizer that GGUF cannot
+/// hold refused before quantizing, with nothing left behind.
+#[test]
+fn gguf_flags_are_checked_before_any_work() {
+    let (ok, err) = magr(&["quantize", "--gguf-type", "q9_0"]);
+    assert!(!ok && err.contains("q9_0"), "{err}");
+    let (ok, err) = magr(&["quantize", "--gguf-type", "q4_0", "--act-order"]);
+    assert!(!ok && err.contains("--act-order"), "{err}");
+    let (ok, err) = magr(&["quantize", "--gguf-type", "q4_0", "--group-size", "64"]);
+    assert!(!ok && err.contains("--group-size"), "{err}");
+    let (ok, err) = magr(&["quantize", "--grid-fit", "weighted"]);
+    assert!(!ok && err.contains("--gguf-type"), "{err}");
+
+    let dir = workspace("gguf");
+    let out = dir.join("out");
+    // The gguf format without a GGUF grid.
+    let (ok, err) = quantize_tiny(&dir, &out, &[("--formats", "gguf")]);
+    assert!(!ok && err.contains("--gguf-type"), "{err}");
+    assert_no_output(&out);
+    // The tiny model's word-level tokenizer has no GGUF form: named before quantizing.
+    let (ok, err) = quantize_tiny(
+        &dir,
+        &out,
+        &[("--formats", "gguf"), ("--gguf-type", "q4_0")],
+    );
+    assert!(
+        !ok && err.contains("gguf") && err.contains("tokenizer"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("block 0"),
+        "refused only after quantizing: {err}"
+    );
+    assert_no_output(&out);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -147,6 +147,10 @@ pub struct Evaluation {
     pub seqlen: usize,
     /// Windows evaluated.
     pub windows: usize,
+    /// The first scored position of each window (0 in the papers' protocol,
+    /// `seqlen / 2` in llama.cpp's).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub first_scored: usize,
     /// Tokens whose loss was counted.
     pub tokens_scored: usize,
     /// Perplexity.
@@ -155,6 +159,10 @@ pub struct Evaluation {
     pub seconds: f64,
     /// Throughput.
     pub tokens_per_second: f64,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// A preprocessor or a method as a report names it: its registered name, its label

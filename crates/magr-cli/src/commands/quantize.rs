@@ -12,8 +12,8 @@ use magr::magr_report::RunReport;
 use magr::quantizers::{GgmlBlockType, GridFit, GridSpec};
 use magr::run::{RunEvents, Staging, run_pipeline, write_outputs};
 use magr::{
-    Cpu, FORMATS, FormatContext, METHODS, OutputFormat, MethodOptions, PREPROCESSORS, PipelineSettings,
-    PreprocessOptions, Progress, Windows,
+    Cpu, FORMATS, FormatContext, METHODS, MethodOptions, OutputFormat, PREPROCESSORS,
+    PipelineSettings, PreprocessOptions, Progress, Windows,
 };
 
 use crate::args::{
