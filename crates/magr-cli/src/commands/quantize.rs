@@ -204,7 +204,7 @@ pub fn run(args: &QuantizeArgs, quiet: bool) -> Result<(), Error> {
     if args.resume && args.out.is_none() {
         return Err("--resume needs --out (the checkpoint lives in OUT.partial)".into());
     }
-    let (format_names, mut formats) = output_formats(args, &settings)?;
+    let mut formats = output_formats(args, &settings)?;
     // The output's staging directory is made before anything is loaded: an unwritable
     // or existing output fails at once.
     let staging = args
@@ -218,7 +218,7 @@ pub fn run(args: &QuantizeArgs, quiet: bool) -> Result<(), Error> {
         total,
         &settings,
         staging.as_ref(),
-        (format_names, &mut formats),
+        &mut formats,
     ) {
         return Err(match staging.as_ref().and_then(Staging::keep_checkpoint) {
             Some(hint) => format!("{e}\n{hint}").into(),
@@ -296,7 +296,7 @@ fn settings(args: &QuantizeArgs) -> Result<PipelineSettings, Error> {
 fn output_formats(
     args: &QuantizeArgs,
     settings: &PipelineSettings,
-) -> Result<(Vec<String>, Vec<Box<dyn OutputFormat>>), Error> {
+) -> Result<Vec<Box<dyn OutputFormat>>, Error> {
     let dtype = match args.dtype {
         DtypeArg::F32 => WeightDtype::F32,
         DtypeArg::F16 => WeightDtype::F16,
@@ -328,7 +328,7 @@ fn output_formats(
         .map(|name| magr::output_format(name, &context))
         .collect::<Result<Vec<_>, _>>()?;
 
-    Ok((format_names, formats))
+    Ok(formats)
 }
 
 /// Progress bar and warnings of a run.
@@ -369,8 +369,9 @@ fn quantize_into(
     total: Instant,
     settings: &PipelineSettings,
     staging: Option<&Staging>,
-    (format_names, formats): (Vec<String>, &mut [Box<dyn OutputFormat>]),
+    formats: &mut [Box<dyn OutputFormat>],
 ) -> Result<(), Error> {
+    let format_names: Vec<String> = formats.iter().map(|f| f.name().to_string()).collect();
     let (mut model, model_path) = load_model(&args.model, quiet)?;
     let calib_path = match &args.calib {
         Some(p) => p.clone(),
