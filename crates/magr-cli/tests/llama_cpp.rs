@@ -1,0 +1,168 @@
+//! llama.cpp as the judge of magr's GGUF files (needs the SmolLM2 GGUF and llama.cpp's
+//! tools: `cargo xtask ci` fetches and builds both and runs these `#[ignore]`d tests).
+//!
+//! For each legacy block format, SmolLM2 is quantized onto the format's grid and written
+//! both as a GGUF file and as the fake-quant directory (f32). Then:
+//! - candle's GGUF reader (an implementation independent of magr's packer) dequantizes
+//!   every block of the file to exactly the fake-quant weights, bit for bit;
+//! - llama.cpp's `llama-perplexity` on the GGUF file agrees with `magr eval` on the
+//!   fake-quant directory, both scoring the second half of each 128-token window
+//!   (llama.cpp's protocol), within `PPL_TOLERANCE`: llama.cpp multiplies block-quantized
+//!   weights by activations it rounds to 8 bits (Q8_0/Q8_1), magr by f32 activations, so
+//!   the two differ by that rounding only.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use magr::llama_io::{LinearKind, Model, data};
+
+/// Relative difference allowed between llama.cpp's perplexity and magr's.
+const PPL_TOLERANCE: f64 = 0.01;
+/// Windows of `WINDOW` tokens scored by both.
+const CHUNKS: &str = "8";
+const WINDOW: &str = "128";
+
+fn llama_cpp_bin() -> PathBuf {
+    PathBuf::from(std::env::var_os("MAGR_LLAMA_CPP_BIN").expect(
+        "MAGR_LLAMA_CPP_BIN: the directory of llama.cpp's tools (`cargo xtask llama-cpp` prints it)",
+    ))
+}
+
+fn run(program: &Path, args: &[&str]) -> String {
+    let output = Command::new(program).args(args).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success(),
+        "{} {args:?} failed: {text}",
+        program.display()
+    );
+    text
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// The perplexity after `marker` in `text` (`ppl 52.0428` / `PPL = 52.0428`).
+fn ppl_after(text: &str, marker: &str) -> f64 {
+    let rest = &text[text
+        .find(marker)
+        .unwrap_or_else(|| panic!("no `{marker}` in {text}"))
+        + marker.len()..];
+    rest.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+#[test]
+#[ignore = "needs the SmolLM2 GGUF and llama.cpp's tools (cargo xtask ci)"]
+fn llama_cpp_reads_magr_gguf_files_as_magr_does() {
+    let magr = Path::new(env!("CARGO_BIN_EXE_magr"));
+    let bin = llama_cpp_bin();
+    let model = data::default_model_path().unwrap();
+    let dir = std::env::temp_dir().join(format!("magr-llama-cpp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // The start of WikiText-2 test, lines joined by a blank line (the papers' text).
+    let wiki = data::read_text(&data::data_file(data::WIKITEXT2_TEST).unwrap()).unwrap();
+    let lines: Vec<&str> = wiki.lines().take(300).collect();
+    let text = dir.join("wiki.txt");
+    std::fs::write(&text, data::join_lines(&lines.join("\n"))).unwrap();
+
+    // (type, extra flags): MagR+OPTQ with the weighted fit on one format, plain RTN on
+    // the others (the file layout is what is judged here, not the quantizer).
+    let cases: [(&str, &[&str]); 5] = [
+        ("q4_0", &["--magr-iters", "3", "--grid-fit", "weighted"]),
+        ("q4_1", &["--method", "rtn", "--no-magr"]),
+        ("q5_0", &["--method", "rtn", "--no-magr"]),
+        ("q5_1", &["--method", "optq", "--no-magr"]),
+        ("q8_0", &["--method", "rtn", "--no-magr"]),
+    ];
+    for (ty, extra) in cases {
+        let out = dir.join(ty);
+        let mut args = vec![
+            "quantize",
+            "--quiet",
+            "--model",
+            s(&model),
+            "--gguf-type",
+            ty,
+            "--formats",
+            "fake-quant,gguf",
+            "--dtype",
+            "f32",
+            "--nsamples",
+            "2",
+            "--seqlen",
+            "128",
+            "--eval-windows",
+            "0",
+            "--out",
+            s(&out),
+        ];
+        args.extend(extra);
+        run(magr, &args);
+        let gguf = out.join("gguf/model.gguf");
+        let fake = out.join("fake-quant");
+
+        // Every block, dequantized by candle, is the fake-quant weight, bit for bit.
+        let from_gguf = Model::load(&gguf).unwrap();
+        let from_fake = Model::load(&fake).unwrap();
+        for block in 0..from_fake.num_blocks() {
+            for kind in LinearKind::ALL {
+                let a = from_gguf.linear_weight(block, kind).unwrap();
+                let b = from_fake.linear_weight(block, kind).unwrap();
+                assert!(
+                    a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "{ty}: {} differs",
+                    kind.hf_name(block)
+                );
+            }
+        }
+
+        // llama.cpp's perplexity of the file is magr's of the fake-quant weights.
+        let llama = run(
+            &bin.join("llama-perplexity"),
+            &[
+                "-m",
+                s(&gguf),
+                "-f",
+                s(&text),
+                "-c",
+                WINDOW,
+                "--chunks",
+                CHUNKS,
+                "-t",
+                "2",
+            ],
+        );
+        let theirs = ppl_after(&llama, "Final estimate: PPL =");
+        let ours = ppl_after(
+            &run(
+                magr,
+                &[
+                    "eval",
+                    "--quiet",
+                    "--model",
+                    s(&fake),
+                    "--eval-text",
+                    s(&text),
+                    "--eval-seqlen",
+                    WINDOW,
+                    "--eval-windows",
+                    CHUNKS,
+                    "--llama-cpp-protocol",
+                ],
+            ),
+            "ppl",
+        );
+        eprintln!("{ty}: llama.cpp ppl {theirs:.4}, magr ppl {ours:.4}");
+        assert!(
+            (theirs - ours).abs() <= PPL_TOLERANCE * ours,
+            "{ty}: llama.cpp {theirs} vs magr {ours}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
