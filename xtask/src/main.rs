@@ -27,6 +27,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
+mod gguf_bench;
 mod table;
 
 const USAGE: &str = "usage: cargo xtask <command> [args]
@@ -44,6 +45,9 @@ commands:
   bench    the SmolLM2 table (RTN, MagR+RTN, OPTQ, MagR+OPTQ, MagR+OPTQ-dagger at w4, w3, w3g64,
            w2g64) into docs/results.md; continues an interrupted table (--fresh: from scratch;
            about 4 h on 2 cores)
+  bench --gguf [--fresh]
+           magr's GGUF files (RTN, OPTQ, MagR+OPTQ on Q4_0, Q4_1, Q5_0) against llama-quantize with
+           and without an imatrix, judged by llama-perplexity and magr eval, into docs/results.md
   bench --micro [ARGS]
            the projection benchmarks (ARGS go to criterion), then MagR's and OPTQ's speed reports
   help     print this message";
@@ -116,6 +120,27 @@ fn bench(args: &[String]) -> Result<(), String> {
     let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
     match args.first().map(String::as_str) {
         Some("--micro") => micro_bench(&args[1..]),
+        Some("--gguf") => {
+            let model = fetch()?;
+            let llama_cpp = llama_cpp()?;
+            cargo(&["build", "--release", "-p", "magr-cli"])?;
+            // A copy, so that rebuilding during the bench does not change what it measures.
+            let magr = root.join("target/bench/magr-gguf");
+            std::fs::create_dir_all(root.join("target/bench")).map_err(|e| e.to_string())?;
+            std::fs::copy(root.join("target/release/magr"), &magr).map_err(|e| e.to_string())?;
+            gguf_bench::run(
+                &gguf_bench::Inputs {
+                    root,
+                    magr: &magr,
+                    llama_cpp: &llama_cpp,
+                    model: &model,
+                    calibration: &data_file("calibration/enwiki-excerpt.txt")?,
+                    wikitext: &data_file("wikitext-2-raw/wiki.test.raw")?,
+                    results: &root.join("docs/results.md"),
+                },
+                args.get(1).is_some_and(|a| a == "--fresh"),
+            )
+        }
         None | Some("--fresh") => {
             fetch()?;
             cargo(&["build", "--release", "-p", "magr-cli"])?;
@@ -258,15 +283,7 @@ fn cargo_with_env(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Result<(),
 fn fetch() -> Result<PathBuf, String> {
     let cache = cache_dir()?;
     std::fs::create_dir_all(&cache).map_err(|e| format!("{}: {e}", cache.display()))?;
-    let mut data_dirs: Vec<PathBuf> = std::env::var_os("MAGR_DATA_DIR")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .into_iter()
-        .collect();
-    data_dirs.push(PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/data"
-    )));
+    let data_dirs = data_dirs();
     let status = Command::new("python3")
         .args(["-c", include_str!("fetch.py")])
         .arg(&cache)
@@ -299,6 +316,32 @@ fn llama_cpp() -> Result<PathBuf, String> {
     Ok(PathBuf::from(
         String::from_utf8_lossy(&output.stdout).trim(),
     ))
+}
+
+/// The data directories that may hold the texts, in order: `MAGR_DATA_DIR`, then
+/// `../shared/data` (the same order as `llama_io::data`; the cache's `data/` comes last).
+fn data_dirs() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("MAGR_DATA_DIR")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .into_iter()
+        .collect();
+    dirs.push(PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/data"
+    )));
+    dirs
+}
+
+/// A data file (`rel` under a data directory, else under the cache's `data/`, where
+/// `fetch` puts the calibration texts).
+fn data_file(rel: &str) -> Result<PathBuf, String> {
+    let mut dirs = data_dirs();
+    dirs.push(cache_dir()?.join("data"));
+    dirs.iter()
+        .map(|d| d.join(rel))
+        .find(|p| p.is_file())
+        .ok_or_else(|| format!("{rel} is in none of {dirs:?}: run `cargo xtask fetch`"))
 }
 
 /// The cache directory: `MAGR_CACHE_DIR`, else `$XDG_CACHE_HOME/magr`, else

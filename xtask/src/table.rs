@@ -200,12 +200,12 @@ pub fn run(root: &Path, built: &Path, results: &Path, fresh: bool) -> Result<(),
     Ok(())
 }
 
-fn path_str(p: &Path) -> Result<&str, String> {
+pub(crate) fn path_str(p: &Path) -> Result<&str, String> {
     p.to_str()
         .ok_or_else(|| format!("{} is not UTF-8", p.display()))
 }
 
-fn run_cell(magr: &Path, args: &[&str]) -> Result<(), String> {
+pub(crate) fn run_cell(magr: &Path, args: &[&str]) -> Result<(), String> {
     eprintln!("xtask: magr {}", args.join(" "));
     let status = Command::new(magr)
         .args(args)
@@ -220,7 +220,7 @@ fn run_cell(magr: &Path, args: &[&str]) -> Result<(), String> {
 
 /// `meta.txt`: the commit the cell was measured at, its wall seconds and the 15-minute
 /// load average when it ended (above the core count: something else ran beside it).
-fn write_meta(cell: &Path, commit: &str, seconds: f64) -> Result<(), String> {
+pub(crate) fn write_meta(cell: &Path, commit: &str, seconds: f64) -> Result<(), String> {
     let path = cell.join("meta.txt");
     let load = std::fs::read_to_string("/proc/loadavg")
         .ok()
@@ -231,7 +231,7 @@ fn write_meta(cell: &Path, commit: &str, seconds: f64) -> Result<(), String> {
 }
 
 /// Commit, wall seconds and load (`-` when not recorded) of a measured cell.
-fn read_meta(cell: &Path) -> Option<(String, f64, String)> {
+pub(crate) fn read_meta(cell: &Path) -> Option<(String, f64, String)> {
     let text = std::fs::read_to_string(cell.join("meta.txt")).ok()?;
     let mut lines = text.lines();
     let commit = lines.next()?.to_string();
@@ -239,7 +239,7 @@ fn read_meta(cell: &Path) -> Option<(String, f64, String)> {
     Some((commit, wall, lines.next().unwrap_or("-").to_string()))
 }
 
-fn commit(root: &Path) -> String {
+pub(crate) fn commit(root: &Path) -> String {
     let git = |args: &[&str]| {
         Command::new("git")
             .args(args)
@@ -256,7 +256,7 @@ fn commit(root: &Path) -> String {
 }
 
 /// CPU model, cores and memory of this machine.
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cpu = cpuinfo
         .lines()
@@ -276,7 +276,7 @@ fn machine() -> String {
 /// The JSON file `path` as a `T`: `None` when it is not there; an error naming the file
 /// when it does not parse as a `T` (a field renamed in `magr-report` fails the bench
 /// here, loudly, instead of showing NaN).
-fn read_typed<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, String> {
+pub(crate) fn read_typed<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, String> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -477,6 +477,13 @@ fn write_results(runs: &Path, results: &Path, machine: &str) -> Result<(), Strin
          and the grid's (`--bits B [--group-size 64 --beta 0.95]`); the float row is `magr eval \
          --eval-windows {EVAL_WINDOWS}`. Per-cell reports stay in `target/bench/runs/`."
     );
+    // The GGUF section (`cargo xtask bench --gguf`) is that bench's: kept as it is.
+    if let Some(gguf) = std::fs::read_to_string(results).ok().and_then(|t| {
+        t.find(crate::gguf_bench::SECTION_MARKER)
+            .map(|i| t[i..].to_string())
+    }) {
+        md = format!("{}\n\n{gguf}", md.trim_end());
+    }
     atomic_fs::write(results, md).map_err(|e| e.to_string())
 }
 
