@@ -148,12 +148,8 @@ impl OutputFormat for GgufFormat {
         Ok(state)
     }
 
-    fn restore_block(&mut self, block: usize, state: FormatState) -> Result<(), PipelineError> {
-        let mut tensors: BTreeMap<String, NamedTensor> = state
-            .tensors
-            .into_iter()
-            .map(|t| (t.name.clone(), t))
-            .collect();
+    fn restore_block(&mut self, block: usize, mut state: FormatState) -> Result<(), PipelineError> {
+        let mut tensors = state.tensors_by_name();
         for kind in LinearKind::ALL {
             match tensors.remove(kind.hf_suffix()) {
                 Some(NamedTensor {

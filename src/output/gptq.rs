@@ -184,12 +184,8 @@ impl OutputFormat for GptqFormat {
         Ok(state)
     }
 
-    fn restore_block(&mut self, block: usize, state: FormatState) -> Result<(), PipelineError> {
-        let mut tensors: BTreeMap<String, NamedTensor> = state
-            .tensors
-            .into_iter()
-            .map(|t| (t.name.clone(), t))
-            .collect();
+    fn restore_block(&mut self, block: usize, mut state: FormatState) -> Result<(), PipelineError> {
+        let mut tensors = state.tensors_by_name();
         for kind in LinearKind::ALL {
             let suffix = kind.hf_suffix();
             let missing = |what: &str| {

@@ -50,6 +50,16 @@ pub struct FormatState {
     pub metadata: BTreeMap<String, String>,
 }
 
+impl FormatState {
+    /// The tensors by name (the last of a repeated name wins).
+    pub fn tensors_by_name(&mut self) -> BTreeMap<String, NamedTensor> {
+        std::mem::take(&mut self.tensors)
+            .into_iter()
+            .map(|t| (t.name.clone(), t))
+            .collect()
+    }
+}
+
 /// A model format written under the output directory.
 pub trait OutputFormat: Send {
     /// Its name: the `--formats` value and the subdirectory it writes.

@@ -33,16 +33,7 @@ ENWIKI = ("enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
           "calibration/enwiki-excerpt.txt")
 
 
-def say(message):
-    print(f"xtask: {message}", file=sys.stderr)
-
-
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+# say() and sha256() come from common.py, which xtask runs first.
 
 
 def write_atomic(target, data, expected=None):

@@ -31,16 +31,7 @@ FLAGS = ["-DGGML_NATIVE=OFF", "-DGGML_AVX=ON", "-DGGML_AVX2=ON", "-DGGML_FMA=ON"
 TARGETS = ["llama-quantize", "llama-perplexity", "llama-imatrix"]
 
 
-def say(message):
-    print(f"xtask: {message}", file=sys.stderr)
-
-
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+# say() and sha256() come from common.py, which xtask runs first.
 
 
 def run(args, **kw):

@@ -285,7 +285,10 @@ fn fetch() -> Result<PathBuf, String> {
     std::fs::create_dir_all(&cache).map_err(|e| format!("{}: {e}", cache.display()))?;
     let data_dirs = data_dirs();
     let status = Command::new("python3")
-        .args(["-c", include_str!("fetch.py")])
+        .args([
+            "-c",
+            concat!(include_str!("common.py"), include_str!("fetch.py")),
+        ])
         .arg(&cache)
         .args(&data_dirs)
         .status()
@@ -304,7 +307,10 @@ fn llama_cpp() -> Result<PathBuf, String> {
     std::fs::create_dir_all(&cache).map_err(|e| format!("{}: {e}", cache.display()))?;
     let jobs = std::thread::available_parallelism().map_or(2, usize::from);
     let output = Command::new("python3")
-        .args(["-c", include_str!("llama_cpp.py")])
+        .args([
+            "-c",
+            concat!(include_str!("common.py"), include_str!("llama_cpp.py")),
+        ])
         .arg(&cache)
         .arg(jobs.to_string())
         .stderr(Stdio::inherit())

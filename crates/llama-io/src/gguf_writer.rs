@@ -26,6 +26,7 @@ use candle_core::quantized::gguf_file::Value;
 use crate::config::LlamaConfig;
 use crate::error::{LlamaIoError, Result};
 use crate::gguf::{ggml_type_id, ggml_type_name, permute_qk, permute_qk_rows};
+use crate::hf::{WeightDtype, float_bytes};
 use crate::linear::LinearKind;
 use crate::model::Model;
 use crate::names::TensorRole;
@@ -389,17 +390,12 @@ fn tensor_bytes(tensor: &Planned<'_>) -> std::io::Result<Vec<u8>> {
                 }
                 None => data,
             };
-            Ok(match tensor.dtype {
-                GgmlDType::F16 => values
-                    .iter()
-                    .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
-                    .collect(),
-                GgmlDType::BF16 => values
-                    .iter()
-                    .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
-                    .collect(),
-                _ => values.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            })
+            let dtype = match tensor.dtype {
+                GgmlDType::F16 => WeightDtype::F16,
+                GgmlDType::BF16 => WeightDtype::BF16,
+                _ => WeightDtype::F32,
+            };
+            Ok(float_bytes(values, dtype))
         }
     }
 }

@@ -245,7 +245,7 @@ fn bytes_to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
 }
 
 /// Little-endian bytes of `values` stored as `dtype` (f16 and bf16 round to nearest even).
-fn float_bytes(values: &[f32], dtype: WeightDtype) -> Vec<u8> {
+pub(crate) fn float_bytes(values: &[f32], dtype: WeightDtype) -> Vec<u8> {
     match dtype {
         WeightDtype::F32 => values.iter().flat_map(|x| x.to_le_bytes()).collect(),
         WeightDtype::F16 => values
