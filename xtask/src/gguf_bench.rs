@@ -145,7 +145,7 @@ pub fn run(i: &Inputs<'_>, fresh: bool) -> Result<(), String> {
     let f32_gguf = dir.join("F32.gguf");
     if !f32_gguf.exists() {
         let partial = dir.join("F32.partial.gguf");
-        run_cell(
+        output(
             &tool(i, "llama-quantize"),
             &[
                 "--allow-requantize",
