@@ -335,7 +335,8 @@ fn write_section(dir: &Path, results: &Path, machine: &str) -> Result<(), String
          output in F32 on every side. llama.cpp's importance matrix: `llama-imatrix -c 2048 \
          --chunks {CALIBRATION}` on the Wikipedia excerpt (its first {CALIBRATION} chunks of 2048 \
          tokens); magr's calibration: {CALIBRATION} windows of 2048 tokens of the same text, \
-         seed 0. magr: min-max block fit, MagR with the per-group reference alpha 1e-4. \
+         seed 0. magr: block parameters by the diag(H)-weighted search (`--grid-fit weighted`, \
+         the default), MagR with the per-group reference alpha 1e-4. \
          Perplexity of every file by `llama-perplexity -c 2048 --chunks {EVAL_CHUNKS}` (scores \
          the second half of each chunk) and by `magr eval` (first {EVAL_CHUNKS} windows of 2048, \
          every token) on WikiText-2 test, lines joined by a blank line. llama.cpp built by \

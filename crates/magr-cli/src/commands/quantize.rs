@@ -111,9 +111,11 @@ pub struct QuantizeArgs {
     /// stores the result exactly.
     #[arg(long, value_parser = gguf_types(), conflicts_with_all = ["group_size", "symmetric", "beta"])]
     gguf_type: Option<String>,
-    /// How GGUF block parameters are fitted.
-    #[arg(long, value_enum, default_value_t = GridFitArg::MinMax, requires = "gguf_type")]
-    grid_fit: GridFitArg,
+    /// How GGUF block parameters are fitted [weighted by default: on SmolLM2 at Q4_0
+    /// (8 x 2048 calibration tokens, 10 evaluation windows) it took RTN from perplexity
+    /// 25.56 to 21.88 and OPTQ from 30.39 to 24.07].
+    #[arg(long, value_enum, requires = "gguf_type")]
+    grid_fit: Option<GridFitArg>,
     /// The quantizer.
     #[arg(long, default_value = "optq", value_parser = methods())]
     method: String,
@@ -244,8 +246,8 @@ fn settings(args: &QuantizeArgs) -> Result<PipelineSettings, Error> {
                 );
             }
             let fit = match args.grid_fit {
-                GridFitArg::MinMax => GridFit::MinMax,
-                GridFitArg::Weighted => GridFit::Weighted,
+                Some(GridFitArg::MinMax) => GridFit::MinMax,
+                Some(GridFitArg::Weighted) | None => GridFit::Weighted,
             };
             GridSpec::ggml(name.parse::<GgmlBlockType>()?, fit)
         }
