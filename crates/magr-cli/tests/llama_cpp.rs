@@ -9,7 +9,9 @@
 //!   fake-quant directory, both scoring the second half of each 128-token window
 //!   (llama.cpp's protocol), within `PPL_TOLERANCE`: llama.cpp multiplies block-quantized
 //!   weights by activations it rounds to 8 bits (Q8_0/Q8_1), magr by f32 activations, so
-//!   the two differ by that rounding only.
+//!   the two differ by that rounding only. Measured: 0.73% on a file that is the float
+//!   model itself (SmolLM2's weights lie on Q4_1 grids, so q4_1 RTN is lossless), up to
+//!   1.07% (q8_0); a misplaced row or block gives perplexities in the hundreds.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -17,7 +19,7 @@ use std::process::Command;
 use magr::llama_io::{LinearKind, Model, data};
 
 /// Relative difference allowed between llama.cpp's perplexity and magr's.
-const PPL_TOLERANCE: f64 = 0.01;
+const PPL_TOLERANCE: f64 = 0.02;
 /// Windows of `WINDOW` tokens scored by both.
 const CHUNKS: &str = "8";
 const WINDOW: &str = "128";
