@@ -6,11 +6,12 @@
 //! Q/K rows in llama.cpp's RoPE order, the tokenizer metadata from the input (llama-io's
 //! [`llama_io::write_gguf`]).
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use candle_core::quantized::GgmlDType;
-use llama_io::{EncodedLinear, GgufOptions, LinearKind, Model, NamedTensor, TensorData};
+use llama_io::{
+    EncodedLinear, GgufLinears, GgufOptions, LinearKind, Model, NamedTensor, TensorData,
+};
 use quantizers::{GgmlBlockType, QuantizedLinear, pack_ggml};
 
 use super::{FormatContext, FormatState, OutputFormat};
@@ -23,8 +24,11 @@ pub const GGUF_FILE: &str = "model.gguf";
 #[derive(Debug, Clone)]
 pub struct GgufFormat {
     ty: GgmlBlockType,
+    /// candle's type of the same ggml type id (what the writer is told).
+    dtype: GgmlDType,
     context: FormatContext,
-    layers: BTreeMap<(usize, LinearKind), Vec<u8>>,
+    /// The encoded layers, kept in the form the writer takes (no copy when writing).
+    layers: GgufLinears,
 }
 
 /// llama.cpp's `llama_ftype` of a file whose linear layers are all `ty`
@@ -52,10 +56,15 @@ impl GgufFormat {
                     .into(),
             )
         })?;
+        let dtype = llama_io::gguf::READABLE_TYPES
+            .into_iter()
+            .find(|&d| llama_io::gguf::ggml_type_id(d) == ty.type_id())
+            .ok_or_else(|| PipelineError::Settings(format!("{ty}: not a type candle reads")))?;
         Ok(GgufFormat {
             ty,
+            dtype,
             context: *context,
-            layers: BTreeMap::new(),
+            layers: GgufLinears::new(),
         })
     }
 
@@ -68,9 +77,15 @@ impl GgufFormat {
         }
     }
 
+    fn insert(&mut self, block: usize, kind: LinearKind, data: Vec<u8>) {
+        let dtype = self.dtype;
+        self.layers
+            .insert((block, kind), EncodedLinear { dtype, data });
+    }
+
     /// The encoded rows of layer `kind` of `block`, if it is there.
     pub fn layer(&self, block: usize, kind: LinearKind) -> Option<&[u8]> {
-        self.layers.get(&(block, kind)).map(Vec::as_slice)
+        self.layers.get(&(block, kind)).map(|l| l.data.as_slice())
     }
 }
 
@@ -93,41 +108,29 @@ impl OutputFormat for GgufFormat {
     ) -> Result<(), PipelineError> {
         let bytes = pack_ggml(q, self.ty)
             .map_err(|e| PipelineError::Output(format!("{}: {e}", kind.hf_name(block))))?;
-        self.layers.insert((block, kind), bytes);
+        self.insert(block, kind, bytes);
         Ok(())
     }
 
     fn write(&self, model: &Model, dir: &Path) -> Result<Option<String>, PipelineError> {
-        // candle's type of the same ggml type id.
-        let dtype: GgmlDType = llama_io::gguf::READABLE_TYPES
-            .into_iter()
-            .find(|&d| llama_io::gguf::ggml_type_id(d) == self.ty.type_id())
-            .ok_or_else(|| {
-                PipelineError::Output(format!("{}: not a type candle reads", self.ty))
-            })?;
-        let mut linears = BTreeMap::new();
         for block in 0..model.num_blocks() {
             for kind in LinearKind::ALL {
-                let data = self.layer(block, kind).ok_or_else(|| {
-                    PipelineError::Output(format!("{} was not quantized", kind.hf_name(block)))
-                })?;
-                linears.insert(
-                    (block, kind),
-                    EncodedLinear {
-                        dtype,
-                        data: data.to_vec(),
-                    },
-                );
+                if self.layer(block, kind).is_none() {
+                    return Err(PipelineError::Output(format!(
+                        "{} was not quantized",
+                        kind.hf_name(block)
+                    )));
+                }
             }
         }
         let options = self.options();
         atomic_fs::write_dir(dir, true, |staged| -> Result<(), PipelineError> {
-            llama_io::write_gguf(model, &staged.join(GGUF_FILE), &options, &linears)?;
+            llama_io::write_gguf(model, &staged.join(GGUF_FILE), &options, &self.layers)?;
             Ok(())
         })?;
         Ok(Some(format!(
             "GGUF file with {} linear layers in {}",
-            linears.len(),
+            self.layers.len(),
             self.ty
         )))
     }
@@ -155,9 +158,7 @@ impl OutputFormat for GgufFormat {
                 Some(NamedTensor {
                     data: TensorData::U8(bytes),
                     ..
-                }) => {
-                    self.layers.insert((block, kind), bytes);
-                }
+                }) => self.insert(block, kind, bytes),
                 _ => {
                     return Err(PipelineError::Output(format!(
                         "{}: no encoded GGUF rows in the checkpoint",
