@@ -48,22 +48,27 @@ pub trait Method: fmt::Display + fmt::Debug + Send + Sync {
     fn quantizer<'a>(&self, context: &QuantizerContext<'a>) -> Box<dyn Quantizer + 'a>;
 }
 
-/// The options of the registered methods, as the CLI collects them (each method reads
-/// the ones it has).
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// The options of the registered methods, as the CLI collects them: `None` when not
+/// given (the method's default). Giving one that the chosen method does not read is an
+/// error ([`method`]).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct MethodOptions {
-    /// Coordinate-descent sweeps after OPTQ.
-    pub sweeps: usize,
-    /// Damping `lambda` of the sweeps (`None`: the reference `0.75 mean(diag H)`).
+    /// Coordinate-descent sweeps after OPTQ (default 1).
+    pub sweeps: Option<usize>,
+    /// Damping `lambda` of the sweeps (default: the reference `0.75 mean(diag H)`).
     pub cd_lambda: Option<f64>,
 }
 
-impl Default for MethodOptions {
-    fn default() -> Self {
-        MethodOptions {
-            sweeps: 1,
-            cd_lambda: None,
-        }
+impl MethodOptions {
+    /// The options given, as the CLI spells them.
+    fn given(&self) -> Vec<&'static str> {
+        [
+            ("--sweeps", self.sweeps.is_some()),
+            ("--cd-lambda", self.cd_lambda.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, given)| given.then_some(name))
+        .collect()
     }
 }
 
@@ -74,6 +79,8 @@ pub struct MethodEntry {
     pub name: &'static str,
     /// One line of help.
     pub about: &'static str,
+    /// The options of [`MethodOptions`] it reads, as the CLI spells them.
+    pub options: &'static [&'static str],
     /// The method with these options.
     pub build: fn(&MethodOptions) -> Box<dyn Method>,
 }
@@ -83,19 +90,22 @@ pub static METHODS: &[MethodEntry] = &[
     MethodEntry {
         name: "rtn",
         about: "round to nearest",
+        options: &[],
         build: |_| Box::new(RtnMethod),
     },
     MethodEntry {
         name: "optq",
         about: "OPTQ (GPTQ), blocks of 128, 1% damping",
+        options: &[],
         build: |_| Box::new(OptqMethod),
     },
     MethodEntry {
         name: "optq-cd",
         about: "OPTQ then coordinate-descent sweeps (the paper's OPTQ-dagger)",
+        options: &["--sweeps", "--cd-lambda"],
         build: |o| {
             Box::new(OptqCdMethod {
-                sweeps: o.sweeps,
+                sweeps: o.sweeps.unwrap_or(1),
                 lambda: o.cd_lambda,
             })
         },
@@ -105,14 +115,21 @@ pub static METHODS: &[MethodEntry] = &[
 /// The registered method `name` with `options`.
 ///
 /// # Errors
-/// An unknown name, listing the known ones.
+/// An unknown name, listing the known ones; an option given that the method does not
+/// read.
 pub fn method(name: &str, options: &MethodOptions) -> Result<Box<dyn Method>, PipelineError> {
-    Ok((registry::find(METHODS, "method", name)?.build)(options))
+    let entry = registry::find(METHODS, "method", name)?;
+    registry::check_options(METHODS, "method", entry, &options.given())?;
+    Ok((entry.build)(options))
 }
 
 impl registry::Entry for MethodEntry {
     fn name(&self) -> &'static str {
         self.name
+    }
+
+    fn options(&self) -> &'static [&'static str] {
+        self.options
     }
 }
 
@@ -229,6 +246,40 @@ mod tests {
         }
         let e = method("sgd", &options).unwrap_err().to_string();
         assert!(e.contains("sgd") && e.contains("optq-cd"), "{e}");
+    }
+
+    #[test]
+    fn an_option_the_method_does_not_read_is_refused() {
+        let sweeps = MethodOptions {
+            sweeps: Some(5),
+            ..MethodOptions::default()
+        };
+        for name in ["rtn", "optq"] {
+            let e = method(name, &sweeps).unwrap_err().to_string();
+            assert!(
+                e.contains("--sweeps") && e.contains(&format!("`{name}`")) && e.contains("optq-cd"),
+                "{e}"
+            );
+        }
+        let lambda = MethodOptions {
+            cd_lambda: Some(0.5),
+            ..MethodOptions::default()
+        };
+        assert!(
+            method("rtn", &lambda)
+                .unwrap_err()
+                .to_string()
+                .contains("--cd-lambda")
+        );
+        let cd = method(
+            "optq-cd",
+            &MethodOptions {
+                sweeps: Some(5),
+                cd_lambda: Some(0.5),
+            },
+        )
+        .unwrap();
+        assert_eq!(cd.parameters(), json!({"sweeps": 5, "lambda": 0.5}));
     }
 
     #[test]

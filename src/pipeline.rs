@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use candle_core::Tensor;
 use faer::{MatRef, Par};
-use llama_io::{LinearInput, LinearKind, Model};
+use llama_io::{LinearInput, LinearKind, LlamaConfig, Model};
 use quantizers::{GridSpec, LayerProblem, QuantizedLinear};
 
 use crate::backend::{ComputeBackend, Cpu, Windows};
@@ -69,6 +69,25 @@ impl PipelineSettings {
             par,
             backend: Arc::new(Cpu),
         }
+    }
+
+    /// Checks, before any work, that these settings can quantize every layer of a model
+    /// with `config` from calibration windows of `window` tokens: each layer's input width
+    /// holds whole groups (or GGUF blocks), and the windows fit the model's context.
+    ///
+    /// # Errors
+    /// [`PipelineError::Settings`] naming the layer and its width;
+    /// [`PipelineError::Calibration`] naming the window length and the context.
+    pub fn check(&self, config: &LlamaConfig, window: usize) -> Result<(), PipelineError> {
+        for kind in LinearKind::ALL {
+            let (_, inputs) = kind.shape(config);
+            self.spec.group_rows(inputs).map_err(|e| {
+                PipelineError::Settings(format!("layer {kind} ({inputs} inputs): {e}"))
+            })?;
+        }
+        config
+            .check_window(window)
+            .map_err(|e| PipelineError::Calibration(e.to_string()))
     }
 
     /// The settings as `report.json` records them, with the calibration's text, windows,

@@ -71,27 +71,33 @@ pub trait Preprocessor: fmt::Display + fmt::Debug + Send + Sync {
     ) -> Result<Preprocessed, PipelineError>;
 }
 
-/// The options of the registered preprocessors, as the CLI collects them.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// The options of the registered preprocessors, as the CLI collects them: `None` (or
+/// `false`) when not given. Giving one that the chosen preprocessor does not read is an
+/// error ([`preprocessor`]).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct PreprocessOptions {
-    /// MagR's `alpha` (`None`: 1e-3 per channel, 1e-4 with groups).
+    /// MagR's `alpha` (default: 1e-3 per channel, 1e-4 with groups).
     pub alpha: Option<f64>,
-    /// MagR's iterations.
-    pub iterations: usize,
+    /// MagR's iterations (default 200).
+    pub iterations: Option<usize>,
     /// FISTA instead of the plain method.
     pub fista: bool,
-    /// Which windows form MagR's `H`.
-    pub windows: Windows,
+    /// Which windows form MagR's `H` (default: all).
+    pub windows: Option<Windows>,
 }
 
-impl Default for PreprocessOptions {
-    fn default() -> Self {
-        PreprocessOptions {
-            alpha: None,
-            iterations: 200,
-            fista: false,
-            windows: Windows::All,
-        }
+impl PreprocessOptions {
+    /// The options given, as the CLI spells them.
+    fn given(&self) -> Vec<&'static str> {
+        [
+            ("--alpha", self.alpha.is_some()),
+            ("--magr-iters", self.iterations.is_some()),
+            ("--fista", self.fista),
+            ("--magr-hessian", self.windows.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, given)| given.then_some(name))
+        .collect()
     }
 }
 
@@ -102,6 +108,8 @@ pub struct PreprocessorEntry {
     pub name: &'static str,
     /// One line of help.
     pub about: &'static str,
+    /// The options of [`PreprocessOptions`] it reads, as the CLI spells them.
+    pub options: &'static [&'static str],
     /// The preprocessor with these options, for grids `spec`.
     pub build: fn(&PreprocessOptions, &GridSpec) -> Box<dyn Preprocessor>,
 }
@@ -111,19 +119,21 @@ pub static PREPROCESSORS: &[PreprocessorEntry] = &[
     PreprocessorEntry {
         name: "magr",
         about: "MagR: l-infinity-penalised proximal gradient (weight magnitude reduction)",
+        options: &["--alpha", "--magr-iters", "--fista", "--magr-hessian"],
         build: |o, spec| {
             let reference = MagrSettings::reference(spec);
             Box::new(MagrSettings {
                 alpha: o.alpha.unwrap_or(reference.alpha),
-                iterations: o.iterations,
+                iterations: o.iterations.unwrap_or(reference.iterations),
                 fista: o.fista,
-                windows: o.windows,
+                windows: o.windows.unwrap_or(reference.windows),
             })
         },
     },
     PreprocessorEntry {
         name: "none",
         about: "none: quantize the weights as they are",
+        options: &[],
         build: |_, _| Box::new(Identity),
     },
 ];
@@ -131,18 +141,25 @@ pub static PREPROCESSORS: &[PreprocessorEntry] = &[
 /// The registered preprocessor `name` with `options` for grids `spec`.
 ///
 /// # Errors
-/// An unknown name, listing the known ones.
+/// An unknown name, listing the known ones; an option given that the preprocessor does
+/// not read (`--alpha` with `none`).
 pub fn preprocessor(
     name: &str,
     options: &PreprocessOptions,
     spec: &GridSpec,
 ) -> Result<Box<dyn Preprocessor>, PipelineError> {
-    Ok((registry::find(PREPROCESSORS, "preprocessor", name)?.build)(options, spec))
+    let entry = registry::find(PREPROCESSORS, "preprocessor", name)?;
+    registry::check_options(PREPROCESSORS, "preprocessor", entry, &options.given())?;
+    Ok((entry.build)(options, spec))
 }
 
 impl registry::Entry for PreprocessorEntry {
     fn name(&self) -> &'static str {
         self.name
+    }
+
+    fn options(&self) -> &'static [&'static str] {
+        self.options
     }
 }
 
@@ -314,6 +331,43 @@ mod tests {
         let out = p.apply(w0.as_ref(), h.as_ref(), &context).unwrap();
         assert_eq!(out.weights.unwrap(), w0);
         assert!(!out.record.unwrap().warnings.is_empty());
+    }
+
+    #[test]
+    fn magr_options_are_refused_without_magr() {
+        let spec = GridSpec::reference(4, None).unwrap();
+        let given = [
+            PreprocessOptions {
+                alpha: Some(1e-3),
+                ..PreprocessOptions::default()
+            },
+            PreprocessOptions {
+                iterations: Some(10),
+                ..PreprocessOptions::default()
+            },
+            PreprocessOptions {
+                fista: true,
+                ..PreprocessOptions::default()
+            },
+            PreprocessOptions {
+                windows: Some(Windows::Last),
+                ..PreprocessOptions::default()
+            },
+        ];
+        for (options, flag) in
+            given
+                .iter()
+                .zip(["--alpha", "--magr-iters", "--fista", "--magr-hessian"])
+        {
+            let e = preprocessor("none", options, &spec)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(flag) && e.contains("`none`") && e.contains("magr"),
+                "{e}"
+            );
+            assert!(preprocessor("magr", options, &spec).is_ok());
+        }
     }
 
     #[test]

@@ -229,6 +229,10 @@ pub fn run_pipeline(
     formats: &mut [Box<dyn OutputFormat>],
     events: &mut dyn RunEvents,
 ) -> Result<PipelineReport, PipelineError> {
+    settings.check(
+        model.config(),
+        windows.iter().map(Vec::len).max().unwrap_or(0),
+    )?;
     for format in formats.iter() {
         format.check(model)?;
     }

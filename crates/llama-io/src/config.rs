@@ -52,6 +52,23 @@ impl LlamaConfig {
         self.num_key_value_heads * self.head_dim
     }
 
+    /// Checks that windows of `tokens` tokens fit the model's context
+    /// (`max_position_embeddings`): longer ones put tokens at positions the model never
+    /// saw in training, and attention's memory grows with the square of the length.
+    ///
+    /// # Errors
+    /// [`LlamaIoError::InvalidArgument`] naming both lengths.
+    pub fn check_window(&self, tokens: usize) -> Result<()> {
+        if tokens > self.max_position_embeddings {
+            return Err(LlamaIoError::InvalidArgument(format!(
+                "windows of {tokens} tokens are longer than the model's context of {} tokens \
+                 (max_position_embeddings, or llama.context_length in a GGUF)",
+                self.max_position_embeddings
+            )));
+        }
+        Ok(())
+    }
+
     /// Checks the relations the forward pass relies on; `path` names the source in
     /// the error.
     pub fn validate(&self, path: &Path) -> Result<()> {

@@ -68,8 +68,26 @@ pub enum LlamaIoError {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     /// An error from candle's tensor operations.
-    #[error("tensor operation failed: {0}")]
+    #[error("tensor operation failed: {}", CandleMessage(.0))]
     Candle(#[from] candle_core::Error),
+}
+
+/// A candle error's message on one line, without the backtrace candle appends to it
+/// when `RUST_BACKTRACE` is set (a user reads the message, not candle's stack).
+pub(crate) struct CandleMessage<'a>(pub &'a candle_core::Error);
+
+impl std::fmt::Display for CandleMessage<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use candle_core::Error as E;
+        match self.0 {
+            E::WithBacktrace { inner, .. } => CandleMessage(inner).fmt(f),
+            E::Context { inner, context } => write!(f, "{context}: {}", CandleMessage(inner)),
+            E::WithPath { inner, path } => {
+                write!(f, "{}: {}", path.display(), CandleMessage(inner))
+            }
+            other => write!(f, "{other}"),
+        }
+    }
 }
 
 impl From<atomic_fs::Error> for LlamaIoError {

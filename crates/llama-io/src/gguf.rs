@@ -20,7 +20,7 @@ use candle_core::quantized::GgmlDType;
 use candle_core::quantized::gguf_file::{Content, Value, VersionedMagic};
 
 use crate::config::LlamaConfig;
-use crate::error::{LlamaIoError, Result};
+use crate::error::{CandleMessage, LlamaIoError, Result};
 use crate::linear::LinearKind;
 use crate::model::{HostTensor, Model, unexpected_tensor};
 use crate::names::TensorRole;
@@ -209,7 +209,10 @@ pub(crate) fn read_gguf(path: &Path) -> Result<Model> {
                     ),
                 ));
             }
-            return Err(format(format!("not a valid GGUF file: {e}")));
+            return Err(format(format!(
+                "not a valid GGUF file: {}",
+                CandleMessage(&e)
+            )));
         }
     };
     if content.magic == VersionedMagic::GgufV1 {
@@ -234,7 +237,6 @@ pub(crate) fn read_gguf(path: &Path) -> Result<Model> {
     // inside the file and not shared with another tensor.
     let mut gguf_names: Vec<&String> = content.tensor_infos.keys().collect();
     gguf_names.sort();
-    let mut extents = Vec::with_capacity(gguf_names.len());
     for &gguf_name in &gguf_names {
         let info = &content.tensor_infos[gguf_name];
         if !roles.contains_key(gguf_name) {
@@ -250,31 +252,8 @@ pub(crate) fn read_gguf(path: &Path) -> Result<Model> {
                 ),
             });
         }
-        let elems = info.shape.elem_count();
-        let block = info.ggml_dtype.block_size();
-        if !elems.is_multiple_of(block) {
-            return Err(format(format!(
-                "tensor `{gguf_name}` has {elems} values, not a multiple of the {block}-value blocks of {:?}",
-                info.ggml_dtype
-            )));
-        }
-        let bytes = (elems / block * info.ggml_dtype.type_size()) as u64;
-        let start = content.tensor_data_offset.saturating_add(info.offset);
-        let end = start.saturating_add(bytes);
-        if end > file_size {
-            return Err(format(format!(
-                "truncated: tensor `{gguf_name}` needs bytes {start}..{end} but the file has {file_size}"
-            )));
-        }
-        extents.push((start, end, gguf_name));
     }
-    extents.sort();
-    if let Some(pair) = extents.windows(2).find(|pair| pair[0].1 > pair[1].0) {
-        return Err(format(format!(
-            "tensors `{}` and `{}` overlap (bytes {}..{} and {}..{})",
-            pair[0].2, pair[1].2, pair[0].0, pair[0].1, pair[1].0, pair[1].1
-        )));
-    }
+    check_tensor_table(&content, path, file_size)?;
 
     let mut tensors = HashMap::with_capacity(gguf_names.len());
     let mut source_dtypes = HashMap::with_capacity(gguf_names.len());
@@ -286,7 +265,7 @@ pub(crate) fn read_gguf(path: &Path) -> Result<Model> {
             .tensor(&mut reader, gguf_name, &Device::Cpu)
             .and_then(|q| q.dequantize(&Device::Cpu))
             .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
-            .map_err(|e| format(format!("tensor `{gguf_name}`: {e}")))?;
+            .map_err(|e| format(format!("tensor `{gguf_name}`: {}", CandleMessage(&e))))?;
         let shape = info.shape.dims().to_vec();
         let data = match role {
             // A wrong shape is left alone here and reported by the model builder.
@@ -316,6 +295,43 @@ pub(crate) fn read_gguf(path: &Path) -> Result<Model> {
     model.source_dtypes = source_dtypes;
     model.tokenizer_source = (!keys.is_empty()).then_some(TokenizerSource::Gguf(keys));
     Ok(model)
+}
+
+/// Checks that the tensor table of a GGUF file describes the file: each tensor a whole
+/// number of its type's blocks, its bytes inside the file (`file_size` bytes) and shared
+/// with no other tensor.
+///
+/// # Errors
+/// [`LlamaIoError::Format`] naming the first tensor that breaks a rule.
+pub(crate) fn check_tensor_table(content: &Content, path: &Path, file_size: u64) -> Result<()> {
+    let format = |msg: String| LlamaIoError::format(path, msg);
+    let mut extents = Vec::with_capacity(content.tensor_infos.len());
+    for (name, info) in &content.tensor_infos {
+        let elems = info.shape.elem_count();
+        let block = info.ggml_dtype.block_size();
+        if !elems.is_multiple_of(block) {
+            return Err(format(format!(
+                "tensor `{name}` has {elems} values, not a multiple of the {block}-value blocks of {}",
+                ggml_type_name(info.ggml_dtype)
+            )));
+        }
+        let bytes = (elems / block) as u64 * info.ggml_dtype.type_size() as u64;
+        let start = content.tensor_data_offset.saturating_add(info.offset);
+        extents.push((start, start.saturating_add(bytes), name));
+    }
+    extents.sort();
+    if let Some((start, end, name)) = extents.iter().find(|(_, end, _)| *end > file_size) {
+        return Err(format(format!(
+            "truncated: tensor `{name}` needs bytes {start}..{end} but the file has {file_size}"
+        )));
+    }
+    if let Some(pair) = extents.windows(2).find(|pair| pair[0].1 > pair[1].0) {
+        return Err(format(format!(
+            "tensors `{}` and `{}` overlap (bytes {}..{} and {}..{})",
+            pair[0].2, pair[1].2, pair[0].0, pair[0].1, pair[1].0, pair[1].1
+        )));
+    }
+    Ok(())
 }
 
 /// `F32, F16, ...`: the names of [`READABLE_TYPES`].

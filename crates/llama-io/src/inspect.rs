@@ -10,7 +10,7 @@ use candle_core::quantized::gguf_file::{Content, Value as GgufValue};
 use safetensors::SafeTensors;
 use serde_json::Value;
 
-use crate::error::{LlamaIoError, Result};
+use crate::error::{CandleMessage, LlamaIoError, Result};
 
 /// One tensor of a model file.
 #[derive(Debug, Clone, PartialEq)]
@@ -135,8 +135,14 @@ fn safetensors_header(path: &Path) -> Result<Vec<TensorSummary>> {
 /// [`inspect`] of a GGUF file.
 fn inspect_gguf(path: &Path) -> Result<Inventory> {
     let file = File::open(path).map_err(io(path))?;
-    let content = Content::read(&mut BufReader::new(file))
-        .map_err(|e| LlamaIoError::format(path, format!("not a valid GGUF file: {e}")))?;
+    let file_size = file.metadata().map_err(io(path))?.len();
+    let content = Content::read(&mut BufReader::new(file)).map_err(|e| {
+        LlamaIoError::format(
+            path,
+            format!("not a valid GGUF file: {}", CandleMessage(&e)),
+        )
+    })?;
+    crate::gguf::check_tensor_table(&content, path, file_size)?;
     let metadata = content
         .metadata
         .iter()
@@ -157,7 +163,7 @@ fn inspect_gguf(path: &Path) -> Result<Inventory> {
             let dtype = info.ggml_dtype;
             TensorSummary {
                 name: name.clone(),
-                dtype: format!("{dtype:?}"),
+                dtype: crate::gguf::ggml_type_name(dtype).to_string(),
                 shape: info.shape.dims().to_vec(),
                 bytes: (elems / dtype.block_size() * dtype.type_size()) as u64,
             }

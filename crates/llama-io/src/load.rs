@@ -14,26 +14,28 @@ impl Model {
     /// `.gguf` as a GGUF file (tokenizer rebuilt from its vocabulary).
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        if path.is_dir() {
-            crate::hf::read_hf_dir(path)
+        let mut model = if path.is_dir() {
+            crate::hf::read_hf_dir(path)?
         } else if path
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
         {
-            crate::gguf::read_gguf(path)
+            crate::gguf::read_gguf(path)?
         } else if path.exists() {
-            Err(LlamaIoError::Unsupported {
+            return Err(LlamaIoError::Unsupported {
                 path: path.to_path_buf(),
                 msg: "expected a Hugging Face model directory or a `.gguf` file".into(),
-            })
+            });
         } else {
-            Err(LlamaIoError::Io {
+            return Err(LlamaIoError::Io {
                 path: path.to_path_buf(),
                 source: std::io::Error::new(
                     std::io::ErrorKind::NotFound,
                     "no such file or directory",
                 ),
-            })
-        }
+            });
+        };
+        model.source = Some(path.to_path_buf());
+        Ok(model)
     }
 }

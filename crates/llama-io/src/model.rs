@@ -6,7 +6,7 @@
 //! column-major, so a caller can view it as a matrix without a copy.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use candle_core::quantized::GgmlDType;
@@ -55,6 +55,8 @@ pub struct Model {
     pub(crate) tokenizer_source: Option<TokenizerSource>,
     /// Storage type of each tensor in the file it was read from, by Hugging Face name.
     pub(crate) source_dtypes: HashMap<String, GgmlDType>,
+    /// The file or directory [`Model::load`] read it from (`None` when built in memory).
+    pub(crate) source: Option<PathBuf>,
     pub(crate) device: Device,
 }
 
@@ -133,6 +135,7 @@ impl Model {
             tokenizer,
             tokenizer_source: None,
             source_dtypes: HashMap::new(),
+            source: None,
             device: Device::Cpu,
         })
     }
@@ -142,11 +145,22 @@ impl Model {
         &self.config
     }
 
-    /// The tokenizer, or an error when the model was built without one.
+    /// The tokenizer, or an error naming the model's file or directory when it has none.
     pub fn tokenizer(&self) -> Result<&Tokenizer> {
-        self.tokenizer
-            .as_ref()
-            .ok_or_else(|| LlamaIoError::Tokenizer("this model has no tokenizer".into()))
+        self.tokenizer.as_ref().ok_or_else(|| {
+            LlamaIoError::Tokenizer(match &self.source {
+                Some(path) if path.is_dir() => format!(
+                    "the model directory {} has no tokenizer.json (copy the tokenizer files \
+                     of the original model into it)",
+                    path.display()
+                ),
+                Some(path) => format!(
+                    "the model file {} has no tokenizer (no `tokenizer.ggml.*` metadata)",
+                    path.display()
+                ),
+                None => "this model has no tokenizer".into(),
+            })
+        })
     }
 
     /// Token ids of `text` as the tokenizer produces them with its special tokens

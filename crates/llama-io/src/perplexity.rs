@@ -85,6 +85,7 @@ pub fn perplexity_from(
             "perplexity window of {seqlen} tokens scored from position {first}: nothing to score"
         )));
     }
+    model.config().check_window(seqlen)?;
     let available = tokens.len() / seqlen;
     let windows = max_windows.map_or(available, |m| m.min(available));
     if windows == 0 {

@@ -27,7 +27,7 @@ use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{AddedToken, Tokenizer};
 
 use crate::config::LlamaConfig;
-use crate::error::{LlamaIoError, Result};
+use crate::error::{CandleMessage, LlamaIoError, Result};
 
 /// Loads a Hugging Face `tokenizer.json`.
 ///
@@ -59,22 +59,22 @@ pub fn tokenizer_from_gguf(content: &Content, path: &Path) -> Result<Tokenizer> 
         field(key)?
             .to_string()
             .cloned()
-            .map_err(|e| format(format!("metadata `{key}`: {e}")))
+            .map_err(|e| format(format!("metadata `{key}`: {}", CandleMessage(&e))))
     };
     let strings = |key: &str| -> Result<Vec<String>> {
         let values = field(key)?
             .to_vec()
-            .map_err(|e| format(format!("metadata `{key}`: {e}")))?;
+            .map_err(|e| format(format!("metadata `{key}`: {}", CandleMessage(&e))))?;
         values
             .iter()
             .map(|v| v.to_string().cloned())
             .collect::<std::result::Result<_, _>>()
-            .map_err(|e| format(format!("metadata `{key}`: {e}")))
+            .map_err(|e| format(format!("metadata `{key}`: {}", CandleMessage(&e))))
     };
     let flag = |key: &str| -> Result<bool> {
         meta.get(key).map_or(Ok(false), |v| {
             v.to_bool()
-                .map_err(|e| format(format!("metadata `{key}`: {e}")))
+                .map_err(|e| format(format!("metadata `{key}`: {}", CandleMessage(&e))))
         })
     };
 
@@ -142,7 +142,12 @@ pub fn tokenizer_from_gguf(content: &Content, path: &Path) -> Result<Tokenizer> 
             .iter()
             .map(Value::to_i32)
             .collect::<std::result::Result<_, _>>()
-            .map_err(|e| format(format!("metadata `tokenizer.ggml.token_type`: {e}")))?,
+            .map_err(|e| {
+                format(format!(
+                    "metadata `tokenizer.ggml.token_type`: {}",
+                    CandleMessage(&e)
+                ))
+            })?,
         Some(_) => {
             return Err(format(
                 "metadata `tokenizer.ggml.token_type` is not an array".into(),
@@ -170,7 +175,12 @@ pub fn tokenizer_from_gguf(content: &Content, path: &Path) -> Result<Tokenizer> 
     if flag("tokenizer.ggml.add_bos_token")? {
         let id = field("tokenizer.ggml.bos_token_id")?
             .to_u32()
-            .map_err(|e| format(format!("metadata `tokenizer.ggml.bos_token_id`: {e}")))?;
+            .map_err(|e| {
+                format(format!(
+                    "metadata `tokenizer.ggml.bos_token_id`: {}",
+                    CandleMessage(&e)
+                ))
+            })?;
         let bos = tokens
             .get(id as usize)
             .ok_or_else(|| format(format!("BOS token id {id} is outside the vocabulary")))?;

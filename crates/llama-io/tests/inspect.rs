@@ -84,3 +84,55 @@ fn bad_safetensors_headers_are_errors_naming_the_file() {
         assert!(err.contains("model.safetensors"), "{err}");
     }
 }
+
+/// A GGUF whose tensor table points past the end of the file, or into another tensor,
+/// is an error naming the tensor (the one at the lowest offset of those cut off), as
+/// when the model is loaded.
+#[test]
+fn gguf_tensors_past_the_end_or_overlapping_are_named() {
+    let out = TempDir::new("inspect-gguf");
+    let path = out.path().join("m.gguf");
+    let weights = common::random_weights(&TINY, 62);
+    let meta = common::gguf_metadata(&TINY);
+    let tensors = common::gguf_tensors_f32(&TINY, &weights);
+    let bytes = common::gguf_bytes(3, &meta, &tensors);
+    std::fs::write(&path, &bytes).unwrap();
+    assert_eq!(inspect(&path).unwrap().tensors.len(), tensors.len());
+
+    // Cut in the data: the first tensor (by offset) that no longer fits is named.
+    let padded = |t: &common::GTensor| t.bytes.len().div_ceil(32) * 32;
+    let data_start = bytes.len() - tensors.iter().map(padded).sum::<usize>();
+    let cut = data_start + (bytes.len() - data_start) / 2;
+    let mut offset = data_start;
+    let first_cut = tensors.iter().find_map(|t| {
+        let end = offset + t.bytes.len();
+        offset += padded(t);
+        (end > cut).then(|| t.name.clone())
+    });
+    std::fs::write(&path, &bytes[..cut]).unwrap();
+    for err in [
+        inspect(&path).unwrap_err().to_string(),
+        Model::load(&path).err().unwrap().to_string(),
+    ] {
+        let name = first_cut.as_deref().unwrap();
+        assert!(
+            err.contains("m.gguf") && err.contains("truncated") && err.contains(name),
+            "{err}"
+        );
+    }
+
+    // A tensor whose data runs into the next one.
+    let mut overlapping = common::gguf_tensors_f32(&TINY, &weights);
+    overlapping
+        .iter_mut()
+        .find(|t| t.name == "blk.0.attn_v.weight")
+        .unwrap()
+        .bytes
+        .truncate(12);
+    std::fs::write(&path, common::gguf_bytes(3, &meta, &overlapping)).unwrap();
+    let err = inspect(&path).unwrap_err().to_string();
+    assert!(
+        err.contains("blk.0.attn_v.weight") && err.contains("overlap"),
+        "{err}"
+    );
+}

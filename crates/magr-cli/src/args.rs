@@ -31,7 +31,7 @@ pub struct EvalTextArgs {
     text: Option<PathBuf>,
     /// Evaluation window length in tokens.
     #[arg(id = "eval_seqlen", long = "eval-seqlen", default_value_t = 2048)]
-    seqlen: usize,
+    pub seqlen: usize,
     /// Evaluate the first N windows only (0: no evaluation).
     #[arg(id = "eval_windows", long = "eval-windows", default_value_t = 40)]
     pub windows: usize,

@@ -90,6 +90,13 @@ fn quantize_tiny(dir: &Path, out: &Path, extra: &[(&str, &str)]) -> (bool, Strin
         ("--magr-iters", "10"),
         ("--out", s(out)),
     ];
+    // MagR's flags are refused without MagR.
+    if extra
+        .iter()
+        .any(|&(f, v)| f == "--no-magr" || (f, v) == ("--preprocessor", "none"))
+    {
+        flags.retain(|(f, _)| *f != "--magr-iters");
+    }
     for &(flag, value) in extra {
         match flags.iter_mut().find(|(f, _)| *f == flag) {
             Some(pair) => pair.1 = value,
@@ -177,8 +184,13 @@ fn bad_inputs_are_named_and_leave_no_output() {
     let dir = workspace("bad");
     let out = dir.join("out");
     // Group size not dividing the width (64): named, no output.
-    let (ok, err) = quantize_tiny(&dir, &out, &[("--group-size", "48")]);
-    assert!(!ok && err.contains("48") && err.contains("q_proj"), "{err}");
+    // Checked against every layer before the float evaluation and the calibration (an
+    // error located in a block would mean some work was done first).
+    let (ok, err) = quantize_tiny(&dir, &out, &[("--group-size", "48"), ("--eval-float", "")]);
+    assert!(
+        !ok && err.contains("48") && err.contains("q_proj") && !err.contains("block "),
+        "{err}"
+    );
     assert_no_output(&out);
     // Empty and too-short calibration texts: named, no output.
     for text in ["empty.txt", "short.txt"] {
@@ -312,5 +324,133 @@ fn gguf_flags_are_checked_before_any_work() {
         "refused only after quantizing: {err}"
     );
     assert_no_output(&out);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Options of a method or preprocessor that the run does not use are refused, not
+/// silently ignored; windows longer than the model's context are refused before any
+/// work.
+#[test]
+fn ignored_options_and_overlong_windows_are_refused() {
+    for (args, flag, owner) in [
+        (
+            &["--method", "rtn", "--sweeps", "5"][..],
+            "--sweeps",
+            "`rtn`",
+        ),
+        (
+            &["--method", "optq", "--cd-lambda", "0.5"][..],
+            "--cd-lambda",
+            "`optq`",
+        ),
+        (
+            &["--no-magr", "--magr-iters", "10"][..],
+            "--magr-iters",
+            "`none`",
+        ),
+        (
+            &["--preprocessor", "none", "--fista"][..],
+            "--fista",
+            "`none`",
+        ),
+        (
+            &["--no-magr", "--magr-hessian", "last"][..],
+            "--magr-hessian",
+            "`none`",
+        ),
+        (&["--no-magr", "--alpha", "0.01"][..], "--alpha", "`none`"),
+    ] {
+        let mut all = vec!["quantize"];
+        all.extend(args);
+        let (ok, err) = magr(&all);
+        assert!(
+            !ok && err.contains(flag) && err.contains(owner),
+            "{args:?}: {err}"
+        );
+        assert!(
+            !err.contains("/nonexistent"),
+            "checked before the model: {err}"
+        );
+    }
+
+    // The tiny model's context is 256 tokens.
+    let dir = workspace("context");
+    let out = dir.join("out");
+    for flag in ["--seqlen", "--eval-seqlen"] {
+        let (ok, err) = quantize_tiny(&dir, &out, &[(flag, "300"), ("--eval-float", "")]);
+        assert!(
+            !ok && err.contains("300") && err.contains("context of 256"),
+            "{flag}: {err}"
+        );
+        assert_no_output(&out);
+    }
+    let (ok, err) = magr(&[
+        "eval",
+        "--model",
+        s(&dir.join("model")),
+        "--eval-text",
+        s(&dir.join("eval.txt")),
+        "--eval-seqlen",
+        "300",
+    ]);
+    assert!(!ok && err.contains("context of 256"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A model directory without `tokenizer.json` is named in the error, with the file it
+/// lacks.
+#[test]
+fn a_missing_tokenizer_names_the_model_directory() {
+    let dir = workspace("notok");
+    let model = dir.join("model");
+    std::fs::remove_file(model.join("tokenizer.json")).unwrap();
+    let (ok, err) = magr(&[
+        "eval",
+        "--model",
+        s(&model),
+        "--eval-text",
+        s(&dir.join("eval.txt")),
+    ]);
+    assert!(
+        !ok && err.contains(s(&model)) && err.contains("tokenizer.json"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// With `RUST_BACKTRACE=1`, candle appends a stack trace to its errors; ours stay one
+/// line naming the file.
+#[test]
+fn gguf_errors_carry_no_backtrace() {
+    let dir = workspace("bt");
+    let path = dir.join("bad-value.gguf");
+    // GGUF v3, no tensors, one metadata entry `abc` of the unknown value type 99.
+    let mut bytes = b"GGUF".to_vec();
+    bytes.extend(3u32.to_le_bytes());
+    bytes.extend(0u64.to_le_bytes());
+    bytes.extend(1u64.to_le_bytes());
+    bytes.extend(3u64.to_le_bytes());
+    bytes.extend(b"abc");
+    bytes.extend(99u32.to_le_bytes());
+    std::fs::write(&path, bytes).unwrap();
+    for command in ["inspect", "eval"] {
+        let mut args = vec![command];
+        if command == "eval" {
+            args.push("--model");
+        }
+        args.push(s(&path));
+        let output = Command::new(env!("CARGO_BIN_EXE_magr"))
+            .args(&args)
+            .env("RUST_BACKTRACE", "1")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success());
+        assert!(
+            err.contains("bad-value.gguf") && err.contains("value-type"),
+            "{command}: {err}"
+        );
+        assert_eq!(err.trim_end().lines().count(), 1, "{command}: {err}");
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -119,9 +119,9 @@ pub struct QuantizeArgs {
     /// The quantizer.
     #[arg(long, default_value = "optq", value_parser = methods())]
     method: String,
-    /// Coordinate-descent sweeps (method optq-cd).
-    #[arg(long, default_value_t = 1)]
-    sweeps: usize,
+    /// Coordinate-descent sweeps (method optq-cd) [default: 1].
+    #[arg(long)]
+    sweeps: Option<usize>,
     /// Damping lambda of the sweeps [default: 0.75 mean(diag H), the reference].
     #[arg(long)]
     cd_lambda: Option<f64>,
@@ -141,15 +141,15 @@ pub struct QuantizeArgs {
     /// MagR's alpha [default: 1e-3 per channel, 1e-4 with groups].
     #[arg(long)]
     alpha: Option<f64>,
-    /// MagR iterations.
-    #[arg(long, default_value_t = 200)]
-    magr_iters: usize,
+    /// MagR iterations [default: 200].
+    #[arg(long)]
+    magr_iters: Option<usize>,
     /// FISTA for MagR instead of plain proximal gradient.
     #[arg(long)]
     fista: bool,
-    /// Which calibration tokens form MagR's H.
-    #[arg(long, value_enum, default_value_t = HessianArg::All)]
-    magr_hessian: HessianArg,
+    /// Which calibration tokens form MagR's H [default: all].
+    #[arg(long, value_enum)]
+    magr_hessian: Option<HessianArg>,
     /// Calibration text [default: the Wikipedia excerpt from the data directory].
     #[arg(long)]
     calib: Option<PathBuf>,
@@ -274,10 +274,10 @@ fn settings(args: &QuantizeArgs) -> Result<PipelineSettings, Error> {
             alpha: args.alpha,
             iterations: args.magr_iters,
             fista: args.fista,
-            windows: match args.magr_hessian {
+            windows: args.magr_hessian.map(|h| match h {
                 HessianArg::All => Windows::All,
                 HessianArg::Last => Windows::Last,
-            },
+            }),
         },
         &spec,
     )?;
@@ -375,6 +375,14 @@ fn quantize_into(
 ) -> Result<(), Error> {
     let format_names: Vec<String> = formats.iter().map(|f| f.name().to_string()).collect();
     let (mut model, model_path) = load_model(&args.model, quiet)?;
+    // Every layer and window length checked against the model before any long work.
+    settings.check(model.config(), args.seqlen)?;
+    if args.eval.windows > 0 {
+        model
+            .config()
+            .check_window(args.eval.seqlen)
+            .map_err(|e| format!("evaluation: {e}"))?;
+    }
     let calib_path = match &args.calib {
         Some(p) => p.clone(),
         None => data::data_file(data::ENWIKI_CALIBRATION)?,
