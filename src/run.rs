@@ -5,7 +5,8 @@
 //! The output directory `OUT` is built as `OUT.partial` (holding the run checkpoint in
 //! `checkpoint/` while blocks are quantized) and renamed when everything is in it; a run
 //! that fails before a block is checkpointed leaves nothing behind, one that fails later
-//! keeps `OUT.partial` for `--resume`.
+//! keeps `OUT.partial` for `--resume`. One run at a time writes an output: the run holds
+//! the lock `OUT.lock` (removed at its end, released by the system if it is killed).
 
 use std::cell::Cell;
 use std::fs;
@@ -37,16 +38,32 @@ pub struct Staging {
     partial: PathBuf,
     force: bool,
     keep: Cell<bool>,
+    // Dropped last: the staging directory is settled before another run may take it.
+    _lock: atomic_fs::Lock,
 }
 
 impl Staging {
-    /// Stages the output `out` in `OUT.partial`, before anything is loaded: refuses an
-    /// existing `out` without `force`; replaces a leftover `OUT.partial` unless `resume`,
-    /// and one holding checkpointed blocks only with `force`.
+    /// Stages the output `out` in `OUT.partial`, before anything is loaded: takes the
+    /// lock `OUT.lock` (refused while another run holds it); refuses an existing `out`
+    /// without `force`; replaces a leftover `OUT.partial` unless `resume`, and one holding
+    /// checkpointed blocks only with `force`.
     ///
     /// # Errors
     /// Each refusal above, naming the path and the flag; a directory that cannot be made.
     pub fn create(out: &Path, force: bool, resume: bool) -> Result<Self, PipelineError> {
+        let mut lock = out.as_os_str().to_owned();
+        lock.push(".lock");
+        let lock = PathBuf::from(lock);
+        let lock = atomic_fs::Lock::try_acquire(&lock)
+            .map_err(|e| PipelineError::Output(format!("cannot lock the output: {e}")))?
+            .ok_or_else(|| {
+                PipelineError::Output(format!(
+                    "another magr run is writing {} (it holds {}): wait for it to end, or \
+                     choose another --out",
+                    out.display(),
+                    lock.display()
+                ))
+            })?;
         if out.exists() && !force {
             return Err(PipelineError::Output(format!(
                 "{} exists: pass --force to replace it",
@@ -77,6 +94,7 @@ impl Staging {
             partial,
             force,
             keep: Cell::new(false),
+            _lock: lock,
         })
     }
 
@@ -391,6 +409,32 @@ mod tests {
         let fresh = Staging::create(&out, true, false).unwrap();
         assert_eq!(fresh.checkpointed_blocks(), None);
         drop(fresh);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_second_run_on_the_same_output_is_refused_while_the_first_holds_it() {
+        let dir = scratch("lock");
+        let out = dir.join("out");
+        let first = Staging::create(&out, false, false).unwrap();
+        fs::write(first.partial().join("a.txt"), "first").unwrap();
+        for (force, resume) in [(false, false), (true, false), (false, true)] {
+            let e = Staging::create(&out, force, resume)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("another magr run") && e.contains("out.lock"),
+                "{e}"
+            );
+        }
+        assert_eq!(
+            fs::read_to_string(first.partial().join("a.txt")).unwrap(),
+            "first"
+        );
+        first.commit().unwrap();
+        assert!(!dir.join("out.lock").exists());
+        let second = Staging::create(&out, true, false).unwrap();
+        drop(second);
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -14,6 +14,7 @@
 //!   (`0666` / `0777` minus the umask on Unix), not owner-only.
 //! - Every error is an [`Error`] naming the path it concerns (the target, not the
 //!   temporary name, whenever the failure is about the target).
+//! - [`Lock`] keeps a second process from writing the same output at the same time.
 //! - Nothing is flushed to stable storage (no `fsync`): the writes are atomic with
 //!   respect to other processes and to failures of this one, not to a power loss.
 //!
@@ -34,6 +35,10 @@
 //! # Ok::<(), atomic_fs::Error>(())
 //! ```
 #![warn(missing_docs)]
+
+mod lock;
+
+pub use lock::Lock;
 
 use std::fs;
 use std::io;

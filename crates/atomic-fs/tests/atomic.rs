@@ -254,3 +254,52 @@ proptest! {
         prop_assert_eq!(entries(tmp.path()), names(&["data"]));
     }
 }
+
+#[test]
+fn a_lock_has_one_holder_and_its_file_goes_with_it() {
+    let tmp = TempDir::new("lock");
+    let path = tmp.path().join("out.lock");
+    let first = atomic_fs::Lock::try_acquire(&path).unwrap().expect("free");
+    assert!(path.exists());
+    // A second open file description conflicts, as another process's would.
+    assert!(atomic_fs::Lock::try_acquire(&path).unwrap().is_none());
+    drop(first);
+    assert!(!path.exists(), "the lock file is removed with the lock");
+    // A lock file left by a killed holder does not block.
+    std::fs::write(&path, b"").unwrap();
+    let again = atomic_fs::Lock::try_acquire(&path)
+        .unwrap()
+        .expect("stale file");
+    drop(again);
+    // A lock file under a missing directory: an error naming it.
+    let missing = tmp.path().join("no/such/dir.lock");
+    let e = atomic_fs::Lock::try_acquire(&missing).unwrap_err();
+    assert_eq!(e.path, missing);
+}
+
+/// Threads taking and dropping the lock as fast as they can: never two holders at once,
+/// although each lock file is removed and created again all the time.
+#[test]
+fn contending_threads_never_hold_the_lock_together() {
+    let tmp = TempDir::new("lock-threads");
+    let path = tmp.path().join("out.lock");
+    let holders = AtomicUsize::new(0);
+    let taken = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for _ in 0..500 {
+                    if let Some(lock) = atomic_fs::Lock::try_acquire(&path).unwrap() {
+                        assert_eq!(holders.fetch_add(1, Ordering::SeqCst), 0, "two holders");
+                        taken.fetch_add(1, Ordering::Relaxed);
+                        std::thread::yield_now();
+                        holders.fetch_sub(1, Ordering::SeqCst);
+                        drop(lock);
+                    }
+                }
+            });
+        }
+    });
+    assert!(taken.load(Ordering::Relaxed) > 0);
+    assert!(!path.exists());
+}

@@ -71,9 +71,10 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// `magr quantize` on the tiny model with small calibration and evaluation sizes; `extra`
-/// holds `(flag, value)` pairs that replace or add to the defaults (value `""`: a switch).
-fn quantize_tiny(dir: &Path, out: &Path, extra: &[(&str, &str)]) -> (bool, String) {
+/// The arguments of `magr quantize` on the tiny model with small calibration and
+/// evaluation sizes; `extra` holds `(flag, value)` pairs that replace or add to the
+/// defaults (value `""`: a switch).
+fn tiny_args(dir: &Path, out: &Path, extra: &[(&str, &str)]) -> Vec<String> {
     let (model, calib, eval) = (
         dir.join("model"),
         dir.join("calib.txt"),
@@ -103,14 +104,20 @@ fn quantize_tiny(dir: &Path, out: &Path, extra: &[(&str, &str)]) -> (bool, Strin
             None => flags.push((flag, value)),
         }
     }
-    let mut args = vec!["quantize", "--quiet"];
+    let mut args = vec!["quantize".to_string(), "--quiet".to_string()];
     for &(flag, value) in &flags {
-        args.push(flag);
+        args.push(flag.to_string());
         if !value.is_empty() {
-            args.push(value);
+            args.push(value.to_string());
         }
     }
-    magr(&args)
+    args
+}
+
+/// `magr quantize` with [`tiny_args`].
+fn quantize_tiny(dir: &Path, out: &Path, extra: &[(&str, &str)]) -> (bool, String) {
+    let args = tiny_args(dir, out, extra);
+    magr(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 /// Nothing named `out` or `out.partial` exists.
@@ -452,5 +459,204 @@ fn gguf_errors_carry_no_backtrace() {
         );
         assert_eq!(err.trim_end().lines().count(), 1, "{command}: {err}");
     }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A second `magr quantize` on an output that a running one holds is refused at once,
+/// naming the lock, and touches nothing (the first run is this test, holding the lock
+/// as a run does).
+#[test]
+fn a_second_run_on_the_same_output_is_refused() {
+    let dir = workspace("lock");
+    let out = dir.join("out");
+    let first = magr::run::Staging::create(&out, false, false).unwrap();
+    std::fs::write(first.partial().join("mine.txt"), "first run").unwrap();
+    for extra in [&[][..], &[("--force", "")][..], &[("--resume", "")][..]] {
+        let (ok, err) = quantize_tiny(&dir, &out, extra);
+        assert!(
+            !ok && err.contains("another magr run") && err.contains("out.lock"),
+            "{extra:?}: {err}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(first.partial().join("mine.txt")).unwrap(),
+        "first run"
+    );
+    drop(first);
+    let (ok, err) = quantize_tiny(&dir, &out, &[]);
+    assert!(ok, "{err}");
+    assert!(!dir.join("out.lock").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Bytes a directory takes on a file system of 4 KiB pages.
+fn disk_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                disk_bytes(&e.path())
+            } else {
+                e.metadata().unwrap().len().next_multiple_of(4096)
+            }
+        })
+        .sum()
+}
+
+/// Every file under `dir` with its bytes, by relative path.
+fn tree(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    let mut files = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let bytes = std::fs::read(&path).unwrap();
+                files.insert(path.strip_prefix(dir).unwrap().to_path_buf(), bytes);
+            }
+        }
+    }
+    files
+}
+
+/// The model files of an output (`report.json` and `report.md` hold timings).
+fn model_files(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    let mut files = tree(dir);
+    files.retain(|p, _| p.components().count() > 1);
+    files
+}
+
+/// On a file system that fills up (a tmpfs of a chosen size in a private mount namespace
+/// made by `unshare`, so no privilege is needed), a run that replaces an earlier output
+/// stops with the system's error naming the file, leaves the earlier output byte for
+/// byte, keeps its checkpoint when it has one and no stray temporary, and once there is
+/// space again `--resume` finishes it with the bytes of an uninterrupted run. The file
+/// system shrinks after the earlier run to sizes that sweep from "the earlier output and
+/// a little" to "enough", so that the disk fills at every stage: the first checkpoint,
+/// later ones, the outputs.
+#[test]
+fn a_full_disk_keeps_the_earlier_output_and_a_resumable_run() {
+    let dir = workspace("full");
+    let first: &[(&str, &str)] = &[("--bits", "3"), ("--formats", "fake-quant")];
+    let second: &[(&str, &str)] = &[
+        ("--bits", "3"),
+        ("--dtype", "f32"),
+        ("--formats", "fake-quant,gptq"),
+    ];
+    // References on the ordinary disk.
+    let (ok, err) = quantize_tiny(&dir, &dir.join("ref-first"), first);
+    assert!(ok, "{err}");
+    let (ok, err) = quantize_tiny(&dir, &dir.join("ref-second"), second);
+    assert!(ok, "{err}");
+    let (a, b) = (
+        disk_bytes(&dir.join("ref-first")),
+        disk_bytes(&dir.join("ref-second")),
+    );
+
+    let magr_bin = env!("CARGO_BIN_EXE_magr");
+    let quote = |args: Vec<String>| {
+        args.iter()
+            .map(|a| format!("'{a}'"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut resumable_failures = 0;
+    let mut failures = 0;
+    for eighths in 1..=24u64 {
+        // The earlier output is on the disk already: room for an eighth of the new
+        // output, up to three times it.
+        let size_kib = (a + b * eighths / 8).div_ceil(4096) * 4;
+        let fs = dir.join("fs");
+        let scratch = dir.join(format!("size-{size_kib}k"));
+        std::fs::create_dir_all(&fs).unwrap();
+        std::fs::create_dir_all(&scratch).unwrap();
+        let out = fs.join("out");
+        let script = format!(
+            "set -u\n\
+             mount -t tmpfs -o size=64m tmpfs '{fs}' || exit 90\n\
+             '{magr_bin}' {first} || exit 91\n\
+             cp -r '{out}' '{scratch}/first'\n\
+             mount -o remount,size={size_kib}k '{fs}' || exit 92\n\
+             '{magr_bin}' {second} 2> '{scratch}/err'\n\
+             echo $? > '{scratch}/rc'\n\
+             ls -a '{fs}' > '{scratch}/listing'\n\
+             cp -r '{out}' '{scratch}/after'\n\
+             [ -d '{out}.partial' ] && cp -r '{out}.partial' '{scratch}/partial'\n\
+             mount -o remount,size=64m '{fs}' || exit 93\n\
+             '{magr_bin}' {resume} || exit 94\n\
+             cp -r '{out}' '{scratch}/resumed'\n",
+            fs = s(&fs),
+            out = s(&out),
+            scratch = s(&scratch),
+            first = quote(tiny_args(&dir, &out, first)),
+            second = quote(tiny_args(
+                &dir,
+                &out,
+                &[second, &[("--force", "")]].concat()
+            )),
+            resume = quote(tiny_args(
+                &dir,
+                &out,
+                &[second, &[("--force", ""), ("--resume", "")]].concat()
+            )),
+        );
+        let status = Command::new("unshare")
+            .args(["-r", "-m", "sh", "-c", &script])
+            .status()
+            .expect("unshare (util-linux) runs");
+        assert!(
+            status.success(),
+            "{size_kib} KiB: script stopped with {status}"
+        );
+
+        let listing = std::fs::read_to_string(scratch.join("listing")).unwrap();
+        let rc = std::fs::read_to_string(scratch.join("rc")).unwrap();
+        let err = std::fs::read_to_string(scratch.join("err")).unwrap_or_default();
+        if rc.trim() != "0" {
+            failures += 1;
+            assert_eq!(
+                tree(&scratch.join("first")),
+                tree(&scratch.join("after")),
+                "{size_kib} KiB: the earlier output changed"
+            );
+            assert!(
+                err.contains("No space left on device") && err.contains(s(&fs)),
+                "{size_kib} KiB: {err}"
+            );
+            let partial = scratch.join("partial");
+            if partial.join("checkpoint/state.json").exists() {
+                resumable_failures += 1;
+                assert!(err.contains("--resume"), "{size_kib} KiB: {err}");
+            }
+            // Nothing but the output, its staging directory (with a checkpoint), and the
+            // lock of a run that ended.
+            for name in listing.lines() {
+                assert!(
+                    [".", "..", "out", "out.partial"].contains(&name),
+                    "{size_kib} KiB: left behind: {name}"
+                );
+            }
+            if partial.exists() {
+                assert!(
+                    partial.join("checkpoint/state.json").exists(),
+                    "{size_kib} KiB: a staging directory without a checkpoint was kept"
+                );
+            }
+        }
+        assert_eq!(
+            model_files(&scratch.join("resumed")),
+            model_files(&dir.join("ref-second")),
+            "{size_kib} KiB: the finished run differs from an uninterrupted one"
+        );
+        std::fs::remove_dir_all(&scratch).unwrap();
+    }
+    assert!(
+        resumable_failures > 0 && failures > resumable_failures,
+        "the sizes did not fill the disk both before and after a checkpoint \
+         ({failures} failures, {resumable_failures} resumable; outputs {a} and {b} bytes)"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
