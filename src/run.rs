@@ -45,8 +45,9 @@ pub struct Staging {
 impl Staging {
     /// Stages the output `out` in `OUT.partial`, before anything is loaded: takes the
     /// lock `OUT.lock` (refused while another run holds it); refuses an existing `out`
-    /// without `force`; replaces a leftover `OUT.partial` unless `resume`, and one holding
-    /// checkpointed blocks only with `force`.
+    /// without `force`; replaces a leftover `OUT.partial`, one holding checkpointed
+    /// blocks only with `force`, except that `resume` keeps its checkpoint (and only
+    /// that: outputs and temporaries of a killed run are written again).
     ///
     /// # Errors
     /// Each refusal above, naming the path and the flag; a directory that cannot be made.
@@ -73,15 +74,27 @@ impl Staging {
         let mut partial = out.as_os_str().to_owned();
         partial.push(".partial");
         let partial = PathBuf::from(partial);
-        if partial.exists() && !resume {
-            if let Some(done) = checkpointed_blocks(&partial).filter(|_| !force) {
-                return Err(PipelineError::Output(format!(
-                    "{} holds {done} checkpointed blocks of an interrupted run: pass --resume to \
-                     continue it, or --force to start over",
-                    partial.display()
-                )));
+        if partial.exists() {
+            let done = checkpointed_blocks(&partial);
+            if resume && done.is_some() {
+                // What a killed run left besides its checkpoint (outputs half written,
+                // temporaries) is written again from the checkpoint.
+                for entry in fs::read_dir(&partial).map_err(|e| io_error(&partial, e))? {
+                    let path = entry.map_err(|e| io_error(&partial, e))?.path();
+                    if path != checkpoint_dir(&partial) {
+                        remove_entry(&path)?;
+                    }
+                }
+            } else {
+                if let Some(done) = done.filter(|_| !force && !resume) {
+                    return Err(PipelineError::Output(format!(
+                        "{} holds {done} checkpointed blocks of an interrupted run: pass \
+                         --resume to continue it, or --force to start over",
+                        partial.display()
+                    )));
+                }
+                fs::remove_dir_all(&partial).map_err(|e| io_error(&partial, e))?;
             }
-            fs::remove_dir_all(&partial).map_err(|e| io_error(&partial, e))?;
         }
         fs::create_dir_all(&partial).map_err(|e| {
             PipelineError::Output(format!(
@@ -158,6 +171,16 @@ impl Drop for Staging {
             let _ = fs::remove_dir_all(&self.partial);
         }
     }
+}
+
+/// Removes a file or a directory tree.
+fn remove_entry(path: &Path) -> Result<(), PipelineError> {
+    if path.is_dir() {
+        fs::remove_dir_all(path)
+    } else {
+        fs::remove_file(path)
+    }
+    .map_err(|e| io_error(path, e))
 }
 
 /// Where a staging directory keeps its run checkpoint.
@@ -435,6 +458,40 @@ mod tests {
         assert!(!dir.join("out.lock").exists());
         let second = Staging::create(&out, true, false).unwrap();
         drop(second);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn resuming_keeps_only_the_checkpoint_of_a_killed_run() {
+        let dir = scratch("killed");
+        let out = dir.join("out");
+        let partial = dir.join("out.partial");
+        // Killed while writing outputs: half an output directory and a temporary.
+        let checkpoint = checkpoint_dir(&partial);
+        fs::create_dir_all(&checkpoint).unwrap();
+        fs::write(
+            checkpoint.join("state.json"),
+            r#"{"fingerprint": "f", "next_block": 2, "report": {"layers": [], "seconds": {"embed": 0, "capture": 0, "preprocess": 0, "quantize": 0, "propagate": 0}, "calibration": [1, 8]}}"#,
+        )
+        .unwrap();
+        fs::create_dir_all(partial.join("gptq")).unwrap();
+        fs::write(partial.join("gptq/config.json"), "{").unwrap();
+        fs::write(partial.join(".report.json.tmp-1-0"), "{").unwrap();
+        let resumed = Staging::create(&out, false, true).unwrap();
+        assert_eq!(resumed.checkpointed_blocks(), Some(2));
+        let left: Vec<_> = fs::read_dir(&partial)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["checkpoint"]);
+        drop(resumed);
+        // Killed before its first checkpoint: nothing to resume, the leftovers go.
+        fs::create_dir_all(partial.join("checkpoint")).unwrap();
+        fs::write(partial.join("checkpoint/.state.json.tmp-1-0"), "{").unwrap();
+        let fresh = Staging::create(&out, false, true).unwrap();
+        assert_eq!(fresh.checkpointed_blocks(), None);
+        assert_eq!(fs::read_dir(&partial).unwrap().count(), 0);
+        drop(fresh);
         fs::remove_dir_all(&dir).unwrap();
     }
 }
