@@ -194,6 +194,25 @@ impl RunCheckpoint {
         Ok(())
     }
 
+    /// Removes the checkpoint: its state first, so that a process killed midway leaves
+    /// no state claiming blocks whose files are gone.
+    ///
+    /// # Errors
+    /// File system errors, naming the path.
+    pub fn discard(&self) -> Result<(), PipelineError> {
+        let state = self.dir.join(STATE);
+        match fs::remove_file(&state) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(output_error(&state, e));
+            }
+            _ => {}
+        }
+        match fs::remove_dir_all(&self.dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(output_error(&self.dir, e)),
+            _ => Ok(()),
+        }
+    }
+
     /// The number of finished blocks saved here, if a state is saved.
     pub fn blocks_done(&self) -> Option<usize> {
         let text = fs::read_to_string(self.dir.join(STATE)).ok()?;

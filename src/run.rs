@@ -148,10 +148,7 @@ impl Staging {
     /// # Errors
     /// File system errors, naming the path.
     pub fn commit(self) -> Result<PathBuf, PipelineError> {
-        let checkpoint = checkpoint_dir(&self.partial);
-        if checkpoint.exists() {
-            fs::remove_dir_all(&checkpoint).map_err(|e| io_error(&checkpoint, e))?;
-        }
+        RunCheckpoint::new(checkpoint_dir(&self.partial), String::new()).discard()?;
         if self.out.exists() && !self.force {
             return Err(PipelineError::Output(format!(
                 "{} appeared during the run: pass --force to replace it",

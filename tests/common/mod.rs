@@ -17,10 +17,15 @@ pub const VOCAB: usize = 300;
 /// weights, unit norms, and an embedding whose rows share a few directions, so that
 /// the inputs of every linear layer are strongly correlated.
 pub fn tiny_model(seed: u64) -> Model {
+    model_with_blocks(2, seed)
+}
+
+/// [`tiny_model`] with `blocks` decoder blocks.
+pub fn model_with_blocks(blocks: usize, seed: u64) -> Model {
     let config = LlamaConfig {
         hidden_size: 64,
         intermediate_size: 128,
-        num_hidden_layers: 2,
+        num_hidden_layers: blocks,
         num_attention_heads: 4,
         num_key_value_heads: 2,
         head_dim: 16,
@@ -95,6 +100,21 @@ pub fn write_tiny_model_dir_with(
     seed: u64,
     edit: impl FnOnce(&mut HashMap<String, HostTensor>),
 ) {
+    write_model_dir_with(dir, tiny_model(seed), edit);
+}
+
+/// Writes [`model_with_blocks`] as [`write_tiny_model_dir`] does.
+pub fn write_model_dir(dir: &Path, blocks: usize, seed: u64) {
+    write_model_dir_with(dir, model_with_blocks(blocks, seed), |_| {});
+}
+
+/// Writes `model` (a generated one, on the tiny vocabulary) with the word-level
+/// tokenizer, its tensors changed by `edit` first.
+fn write_model_dir_with(
+    dir: &Path,
+    model: Model,
+    edit: impl FnOnce(&mut HashMap<String, HostTensor>),
+) {
     let vocab: serde_json::Map<String, serde_json::Value> = (0..VOCAB)
         .map(|i| (format!("w{i}"), serde_json::Value::from(i)))
         .collect();
@@ -113,7 +133,6 @@ pub fn write_tiny_model_dir_with(
     std::fs::write(&scratch, tokenizer.to_string()).unwrap();
     let tokenizer = tokenizer_from_json(&scratch).unwrap();
     std::fs::remove_file(&scratch).unwrap();
-    let model = tiny_model(seed);
     let mut tensors = HashMap::new();
     for (name, shape, data) in model.hf_tensors() {
         tensors.insert(

@@ -18,6 +18,10 @@
 //!   chosen so that it runs in minutes on 2 cores); with arguments, `magr quantize ARGS`.
 //! - `bench [--fresh]`: the accuracy and time table on SmolLM2 into `docs/results.md`
 //!   (see `table.rs`).
+//! - `kills [--count N] [--seed S]`: `magr quantize` on a generated model killed with
+//!   SIGKILL N times (default 100) at random moments and resumed each time; checks that
+//!   every finished output has the bytes of an uninterrupted run and prints where the
+//!   kills landed (the test `magr-cli/tests/kills.rs`, which CI runs with 20 kills).
 //! - `bench --micro [ARGS]`: the l1-projection criterion benchmarks (extra arguments go
 //!   to criterion, e.g. `cargo xtask bench --micro --measurement-time 3`), then MagR's
 //!   speed report (per-iteration time against one `H W` product, FISTA against plain)
@@ -50,6 +54,9 @@ commands:
            and without an imatrix, judged by llama-perplexity and magr eval, into docs/results.md
   bench --micro [ARGS]
            the projection benchmarks (ARGS go to criterion), then MagR's and OPTQ's speed reports
+  kills [--count N] [--seed S]
+           kill `magr quantize` with SIGKILL N times (default 100) at random moments, resume each
+           time, and check the outputs against an uninterrupted run (CI runs 20)
   help     print this message";
 
 fn main() -> ExitCode {
@@ -62,6 +69,7 @@ fn main() -> ExitCode {
         Some("llama-cpp") => llama_cpp().map(|path| println!("{}", path.display())),
         Some("bench") => bench(&rest),
         Some("quantize") => quantize(&rest),
+        Some("kills") => kills(&rest),
         Some("help" | "-h" | "--help") => {
             println!("{USAGE}");
             Ok(())
@@ -111,6 +119,43 @@ fn ci() -> Result<(), String> {
         )?;
     }
     Ok(())
+}
+
+/// `kills [--count N] [--seed S]`: the random-kill test with N kills and seed S.
+fn kills(args: &[String]) -> Result<(), String> {
+    let (mut count, mut seed) = ("100".to_string(), "0".to_string());
+    let mut args = args.iter();
+    while let Some(flag) = args.next() {
+        let value = args
+            .next()
+            .filter(|v| v.parse::<u64>().is_ok())
+            .ok_or_else(|| format!("{flag} needs a whole number"))?;
+        match flag.as_str() {
+            "--count" => count.clone_from(value),
+            "--seed" => seed.clone_from(value),
+            other => {
+                return Err(format!(
+                    "kills: unknown flag `{other}` (--count N, --seed S)"
+                ));
+            }
+        }
+    }
+    cargo_with_env(
+        &[
+            "test",
+            "--release",
+            "-p",
+            "magr-cli",
+            "--test",
+            "kills",
+            "--",
+            "--nocapture",
+        ],
+        &[
+            ("MAGR_KILLS", count.as_ref()),
+            ("MAGR_KILL_SEED", seed.as_ref()),
+        ],
+    )
 }
 
 /// `bench`: the SmolLM2 table into `docs/results.md` (see [`table`]); `bench --fresh`
