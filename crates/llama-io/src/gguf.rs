@@ -11,106 +11,20 @@
 //! [`unpermute_qk`] maps GGUF rows to the Hugging Face order, [`permute_qk`] back.
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::{BufReader, Seek, SeekFrom};
 use std::path::Path;
 
 use candle_core::Device;
-use candle_core::quantized::GgmlDType;
-use candle_core::quantized::gguf_file::{Content, Value, VersionedMagic};
+use candle_core::quantized::gguf_file::{Content, Value};
+
+pub use crate::gguf_header::{READABLE_TYPES, ggml_type_id, ggml_type_name};
 
 use crate::config::LlamaConfig;
 use crate::error::{CandleMessage, LlamaIoError, Result};
+use crate::gguf_header::{read_content, readable_list};
 use crate::linear::LinearKind;
 use crate::model::{HostTensor, Model, unexpected_tensor};
 use crate::names::TensorRole;
 use crate::tokenizer::TokenizerSource;
-
-/// Tensor types this reader dequantizes: those candle 0.11 reads from a GGUF file
-/// (its `Q8_1` and `Q8K` are intermediate types of matrix products, which candle does
-/// not read from files; llama.cpp does not store weights in them either).
-pub const READABLE_TYPES: [GgmlDType; 13] = [
-    GgmlDType::F32,
-    GgmlDType::F16,
-    GgmlDType::BF16,
-    GgmlDType::Q4_0,
-    GgmlDType::Q4_1,
-    GgmlDType::Q5_0,
-    GgmlDType::Q5_1,
-    GgmlDType::Q8_0,
-    GgmlDType::Q2K,
-    GgmlDType::Q3K,
-    GgmlDType::Q4K,
-    GgmlDType::Q5K,
-    GgmlDType::Q6K,
-];
-
-/// llama.cpp's name of a GGML type (`Q4_K`, not candle's `Q4K`).
-pub fn ggml_type_name(dtype: GgmlDType) -> &'static str {
-    match dtype {
-        GgmlDType::F32 => "F32",
-        GgmlDType::F16 => "F16",
-        GgmlDType::BF16 => "BF16",
-        GgmlDType::Q4_0 => "Q4_0",
-        GgmlDType::Q4_1 => "Q4_1",
-        GgmlDType::Q5_0 => "Q5_0",
-        GgmlDType::Q5_1 => "Q5_1",
-        GgmlDType::Q8_0 => "Q8_0",
-        GgmlDType::Q8_1 => "Q8_1",
-        GgmlDType::Q2K => "Q2_K",
-        GgmlDType::Q3K => "Q3_K",
-        GgmlDType::Q4K => "Q4_K",
-        GgmlDType::Q5K => "Q5_K",
-        GgmlDType::Q6K => "Q6_K",
-        GgmlDType::Q8K => "Q8_K",
-    }
-}
-
-/// The numeric id of a GGML type in a GGUF tensor header (`ggml_type` of `ggml.h`).
-pub fn ggml_type_id(dtype: GgmlDType) -> u32 {
-    match dtype {
-        GgmlDType::F32 => 0,
-        GgmlDType::F16 => 1,
-        GgmlDType::Q4_0 => 2,
-        GgmlDType::Q4_1 => 3,
-        GgmlDType::Q5_0 => 6,
-        GgmlDType::Q5_1 => 7,
-        GgmlDType::Q8_0 => 8,
-        GgmlDType::Q8_1 => 9,
-        GgmlDType::Q2K => 10,
-        GgmlDType::Q3K => 11,
-        GgmlDType::Q4K => 12,
-        GgmlDType::Q5K => 13,
-        GgmlDType::Q6K => 14,
-        GgmlDType::Q8K => 15,
-        GgmlDType::BF16 => 30,
-    }
-}
-
-/// llama.cpp's name of a GGML type id that candle does not know (`ggml.h`).
-fn unknown_type_name(id: u32) -> &'static str {
-    match id {
-        4 | 5 => "Q4_2/Q4_3 (removed from ggml)",
-        16 => "IQ2_XXS",
-        17 => "IQ2_XS",
-        18 => "IQ3_XXS",
-        19 => "IQ1_S",
-        20 => "IQ4_NL",
-        21 => "IQ3_S",
-        22 => "IQ2_S",
-        23 => "IQ4_XS",
-        24 => "I8",
-        25 => "I16",
-        26 => "I32",
-        27 => "I64",
-        28 => "F64",
-        29 => "IQ1_M",
-        34 => "TQ1_0",
-        35 => "TQ2_0",
-        39 => "MXFP4",
-        _ => "unknown",
-    }
-}
 
 /// Hugging Face row order from GGUF row order for a `rows x cols` row-major Q or K
 /// weight with `n_heads` heads (see the module docs).
@@ -189,45 +103,8 @@ fn reorder_qk<T: Copy + Default>(
 /// Reads a llama GGUF file into a [`Model`] (module docs).
 pub(crate) fn read_gguf(path: &Path) -> Result<Model> {
     let format = |msg: String| LlamaIoError::format(path, msg);
-    let file = File::open(path).map_err(|source| LlamaIoError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let mut reader = BufReader::new(file);
-    let content = match Content::read(&mut reader) {
-        Ok(content) => content,
-        Err(e) => {
-            // candle refuses a whole file for one tensor type it does not know; name it.
-            if let Some((name, id)) = first_unknown_type(path) {
-                return Err(LlamaIoError::unsupported(
-                    path,
-                    format!(
-                        "tensor `{name}` has GGML type {id} ({}), which candle cannot read; \
-                         readable: {}",
-                        unknown_type_name(id),
-                        readable_list()
-                    ),
-                ));
-            }
-            return Err(format(format!(
-                "not a valid GGUF file: {}",
-                CandleMessage(&e)
-            )));
-        }
-    };
-    if content.magic == VersionedMagic::GgufV1 {
-        return Err(LlamaIoError::Unsupported {
-            path: path.to_path_buf(),
-            msg: "GGUF version 1 (only versions 2 and 3 are supported)".into(),
-        });
-    }
+    let (content, mut reader) = read_content(path)?;
     let config = config_from_gguf(&content, path)?;
-    let file_size = reader
-        .seek(SeekFrom::End(0))
-        .map_err(|source| LlamaIoError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
 
     let roles: HashMap<String, TensorRole> = TensorRole::all(&config)
         .into_iter()
@@ -253,7 +130,6 @@ pub(crate) fn read_gguf(path: &Path) -> Result<Model> {
             });
         }
     }
-    check_tensor_table(&content, path, file_size)?;
 
     let mut tensors = HashMap::with_capacity(gguf_names.len());
     let mut source_dtypes = HashMap::with_capacity(gguf_names.len());
@@ -295,129 +171,6 @@ pub(crate) fn read_gguf(path: &Path) -> Result<Model> {
     model.source_dtypes = source_dtypes;
     model.tokenizer_source = (!keys.is_empty()).then_some(TokenizerSource::Gguf(keys));
     Ok(model)
-}
-
-/// Checks that the tensor table of a GGUF file describes the file: each tensor a whole
-/// number of its type's blocks, its bytes inside the file (`file_size` bytes) and shared
-/// with no other tensor.
-///
-/// # Errors
-/// [`LlamaIoError::Format`] naming the first tensor that breaks a rule.
-pub(crate) fn check_tensor_table(content: &Content, path: &Path, file_size: u64) -> Result<()> {
-    let format = |msg: String| LlamaIoError::format(path, msg);
-    let mut extents = Vec::with_capacity(content.tensor_infos.len());
-    for (name, info) in &content.tensor_infos {
-        let elems = info.shape.elem_count();
-        let block = info.ggml_dtype.block_size();
-        if !elems.is_multiple_of(block) {
-            return Err(format(format!(
-                "tensor `{name}` has {elems} values, not a multiple of the {block}-value blocks of {}",
-                ggml_type_name(info.ggml_dtype)
-            )));
-        }
-        let bytes = (elems / block) as u64 * info.ggml_dtype.type_size() as u64;
-        let start = content.tensor_data_offset.saturating_add(info.offset);
-        extents.push((start, start.saturating_add(bytes), name));
-    }
-    extents.sort();
-    if let Some((start, end, name)) = extents.iter().find(|(_, end, _)| *end > file_size) {
-        return Err(format(format!(
-            "truncated: tensor `{name}` needs bytes {start}..{end} but the file has {file_size}"
-        )));
-    }
-    if let Some(pair) = extents.windows(2).find(|pair| pair[0].1 > pair[1].0) {
-        return Err(format(format!(
-            "tensors `{}` and `{}` overlap (bytes {}..{} and {}..{})",
-            pair[0].2, pair[1].2, pair[0].0, pair[0].1, pair[1].0, pair[1].1
-        )));
-    }
-    Ok(())
-}
-
-/// `F32, F16, ...`: the names of [`READABLE_TYPES`].
-fn readable_list() -> String {
-    READABLE_TYPES.map(ggml_type_name).join(", ")
-}
-
-/// The first tensor (name, type id) of a GGUF file whose type id candle does not know,
-/// found by walking the header; `None` when there is none or the header does not parse.
-fn first_unknown_type(path: &Path) -> Option<(String, u32)> {
-    use std::io::Read;
-    let mut r = BufReader::new(File::open(path).ok()?);
-    let u32_ = |r: &mut BufReader<File>| -> Option<u32> {
-        let mut b = [0u8; 4];
-        r.read_exact(&mut b).ok()?;
-        Some(u32::from_le_bytes(b))
-    };
-    let u64_ = |r: &mut BufReader<File>| -> Option<u64> {
-        let mut b = [0u8; 8];
-        r.read_exact(&mut b).ok()?;
-        Some(u64::from_le_bytes(b))
-    };
-    if u32_(&mut r)? != 0x4655_4747 {
-        return None;
-    }
-    if !matches!(u32_(&mut r)?, 2 | 3) {
-        return None;
-    }
-    let n_tensors = u64_(&mut r)?;
-    let n_kv = u64_(&mut r)?;
-    let string = |r: &mut BufReader<File>| -> Option<String> {
-        let len = u64_(r)?;
-        let mut bytes = Vec::new();
-        r.by_ref().take(len).read_to_end(&mut bytes).ok()?;
-        (bytes.len() as u64 == len).then(|| String::from_utf8_lossy(&bytes).into_owned())
-    };
-    // Skips one value of type `t` (GGUF value type ids).
-    fn skip(r: &mut BufReader<File>, t: u32, depth: usize) -> Option<()> {
-        let mut b = [0u8; 8];
-        let width = match t {
-            0 | 1 | 7 => 1,
-            2 | 3 => 2,
-            4..=6 => 4,
-            10..=12 => 8,
-            8 => {
-                r.read_exact(&mut b).ok()?;
-                let len = u64::from_le_bytes(b);
-                r.seek_relative(i64::try_from(len).ok()?).ok()?;
-                return Some(());
-            }
-            9 if depth < 8 => {
-                let mut tb = [0u8; 4];
-                r.read_exact(&mut tb).ok()?;
-                r.read_exact(&mut b).ok()?;
-                let (elem, len) = (u32::from_le_bytes(tb), u64::from_le_bytes(b));
-                for _ in 0..len {
-                    skip(r, elem, depth + 1)?;
-                }
-                return Some(());
-            }
-            _ => return None,
-        };
-        r.read_exact(&mut b[..width]).ok()
-    }
-    for _ in 0..n_kv {
-        string(&mut r)?;
-        let t = u32_(&mut r)?;
-        skip(&mut r, t, 0)?;
-    }
-    for _ in 0..n_tensors {
-        let name = string(&mut r)?;
-        let n_dims = u32_(&mut r)?;
-        for _ in 0..n_dims.min(8) {
-            u64_(&mut r)?;
-        }
-        let id = u32_(&mut r)?;
-        u64_(&mut r)?;
-        if !READABLE_TYPES
-            .iter()
-            .chain(&[GgmlDType::Q8_1, GgmlDType::Q8K])
-            .any(|&d| ggml_type_id(d) == id)
-        {
-            return Some((name, id));
-        }
-    }
-    None
 }
 
 /// [`LlamaConfig`] from the `llama.*` metadata of a GGUF file.

@@ -3,14 +3,13 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
-use candle_core::quantized::gguf_file::{Content, Value as GgufValue};
+use candle_core::quantized::gguf_file::Value as GgufValue;
 use safetensors::SafeTensors;
 use serde_json::Value;
 
-use crate::error::{CandleMessage, LlamaIoError, Result};
+use crate::error::{LlamaIoError, Result};
 
 /// One tensor of a model file.
 #[derive(Debug, Clone, PartialEq)]
@@ -134,15 +133,7 @@ fn safetensors_header(path: &Path) -> Result<Vec<TensorSummary>> {
 
 /// [`inspect`] of a GGUF file.
 fn inspect_gguf(path: &Path) -> Result<Inventory> {
-    let file = File::open(path).map_err(io(path))?;
-    let file_size = file.metadata().map_err(io(path))?.len();
-    let content = Content::read(&mut BufReader::new(file)).map_err(|e| {
-        LlamaIoError::format(
-            path,
-            format!("not a valid GGUF file: {}", CandleMessage(&e)),
-        )
-    })?;
-    crate::gguf::check_tensor_table(&content, path, file_size)?;
+    let (content, _) = crate::gguf_header::read_content(path)?;
     let metadata = content
         .metadata
         .iter()
@@ -163,7 +154,7 @@ fn inspect_gguf(path: &Path) -> Result<Inventory> {
             let dtype = info.ggml_dtype;
             TensorSummary {
                 name: name.clone(),
-                dtype: crate::gguf::ggml_type_name(dtype).to_string(),
+                dtype: crate::gguf_header::ggml_type_name(dtype).to_string(),
                 shape: info.shape.dims().to_vec(),
                 bytes: (elems / dtype.block_size() * dtype.type_size()) as u64,
             }

@@ -19,13 +19,15 @@ pub mod names;
 pub mod data;
 // (uses error)
 pub mod tokenizer;
-// (uses error)
-pub mod inspect;
 // The weights.
 mod model;
 // Readers and the writer (use model).
 mod hf;
-// (uses model, names, tokenizer)
+// GGML types and the checked GGUF header (uses error).
+mod gguf_header;
+// (uses gguf_header)
+pub mod inspect;
+// (uses model, names, tokenizer, gguf_header)
 pub mod gguf;
 // The GGUF writer (uses model, names, tokenizer, gguf).
 pub mod gguf_writer;

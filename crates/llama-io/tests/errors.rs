@@ -352,3 +352,92 @@ fn paths_that_are_not_models() {
     std::fs::write(&txt, b"hello").unwrap();
     expect_error(&txt, &["weights.bin", ".gguf"]);
 }
+
+/// GGUF headers that declare more than the file holds (strings, arrays, entry counts,
+/// dimensions), or nest arrays without end, are refused by a walk over the header before
+/// candle's parser could allocate or recurse on them; each error names the entry.
+#[test]
+fn gguf_headers_that_declare_too_much_fail_before_allocating() {
+    let dir = TempDir::new("gguf-huge");
+    let path = dir.path().join("h.gguf");
+    let header = |n_tensors: u64, n_kv: u64| {
+        let mut b = b"GGUF".to_vec();
+        b.extend(3u32.to_le_bytes());
+        b.extend(n_tensors.to_le_bytes());
+        b.extend(n_kv.to_le_bytes());
+        b
+    };
+    let key = |b: &mut Vec<u8>, k: &str| {
+        b.extend((k.len() as u64).to_le_bytes());
+        b.extend(k.as_bytes());
+    };
+    let mut cases: Vec<(Vec<u8>, &[&str])> = Vec::new();
+    // Entry counts no file of this size can hold.
+    cases.push((header(u64::MAX, 0), &["tensors"]));
+    cases.push((header(0, 1 << 60), &["metadata entries"]));
+    // A key, then a string value, of 2^62 bytes.
+    let mut b = header(0, 1);
+    b.extend((1u64 << 62).to_le_bytes());
+    b.extend([0u8; 64]);
+    cases.push((b, &["metadata key 0", "string"]));
+    let mut b = header(0, 1);
+    key(&mut b, "general.name");
+    b.extend(8u32.to_le_bytes());
+    b.extend((1u64 << 62).to_le_bytes());
+    b.extend([0u8; 64]);
+    cases.push((b, &["general.name", "bytes"]));
+    // An array of 2^60 u32 values, and arrays nested 100 deep.
+    let mut b = header(0, 1);
+    key(&mut b, "tokenizer.ggml.token_type");
+    b.extend(9u32.to_le_bytes());
+    b.extend(4u32.to_le_bytes());
+    b.extend((1u64 << 60).to_le_bytes());
+    b.extend([0u8; 64]);
+    cases.push((b, &["tokenizer.ggml.token_type", "array elements"]));
+    let mut b = header(0, 1);
+    key(&mut b, "deep");
+    b.extend(9u32.to_le_bytes());
+    for _ in 0..100 {
+        b.extend(9u32.to_le_bytes());
+        b.extend(1u64.to_le_bytes());
+    }
+    b.extend(vec![0u8; 64]);
+    cases.push((b, &["deep", "nests"]));
+    // An unknown value type.
+    let mut b = header(0, 1);
+    key(&mut b, "odd");
+    b.extend(99u32.to_le_bytes());
+    b.extend(vec![0u8; 16]);
+    cases.push((b, &["odd", "value type 99"]));
+    // A tensor with 2^31 dimensions, one whose dimensions multiply past 2^64, and one
+    // declaring far more values than the file holds.
+    let tensor = |dims: &[u64], n_dims: u32| {
+        let mut b = header(1, 0);
+        key(&mut b, "token_embd.weight");
+        b.extend(n_dims.to_le_bytes());
+        for d in dims {
+            b.extend(d.to_le_bytes());
+        }
+        b.extend(0u32.to_le_bytes());
+        b.extend(0u64.to_le_bytes());
+        b.extend(vec![0u8; 64]);
+        b
+    };
+    cases.push((tensor(&[], 1 << 31), &["token_embd.weight", "dimensions"]));
+    cases.push((
+        tensor(&[1 << 40, 1 << 40], 2),
+        &["token_embd.weight", "more values"],
+    ));
+    cases.push((tensor(&[1 << 30], 1), &["token_embd.weight", "more values"]));
+    for (bytes, needles) in cases {
+        std::fs::write(&path, &bytes).unwrap();
+        let err = expect_error(&path, &["h.gguf"]);
+        let text = err.to_string();
+        assert!(
+            matches!(err, LlamaIoError::Format { .. }) && needles.iter().all(|n| text.contains(n)),
+            "{needles:?}: {text}"
+        );
+        let inspected = llama_io::inspect(&path).unwrap_err().to_string();
+        assert_eq!(inspected, text);
+    }
+}
