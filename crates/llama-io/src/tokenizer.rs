@@ -29,13 +29,20 @@ use tokenizers::{AddedToken, Tokenizer};
 use crate::config::LlamaConfig;
 use crate::error::{CandleMessage, LlamaIoError, Result};
 
-/// Loads a Hugging Face `tokenizer.json`.
+/// Loads a Hugging Face `tokenizer.json`. The text is parsed as JSON first: the
+/// `tokenizers` library panics on some malformed JSON (its decoder deserializer expects
+/// a parse to succeed), so only valid JSON reaches it.
 ///
 /// # Errors
-/// [`LlamaIoError::Tokenizer`] naming the file when it cannot be read or parsed.
+/// [`LlamaIoError::Tokenizer`] naming the file when it cannot be read, is not JSON, or
+/// does not describe a tokenizer.
 pub fn tokenizer_from_json(path: &Path) -> Result<Tokenizer> {
-    Tokenizer::from_file(path)
-        .map_err(|e| LlamaIoError::Tokenizer(format!("{}: {e}", path.display())))
+    let fail =
+        |e: &dyn std::fmt::Display| LlamaIoError::Tokenizer(format!("{}: {e}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| fail(&e))?;
+    serde_json::from_str::<serde_json::Value>(&text)
+        .map_err(|e| fail(&format_args!("not JSON: {e}")))?;
+    text.parse::<Tokenizer>().map_err(|e| fail(&e))
 }
 
 /// GGUF token type of control tokens (llama.cpp's `LLAMA_TOKEN_TYPE_CONTROL`).

@@ -441,3 +441,24 @@ fn gguf_headers_that_declare_too_much_fail_before_allocating() {
         assert_eq!(inspected, text);
     }
 }
+
+/// Found by the fuzz target `tokenizer_json`: a `tokenizer.json` whose JSON breaks inside
+/// the decoder made the `tokenizers` library panic (`expect("Helper")`); it is an error
+/// naming the file.
+#[test]
+fn a_tokenizer_json_with_broken_json_is_an_error_not_a_panic() {
+    let dir = TempDir::new("tok-json");
+    let path = dir.path().join("tokenizer.json");
+    std::fs::write(
+        &path,
+        r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,"pre_tokenizer":null,"post_processor":null,"decoder":{"type"se_regex":true},"model":{"type":"WordLevel","vocab":{"a":0},"unk_token":"a"}}"#,
+    )
+    .unwrap();
+    let err = llama_io::tokenizer::tokenizer_from_json(&path)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("tokenizer.json") && err.contains("not JSON"),
+        "{err}"
+    );
+}

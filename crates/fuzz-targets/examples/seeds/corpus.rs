@@ -1,0 +1,170 @@
+//! Seed inputs of the fuzz targets, made from generated models: a GGUF without and with
+//! tokenizer metadata, Hugging Face directories with a word-level and a byte-level BPE
+//! tokenizer, their `tokenizer.json`, and a run checkpoint after the first block.
+
+#[path = "../../../../tests/common/mod.rs"]
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use fuzz_targets::{CHECKPOINT_FILES, CHECKPOINT_FINGERPRINT, HF_FILES, join};
+use magr::llama_io::tokenizer::tokenizer_from_json;
+use magr::llama_io::{GgufLinears, GgufOptions, LinearKind, Model, WeightDtype};
+use magr::quantizers::{GridSpec, QuantizedLinear};
+use magr::{
+    OutputFormat, PipelineError, PipelineObserver, PipelineSettings, PipelineState, RunCheckpoint,
+    quantize_model,
+};
+
+/// A byte-level BPE `tokenizer.json`: the 256 byte symbols of GPT-2 and two merges.
+fn bpe_tokenizer_json() -> String {
+    // GPT-2's byte-to-symbol map: printable bytes stand for themselves, the others
+    // for the code points from 256 on, in order.
+    let mut symbols = Vec::new();
+    let mut shifted = 0;
+    for b in 0..=255u32 {
+        let printable = (33..=126).contains(&b) || (161..=172).contains(&b) || b >= 174;
+        symbols.push(if printable {
+            char::from_u32(b).unwrap()
+        } else {
+            shifted += 1;
+            char::from_u32(255 + shifted).unwrap()
+        });
+    }
+    let mut vocab: Vec<String> = symbols.iter().map(char::to_string).collect();
+    vocab.extend(["he".into(), "ll".into()]);
+    let vocab: serde_json::Map<String, serde_json::Value> = vocab
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| (t, i.into()))
+        .collect();
+    serde_json::json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": [],
+        "normalizer": null,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
+                  "ignore_merges": false, "vocab": vocab, "merges": ["h e", "l l"]}
+    })
+    .to_string()
+}
+
+/// Feeds the quantized layers to the formats and saves the checkpoint after block 0,
+/// then stops the run.
+struct FirstBlock<'a> {
+    formats: Vec<Box<dyn OutputFormat>>,
+    checkpoint: &'a RunCheckpoint,
+}
+
+impl PipelineObserver for FirstBlock<'_> {
+    fn layer_quantized(
+        &mut self,
+        block: usize,
+        kind: LinearKind,
+        quantized: &QuantizedLinear,
+    ) -> Result<(), PipelineError> {
+        for f in &mut self.formats {
+            f.layer_quantized(block, kind, quantized)?;
+        }
+        Ok(())
+    }
+
+    fn block_finished(
+        &mut self,
+        model: &Model,
+        state: &PipelineState,
+    ) -> Result<(), PipelineError> {
+        let formats: Vec<&dyn OutputFormat> = self.formats.iter().map(|f| f.as_ref()).collect();
+        self.checkpoint.save(model, state, &formats)?;
+        Err(PipelineError::Output(
+            "the seed checkpoint is written".into(),
+        ))
+    }
+}
+
+fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The seeds of every target, by target name.
+pub fn all() -> BTreeMap<&'static str, Vec<Vec<u8>>> {
+    let dir = std::env::temp_dir().join(format!("magr-fuzz-seeds-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut seeds: BTreeMap<&'static str, Vec<Vec<u8>>> = BTreeMap::new();
+
+    // Hugging Face directories: word-level, then byte-level BPE.
+    let word = dir.join("word");
+    common::write_tiny_model_dir(&word, 3);
+    let bpe_json = dir.join("bpe-tokenizer.json");
+    std::fs::write(&bpe_json, bpe_tokenizer_json()).unwrap();
+    let mut model = Model::load(&word).unwrap();
+    model.set_tokenizer(Some(tokenizer_from_json(&bpe_json).unwrap()));
+    let bpe = dir.join("bpe");
+    magr::llama_io::write_hf_dir(&model, &bpe, WeightDtype::F16, false).unwrap();
+    for d in [&word, &bpe] {
+        let files: Vec<Vec<u8>> = HF_FILES
+            .iter()
+            .map(|f| std::fs::read(d.join(f)).unwrap_or_default())
+            .collect();
+        let parts: Vec<&[u8]> = files.iter().map(Vec::as_slice).collect();
+        seeds.entry("hf_dir").or_default().push(join(&parts));
+        seeds
+            .entry("tokenizer_json")
+            .or_default()
+            .push(read(&d.join("tokenizer.json")));
+    }
+
+    // GGUF files: without a tokenizer, and with the BPE one as metadata.
+    let plain = dir.join("plain.gguf");
+    let mut untokenized = model.clone();
+    untokenized.set_tokenizer(None);
+    magr::llama_io::write_gguf(
+        &untokenized,
+        &plain,
+        &GgufOptions::default(),
+        &GgufLinears::new(),
+    )
+    .unwrap();
+    let tokenized = dir.join("tokenized.gguf");
+    let options = GgufOptions {
+        tokenizer_pre: Some("smollm".into()),
+        ..GgufOptions::default()
+    };
+    magr::llama_io::write_gguf(&model, &tokenized, &options, &GgufLinears::new()).unwrap();
+    seeds.insert("gguf", vec![read(&plain), read(&tokenized)]);
+
+    // A run checkpoint after block 0 of the generated model, with the formats that the
+    // target restores.
+    let mut model = common::tiny_model(4);
+    assert_eq!(model.config(), &fuzz_targets::checkpoint_config());
+    let ckpt_dir = dir.join("checkpoint");
+    let checkpoint = RunCheckpoint::new(&ckpt_dir, CHECKPOINT_FINGERPRINT.into());
+    let settings = PipelineSettings::new(GridSpec::reference(4, Some(32)).unwrap(), faer::Par::Seq);
+    let mut observer = FirstBlock {
+        formats: fuzz_targets::checkpoint_formats(),
+        checkpoint: &checkpoint,
+    };
+    let stopped = quantize_model(
+        &mut model,
+        &common::windows(2, 16, 5),
+        &settings,
+        &mut observer,
+    );
+    assert!(stopped.is_err());
+    let files: Vec<Vec<u8>> = CHECKPOINT_FILES
+        .iter()
+        .map(|f| read(&ckpt_dir.join(f)))
+        .collect();
+    let parts: Vec<&[u8]> = files.iter().map(Vec::as_slice).collect();
+    seeds.insert("checkpoint", vec![join(&parts)]);
+
+    std::fs::remove_dir_all(&dir).unwrap();
+    seeds
+}
