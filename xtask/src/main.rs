@@ -22,6 +22,11 @@
 //!   SIGKILL N times (default 100) at random moments and resumed each time; checks that
 //!   every finished output has the bytes of an uninterrupted run and prints where the
 //!   kills landed (the test `magr-cli/tests/kills.rs`, which CI runs with 20 kills).
+//! - `fuzz TARGET [--seconds N]`: libFuzzer (cargo-fuzz, installed at its pinned version
+//!   when missing; a nightly toolchain when rustup has one, else stable with
+//!   `RUSTC_BOOTSTRAP=1`) on one target of `crates/fuzz-targets` for N seconds (default
+//!   3600), from the seeds its `seeds` example writes into `fuzz/corpus/TARGET`; crashes
+//!   land in `fuzz/artifacts/TARGET`.
 //! - `bench --micro [ARGS]`: the l1-projection criterion benchmarks (extra arguments go
 //!   to criterion, e.g. `cargo xtask bench --micro --measurement-time 3`), then MagR's
 //!   speed report (per-iteration time against one `H W` product, FISTA against plain)
@@ -54,6 +59,9 @@ commands:
            and without an imatrix, judged by llama-perplexity and magr eval, into docs/results.md
   bench --micro [ARGS]
            the projection benchmarks (ARGS go to criterion), then MagR's and OPTQ's speed reports
+  fuzz TARGET [--seconds N]
+           libFuzzer on a reader (gguf, hf_dir, tokenizer_json, checkpoint) for N seconds
+           (default 3600) from generated seeds; crashes go to fuzz/artifacts/TARGET
   kills [--count N] [--seed S]
            kill `magr quantize` with SIGKILL N times (default 100) at random moments, resume each
            time, and check the outputs against an uninterrupted run (CI runs 20)
@@ -70,6 +78,7 @@ fn main() -> ExitCode {
         Some("bench") => bench(&rest),
         Some("quantize") => quantize(&rest),
         Some("kills") => kills(&rest),
+        Some("fuzz") => fuzz(&rest),
         Some("help" | "-h" | "--help") => {
             println!("{USAGE}");
             Ok(())
@@ -119,6 +128,85 @@ fn ci() -> Result<(), String> {
         )?;
     }
     Ok(())
+}
+
+/// cargo-fuzz's version, installed by `fuzz` when `cargo fuzz` is missing.
+const CARGO_FUZZ: &str = "0.13.2";
+
+/// `fuzz TARGET [--seconds N]`: libFuzzer on `TARGET` for N seconds (module docs).
+fn fuzz(args: &[String]) -> Result<(), String> {
+    const TARGETS: [&str; 4] = ["gguf", "hf_dir", "tokenizer_json", "checkpoint"];
+    let usage = format!("usage: cargo xtask fuzz TARGET [--seconds N], TARGET one of {TARGETS:?}");
+    let target = args
+        .first()
+        .filter(|t| TARGETS.contains(&t.as_str()))
+        .ok_or_else(|| usage.clone())?;
+    let seconds = match &args[1..] {
+        [] => "3600".to_string(),
+        [flag, n] if flag == "--seconds" && n.parse::<u64>().is_ok() => n.clone(),
+        _ => return Err(usage),
+    };
+    let has_cargo_fuzz = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_cargo_fuzz {
+        cargo(&["install", "cargo-fuzz", "--version", CARGO_FUZZ, "--locked"])?;
+    }
+    let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    let corpus = root.join("fuzz/corpus");
+    cargo(&[
+        "run",
+        "--release",
+        "-p",
+        "fuzz-targets",
+        "--example",
+        "seeds",
+        "--",
+        table::path_str(&corpus)?,
+    ])?;
+    let nightly = Command::new("rustup")
+        .args(["run", "nightly", "rustc", "--version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let mut command = if nightly {
+        let mut c = Command::new("rustup");
+        c.args(["run", "nightly", "cargo"]);
+        c
+    } else {
+        let mut c = Command::new("cargo");
+        c.env("RUSTC_BOOTSTRAP", "1");
+        c
+    };
+    let target_corpus = corpus.join(target);
+    command
+        .args([
+            "fuzz",
+            "run",
+            "-O",
+            target,
+            table::path_str(&target_corpus)?,
+            "--",
+        ])
+        .arg(format!("-max_total_time={seconds}"))
+        .arg("-rss_limit_mb=4096")
+        .arg("-print_final_stats=1")
+        .current_dir(root);
+    eprintln!("xtask: {command:?}");
+    let status = command
+        .status()
+        .map_err(|e| format!("could not run cargo fuzz: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "cargo fuzz run {target} failed ({status}): see fuzz/artifacts/{target}"
+        ))
+    }
 }
 
 /// `kills [--count N] [--seed S]`: the random-kill test with N kills and seed S.
