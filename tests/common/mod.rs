@@ -2,8 +2,8 @@
 //! `crates/magr-cli/tests` by path).
 #![allow(dead_code)]
 
-use std::collections::HashMap;
-use std::path::Path;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 
 use magr::llama_io::tokenizer::tokenizer_from_json;
 use magr::llama_io::{HostTensor, LlamaConfig, Model, TensorRole, WeightDtype, write_hf_dir};
@@ -147,4 +147,22 @@ fn write_model_dir_with(
     let model =
         Model::from_hf_tensors(model.config().clone(), tensors, Some(tokenizer), dir).unwrap();
     write_hf_dir(&model, dir, WeightDtype::F32, false).unwrap();
+}
+
+/// Every file under `dir` with its bytes, by relative path.
+pub fn tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let bytes = std::fs::read(&path).unwrap();
+                files.insert(path.strip_prefix(dir).unwrap().to_path_buf(), bytes);
+            }
+        }
+    }
+    files
 }

@@ -17,8 +17,11 @@ use magr::llama_io::{self, GgufFloat, HostTensor, LlamaConfig, Model, TensorRole
 use magr::quantizers::GridSpec;
 use magr::{FormatContext, OutputFormat, RunCheckpoint};
 
+/// A fuzz target: reads its input, whatever the bytes.
+pub type Target = fn(&[u8]);
+
 /// The targets, by name.
-pub const TARGETS: [(&str, fn(&[u8])); 4] = [
+pub const TARGETS: [(&str, Target); 4] = [
     ("gguf", gguf),
     ("hf_dir", hf_dir),
     ("tokenizer_json", tokenizer_json),

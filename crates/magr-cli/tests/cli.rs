@@ -504,27 +504,9 @@ fn disk_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
-/// Every file under `dir` with its bytes, by relative path.
-fn tree(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
-    let mut files = std::collections::BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let path = e.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                let bytes = std::fs::read(&path).unwrap();
-                files.insert(path.strip_prefix(dir).unwrap().to_path_buf(), bytes);
-            }
-        }
-    }
-    files
-}
-
 /// The model files of an output (`report.json` and `report.md` hold timings).
 fn model_files(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
-    let mut files = tree(dir);
+    let mut files = common::tree(dir);
     files.retain(|p, _| p.components().count() > 1);
     files
 }
@@ -618,8 +600,8 @@ fn a_full_disk_keeps_the_earlier_output_and_a_resumable_run() {
         if rc.trim() != "0" {
             failures += 1;
             assert_eq!(
-                tree(&scratch.join("first")),
-                tree(&scratch.join("after")),
+                common::tree(&scratch.join("first")),
+                common::tree(&scratch.join("after")),
                 "{size_kib} KiB: the earlier output changed"
             );
             assert!(

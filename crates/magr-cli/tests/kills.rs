@@ -28,28 +28,10 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-/// Every file under `dir` with its bytes, by relative path.
-fn tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut files = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let path = e.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                let bytes = std::fs::read(&path).unwrap();
-                files.insert(path.strip_prefix(dir).unwrap().to_path_buf(), bytes);
-            }
-        }
-    }
-    files
-}
-
 /// The files of an output, with the bytes of those that hold no timing (the reports
 /// record seconds; every model file must match exactly).
 fn comparable(dir: &Path) -> BTreeMap<PathBuf, Option<Vec<u8>>> {
-    tree(dir)
+    common::tree(dir)
         .into_iter()
         .map(|(path, bytes)| {
             let timed = path.components().count() == 1;
