@@ -120,3 +120,36 @@ impl LlamaIoError {
 
 /// Result alias for this crate.
 pub type Result<T, E = LlamaIoError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::backtrace::Backtrace;
+
+    #[test]
+    fn candle_messages_lose_their_backtrace_and_stay_on_one_line() {
+        let traced = |inner: candle_core::Error| candle_core::Error::WithBacktrace {
+            inner: Box::new(inner),
+            backtrace: Box::new(Backtrace::force_capture()),
+        };
+        let e = traced(candle_core::Error::Msg("unexpected end".into()));
+        assert!(
+            e.to_string().lines().count() > 1,
+            "candle appends its trace"
+        );
+        assert_eq!(CandleMessage(&e).to_string(), "unexpected end");
+        let in_context = traced(
+            traced(candle_core::Error::Msg("bad block".into()))
+                .with_path("/m.gguf")
+                .context("reading tensor `t`"),
+        );
+        assert_eq!(
+            CandleMessage(&in_context).to_string(),
+            "reading tensor `t`: /m.gguf: bad block"
+        );
+        assert_eq!(
+            LlamaIoError::Candle(e).to_string(),
+            "tensor operation failed: unexpected end"
+        );
+    }
+}
