@@ -189,6 +189,15 @@ pub fn run(i: &Inputs<'_>, fresh: bool) -> Result<(), String> {
     }
     write_section(&dir, i.results, &machine)?;
 
+    // The float model every row starts from.
+    let float = dir.join("float");
+    if !float.join("meta.txt").exists() {
+        std::fs::create_dir_all(&float).map_err(|e| format!("{}: {e}", float.display()))?;
+        perplexities(i, &f32_gguf, &float, &joined)?;
+        write_meta(&float, &commit, 0.0)?;
+        write_section(&dir, i.results, &machine)?;
+    }
+
     for (llama_type, magr_type, _) in TYPES {
         for row in &ROWS {
             let cell = dir.join(format!("{}-{magr_type}", row.id));
@@ -280,12 +289,16 @@ fn measure(
         .map_err(|e| e.to_string())?;
     let bytes = std::fs::metadata(&gguf).map_err(|e| e.to_string())?.len();
     std::fs::write(cell.join("bytes.txt"), format!("{bytes}\n")).map_err(|e| e.to_string())?;
+    perplexities(i, &gguf, cell, joined)
+}
 
+/// Both perplexities of the file `gguf` into `cell`: `llama-ppl.txt` and `eval.json`.
+fn perplexities(i: &Inputs<'_>, gguf: &Path, cell: &Path, joined: &Path) -> Result<(), String> {
     let llama = output(
         &tool(i, "llama-perplexity"),
         &[
             "-m",
-            path_str(&gguf)?,
+            path_str(gguf)?,
             "-f",
             path_str(joined)?,
             "-c",
@@ -308,7 +321,7 @@ fn measure(
             "eval",
             "--quiet",
             "--model",
-            path_str(&gguf)?,
+            path_str(gguf)?,
             "--eval-windows",
             EVAL_CHUNKS,
             "--report",
@@ -343,6 +356,18 @@ fn write_section(dir: &Path, results: &Path, machine: &str) -> Result<(), String
          `cargo xtask llama-cpp` (llama.cpp vendored in llama-cpp-python 0.3.36, AVX2). \
          Machine: {machine}.\n"
     );
+    let float = dir.join("float");
+    if read_meta(&float).is_some() {
+        let llama = read_number(&float.join("llama-ppl.txt"));
+        let magr = read_typed::<Evaluation>(&float.join("eval.json"))?.map(|e| e.ppl);
+        let _ = writeln!(
+            md,
+            "The float model (the F32 GGUF every row starts from): llama.cpp ppl **{}**, magr \
+             eval ppl **{}**.\n",
+            llama.map_or("-".into(), |v| format!("{v:.2}")),
+            magr.map_or("-".into(), |v| format!("{v:.2}"))
+        );
+    }
     let _ = writeln!(
         md,
         "| format | method | llama.cpp ppl | magr eval ppl | ratio to llama.cpp + imatrix | file MB | bits/weight (linear) | quantization s | commit |"
@@ -383,6 +408,17 @@ fn write_section(dir: &Path, results: &Path, machine: &str) -> Result<(), String
             );
         }
     }
+    let _ = writeln!(
+        md,
+        "\nOn this model the 32-input block formats are nearly degenerate (the data README): \
+         its float weights are the dequantized Q4_1 model, so every Q4_1 block is exactly \
+         representable, and a min-max fit (llama.cpp with or without an imatrix, magr RTN) \
+         gives back the float weights; Q4_0 and Q5_0 blocks lie close to that lattice too. \
+         OPTQ's error updates halve the layer loss on the calibration windows but move the \
+         weights off the lattice, and score worse on WikiText-2 than rounding does; MagR \
+         changes the weights before OPTQ and cannot return to it either. A comparison that \
+         means something for MagR and OPTQ needs a model whose float weights lie on no grid."
+    );
     let _ = writeln!(
         md,
         "\nCommands: `cargo xtask bench --gguf` (continues an interrupted table; `--gguf --fresh` \
