@@ -412,12 +412,13 @@ fn write_section(dir: &Path, results: &Path, machine: &str) -> Result<(), String
         md,
         "\nOn this model the 32-input block formats are nearly degenerate (the data README): \
          its float weights are the dequantized Q4_1 model, so every Q4_1 block is exactly \
-         representable, and a min-max fit (llama.cpp with or without an imatrix, magr RTN) \
-         gives back the float weights; Q4_0 and Q5_0 blocks lie close to that lattice too. \
-         OPTQ's error updates halve the layer loss on the calibration windows but move the \
-         weights off the lattice, and score worse on WikiText-2 than rounding does; MagR \
-         changes the weights before OPTQ and cannot return to it either. A comparison that \
-         means something for MagR and OPTQ needs a model whose float weights lie on no grid."
+         representable: llama.cpp (with or without an imatrix), magr RTN and magr OPTQ (which \
+         then has no error to carry) all give back the float weights, and only MagR, which \
+         changes the weights first, can move away from the float model. Q4_0 and Q5_0 blocks \
+         lie close to that lattice: there OPTQ's error updates, which lower the layer loss on \
+         the calibration windows, move the weights off it and score worse on WikiText-2 than \
+         rounding does. A comparison that means something for MagR and OPTQ needs a model \
+         whose float weights lie on no grid."
     );
     let _ = writeln!(
         md,
