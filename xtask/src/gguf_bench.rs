@@ -413,8 +413,10 @@ fn write_section(dir: &Path, results: &Path, machine: &str) -> Result<(), String
         "\nOn this model the 32-input block formats are nearly degenerate (the data README): \
          its float weights are the dequantized Q4_1 model, so every Q4_1 block is exactly \
          representable: llama.cpp (with or without an imatrix), magr RTN and magr OPTQ (which \
-         then has no error to carry) all give back the float weights, and only MagR, which \
-         changes the weights first, can move away from the float model. Q4_0 and Q5_0 blocks \
+         then has no error to carry) all give back the float weights (`magr eval` scores them as the \
+         float model; llama.cpp's figure differs from the F32 file's by its 8-bit rounding of \
+         activations in quantized products), and only MagR, which changes the weights first, \
+         can move away from the float model. Q4_0 and Q5_0 blocks \
          lie close to that lattice: there OPTQ's error updates, which lower the layer loss on \
          the calibration windows, move the weights off it and score worse on WikiText-2 than \
          rounding does. A comparison that means something for MagR and OPTQ needs a model \
