@@ -52,9 +52,7 @@ impl Staging {
     /// # Errors
     /// Each refusal above, naming the path and the flag; a directory that cannot be made.
     pub fn create(out: &Path, force: bool, resume: bool) -> Result<Self, PipelineError> {
-        let mut lock = out.as_os_str().to_owned();
-        lock.push(".lock");
-        let lock = PathBuf::from(lock);
+        let lock = with_suffix(out, ".lock");
         let lock = atomic_fs::Lock::try_acquire(&lock)
             .map_err(|e| PipelineError::Output(format!("cannot lock the output: {e}")))?
             .ok_or_else(|| {
@@ -71,9 +69,7 @@ impl Staging {
                 out.display()
             )));
         }
-        let mut partial = out.as_os_str().to_owned();
-        partial.push(".partial");
-        let partial = PathBuf::from(partial);
+        let partial = with_suffix(out, ".partial");
         if partial.exists() {
             let done = checkpointed_blocks(&partial);
             if resume && done.is_some() {
@@ -168,6 +164,13 @@ impl Drop for Staging {
             let _ = fs::remove_dir_all(&self.partial);
         }
     }
+}
+
+/// `path` with `suffix` appended to its last component (`OUT` -> `OUT.partial`).
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
 }
 
 /// Removes a file or a directory tree.

@@ -12,8 +12,9 @@ use fuzz_targets::{CHECKPOINT_FILES, CHECKPOINT_FINGERPRINT, HF_FILES, join};
 use magr::llama_io::tokenizer::tokenizer_from_json;
 use magr::llama_io::{GgufLinears, GgufOptions, LinearKind, Model, WeightDtype};
 use magr::quantizers::{GridSpec, QuantizedLinear};
+use magr::run::{RunEvents, RunObserver};
 use magr::{
-    OutputFormat, PipelineError, PipelineObserver, PipelineSettings, PipelineState, RunCheckpoint,
+    PipelineError, PipelineObserver, PipelineSettings, PipelineState, Progress, RunCheckpoint,
     quantize_model,
 };
 
@@ -55,12 +56,16 @@ fn bpe_tokenizer_json() -> String {
     .to_string()
 }
 
-/// Feeds the quantized layers to the formats and saves the checkpoint after block 0,
-/// then stops the run.
-struct FirstBlock<'a> {
-    formats: Vec<Box<dyn OutputFormat>>,
-    checkpoint: &'a RunCheckpoint,
+/// No progress to show while the seeds are made.
+struct Silent;
+
+impl RunEvents for Silent {
+    fn progress(&mut self, _progress: Progress) {}
+    fn warning(&mut self, _block: usize, _kind: LinearKind, _warning: &str) {}
 }
+
+/// A run's own observer (formats fed, checkpoint saved), stopped after block 0.
+struct FirstBlock<'a>(RunObserver<'a>);
 
 impl PipelineObserver for FirstBlock<'_> {
     fn layer_quantized(
@@ -69,10 +74,7 @@ impl PipelineObserver for FirstBlock<'_> {
         kind: LinearKind,
         quantized: &QuantizedLinear,
     ) -> Result<(), PipelineError> {
-        for f in &mut self.formats {
-            f.layer_quantized(block, kind, quantized)?;
-        }
-        Ok(())
+        self.0.layer_quantized(block, kind, quantized)
     }
 
     fn block_finished(
@@ -80,8 +82,7 @@ impl PipelineObserver for FirstBlock<'_> {
         model: &Model,
         state: &PipelineState,
     ) -> Result<(), PipelineError> {
-        let formats: Vec<&dyn OutputFormat> = self.formats.iter().map(|f| f.as_ref()).collect();
-        self.checkpoint.save(model, state, &formats)?;
+        self.0.block_finished(model, state)?;
         Err(PipelineError::Output(
             "the seed checkpoint is written".into(),
         ))
@@ -147,10 +148,12 @@ pub fn all() -> BTreeMap<&'static str, Vec<Vec<u8>>> {
     let ckpt_dir = dir.join("checkpoint");
     let checkpoint = RunCheckpoint::new(&ckpt_dir, CHECKPOINT_FINGERPRINT.into());
     let settings = PipelineSettings::new(GridSpec::reference(4, Some(32)).unwrap(), faer::Par::Seq);
-    let mut observer = FirstBlock {
-        formats: fuzz_targets::checkpoint_formats(),
-        checkpoint: &checkpoint,
-    };
+    let mut formats = fuzz_targets::checkpoint_formats();
+    let mut observer = FirstBlock(RunObserver {
+        events: &mut Silent,
+        formats: &mut formats,
+        checkpoint: Some(&checkpoint),
+    });
     let stopped = quantize_model(
         &mut model,
         &common::windows(2, 16, 5),
