@@ -95,11 +95,15 @@ pub enum QuantError {
         format: crate::ZeroFormat,
     },
     /// A GGUF block format needs the input width (a GGUF row) to be a multiple of its
-    /// 32-weight blocks.
-    #[error("the input width {inputs} is not a multiple of 32, the GGUF block size")]
+    /// blocks (32 weights; 256 for the K-quants).
+    #[error("the input width {inputs} is not a multiple of {block}, the GGUF {ty} block size")]
     GgmlWidth {
         /// The layer's number of inputs.
         inputs: usize,
+        /// The format.
+        ty: crate::GgmlBlockType,
+        /// Its weights per block.
+        block: usize,
     },
     /// A layer packed as a GGUF format was not quantized on that format's grids.
     #[error("cannot pack as GGUF {expected}: the layer was quantized on {found}")]
@@ -110,13 +114,15 @@ pub enum QuantError {
         found: String,
     },
     /// OPTQ's act-order with dynamic groups puts inputs far apart in one group, which a
-    /// GGUF row (blocks of 32 consecutive inputs) cannot store.
+    /// GGUF row (blocks of consecutive inputs) cannot store.
     #[error(
         "act-order with dynamic groups cannot be stored as GGUF {0}: a GGUF row cannot permute its inputs; turn act-order off (or use static groups)"
     )]
     GgmlActOrder(crate::GgmlBlockType),
     /// A GGUF block type name that is not one of the supported formats.
-    #[error("unknown GGUF block type {0:?}: use one of q4_0, q4_1, q5_0, q5_1, q8_0")]
+    #[error(
+        "unknown GGUF block type {0:?}: use one of q4_0, q4_1, q5_0, q5_1, q8_0, q2_k, q3_k, q4_k, q5_k, q6_k"
+    )]
     UnknownGgmlType(String),
 }
 

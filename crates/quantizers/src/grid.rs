@@ -61,11 +61,14 @@ impl GridSpec {
         })
     }
 
-    /// The grid family of a GGUF block format: one grid per block of
-    /// [`GgmlBlockType::BLOCK_SIZE`] (32) consecutive inputs of one output channel, the
-    /// format's bits, `beta = 1`, symmetric for the `_0` types. A fitted [`Grid`] holds
-    /// the block's parameters as stored (f16 values `d`, and `m` for Q4_1 / Q5_1), and
-    /// its [`Grid::value`] is the value llama.cpp's `dequantize_row_*` computes.
+    /// The grid family of a GGUF block format: one grid per group of
+    /// [`GgmlBlockType::group_size`] consecutive inputs of one output channel (a legacy
+    /// block of 32, a K-quant sub-block of 16 or 32), the format's bits, `beta = 1`,
+    /// symmetric for the types without a minimum. A fitted [`Grid`] holds the block's
+    /// parameters as stored (f16 values `d`, and `m` for Q4_1 / Q5_1; for a K-quant
+    /// sub-block its [`SubBlockScales`]), and its [`Grid::value`] is the value llama.cpp's
+    /// `dequantize_row_*` computes. The grids of a K-quant super-block (256 inputs) are
+    /// fitted together ([`GridSpec::fit_span`]).
     ///
     /// `fit` chooses how the block parameters are found: [`GridFit::MinMax`] is
     /// llama.cpp's `quantize_row_*_ref`; [`GridFit::Weighted`] searches for the parameters
@@ -74,7 +77,7 @@ impl GridSpec {
     pub fn ggml(ty: GgmlBlockType, fit: GridFit) -> Self {
         Self {
             bits: ty.bits(),
-            group_size: Some(GgmlBlockType::BLOCK_SIZE),
+            group_size: Some(ty.group_size()),
             symmetric: !ty.has_min(),
             beta: 1.0,
             ggml: Some(ty),
@@ -124,19 +127,58 @@ impl GridSpec {
     /// per channel. `inputs / group_rows` is the number of groups.
     ///
     /// # Errors
-    /// No inputs, or a group size that does not divide `inputs`.
+    /// No inputs, a group size that does not divide `inputs`, a GGUF format whose blocks
+    /// do not divide `inputs`.
     pub fn group_rows(&self, inputs: usize) -> Result<usize, QuantError> {
+        if let Some(ty) = self.ggml
+            && inputs > 0
+        {
+            ty.check_width(inputs)?;
+        }
         match self.group_size {
             _ if inputs == 0 => Err(QuantError::Parameter(
                 "a layer needs at least one input".into(),
             )),
             None => Ok(inputs),
             Some(g) if inputs.is_multiple_of(g) => Ok(g),
-            Some(_) if self.ggml.is_some() => Err(QuantError::GgmlWidth { inputs }),
             Some(g) => Err(QuantError::GroupSize {
                 group_size: g,
                 inputs,
             }),
+        }
+    }
+
+    /// Inputs whose grids are fitted together, for a layer with `inputs` inputs: a K-quant
+    /// super-block (256), else one group ([`GridSpec::group_rows`]); a multiple of the
+    /// group rows that divides `inputs`.
+    ///
+    /// # Errors
+    /// As [`GridSpec::group_rows`].
+    pub fn fit_span(&self, inputs: usize) -> Result<usize, QuantError> {
+        let rows = self.group_rows(inputs)?;
+        Ok(match self.ggml {
+            Some(ty) => ty.block_size(),
+            None => rows,
+        })
+    }
+
+    /// Fits the grids of one fit span ([`GridSpec::fit_span`]) of one channel to its
+    /// `values`, one grid per group into `grids` (`values.len() / group rows` of them),
+    /// with per-value `weights` (`H_ii`) for a weighted fit: [`GridSpec::fit_weighted`]
+    /// per group, except on K-quant specs, whose super-block parameters are fitted
+    /// together (see [`crate::GridFit`] and the `kquant` module).
+    pub fn fit_span_grids(&self, values: &[f32], weights: &[f32], grids: &mut [Grid]) {
+        match self.ggml {
+            Some(ty) if ty.is_k_quant() => {
+                crate::kquant::fit_super_block(ty, self.fit, values, weights, grids);
+            }
+            _ => {
+                let rows = values.len() / grids.len().max(1);
+                for (g, grid) in grids.iter_mut().enumerate() {
+                    let span = g * rows..(g + 1) * rows;
+                    *grid = self.fit_weighted(&values[span.clone()], &weights[span]);
+                }
+            }
         }
     }
 
@@ -156,8 +198,18 @@ impl GridSpec {
     /// positive); Q8_0 `d = amax / 127`; Q4_1 / Q5_1 `d = (max - min) / 15` (`/ 31`) and
     /// `m = min`; each rounded to f16 as stored. The one departure from the C code: an `d`
     /// or `m` beyond the f16 range is kept at `+-65504` instead of becoming infinite.
+    ///
+    /// K-quant specs, whose grids are fitted a super-block at a time
+    /// ([`GridSpec::fit_span_grids`]): the min-max fit of `values` as one sub-block with
+    /// its own super-block scales.
     pub fn fit(&self, values: impl IntoIterator<Item = f32>) -> Grid {
         if let Some(ty) = self.ggml {
+            if ty.is_k_quant() {
+                let values: Vec<f32> = values.into_iter().collect();
+                let mut grid = [Grid::default()];
+                crate::kquant::fit_super_block(ty, GridFit::MinMax, &values, &[], &mut grid);
+                return grid[0];
+            }
             return ggml::fit_min_max(ty, values);
         }
         let (lo, hi) = values
@@ -171,6 +223,9 @@ impl GridSpec {
     /// `|lo| == |hi|`.)
     pub fn fit_range(&self, lo: f32, hi: f32) -> Grid {
         if let Some(ty) = self.ggml {
+            if ty.is_k_quant() {
+                return self.fit([lo, hi]);
+            }
             let first = if lo.abs() > hi.abs() {
                 [lo, hi]
             } else {
@@ -201,6 +256,7 @@ impl GridSpec {
             zero,
             maxq,
             min: None,
+            sub_block: None,
         }
     }
 
@@ -217,6 +273,11 @@ impl GridSpec {
     /// other spec: [`GridSpec::fit`] on `values`.
     pub fn fit_weighted(&self, values: &[f32], weights: &[f32]) -> Grid {
         match self.ggml {
+            Some(ty) if ty.is_k_quant() => {
+                let mut grid = [Grid::default()];
+                self.fit_span_grids(values, weights, &mut grid);
+                grid[0]
+            }
             Some(ty) if self.fit == GridFit::Weighted => ggml::fit_weighted(ty, values, weights),
             _ => self.fit(values.iter().copied()),
         }
@@ -231,20 +292,42 @@ fn f16_scale(scale: f32) -> f32 {
 }
 
 /// One fitted grid: `x ~ scale * (q - zero)` with integer code `q` in `0..=maxq`; or,
-/// for the GGUF formats with a minimum (Q4_1, Q5_1), `x ~ q * scale + min`.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// for the GGUF formats with a minimum (Q4_1, Q5_1, Q2_K, Q4_K, Q5_K),
+/// `x ~ q * scale + min`.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Grid {
     /// Step between grid points, an f16 value (positive, except for GGUF grids: Q4_0 /
     /// Q5_0 `d` is negative when the block's largest magnitude is a positive value, and
-    /// any GGUF `d` is 0 for a constant block).
+    /// any GGUF `d` is 0 for a constant block; a K-quant sub-block's is `d * sc`, the
+    /// product of an f16 value and a small integer, exact in f32).
     pub scale: f32,
     /// Integer zero point (GGUF: 8 for Q4_0, 16 for Q5_0, 128 for Q8_0, whose stored
-    /// int8 is `code - 128`; 0 for Q4_1 / Q5_1).
+    /// int8 is `code - 128`, 4 for Q3_K, 32 for Q6_K; 0 with a minimum).
     pub zero: u32,
     /// Largest code.
     pub maxq: u32,
-    /// The block minimum `m` of Q4_1 / Q5_1 (an f16 value); `None` for every other grid.
+    /// The block minimum `m` of Q4_1 / Q5_1 (an f16 value), `-dmin * m` of a Q2_K / Q4_K /
+    /// Q5_K sub-block; `None` for every other grid.
     pub min: Option<f32>,
+    /// What a K-quant file stores for this sub-block; `None` for every other grid.
+    pub sub_block: Option<SubBlockScales>,
+}
+
+/// What a K-quant file stores for one sub-block's grid: the super-block's f16 scales and
+/// the sub-block's quantized scale and minimum. The grid is `scale = d * sc`,
+/// `min = -(dmin * m)` (Q2_K, Q4_K, Q5_K), with `sc` the stored scale code read as the
+/// format does (Q3_K: `code - 32`; Q6_K: the code's bits as an int8).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct SubBlockScales {
+    /// The super-block scale `d`, an f16 value.
+    pub d: f32,
+    /// The super-block scale of the minimums `dmin`, an f16 value (0 without minimums).
+    pub dmin: f32,
+    /// The sub-block's scale code as stored (4 bits Q2_K, 6 bits Q3_K / Q4_K / Q5_K, 8
+    /// bits Q6_K).
+    pub scale: u8,
+    /// The sub-block's minimum code as stored (0 without minimums).
+    pub min: u8,
 }
 
 impl Grid {
@@ -269,7 +352,11 @@ impl Grid {
     /// product then a sum; here it is the product then the sum, and all three agree bit
     /// for bit: `d` is an f16 value (11 significant bits) and `q < 2^5`, so `q * d` has at
     /// most 16 significant bits and is exact in f32 (f16 subnormals included), and an FMA
-    /// rounds the same exact sum once.
+    /// rounds the same exact sum once. K-quant sub-blocks likewise: `dequantize_row_q*_K`
+    /// computes `dl * q - ml` or `dl * (q - zero)` with `dl = d * sc`, `ml = dmin * m`;
+    /// `d * sc` and `dmin * m` are exact (at most 11 + 8 significant bits) and so is the
+    /// product with the code (at most 24 bits: Q6_K's `|sc| <= 128`, `|q - 32| <= 32`),
+    /// so only the final subtraction rounds, here as there.
     #[inline]
     pub fn value(&self, q: u32) -> f32 {
         match self.min {

@@ -5,6 +5,7 @@ mod cd;
 mod error;
 mod ggml;
 mod grid;
+mod kquant;
 mod layer;
 mod optq;
 mod pack;
@@ -13,7 +14,7 @@ mod rtn;
 pub use cd::{CoordinateDescent, SweepOrder, reference_lambda, refine};
 pub use error::QuantError;
 pub use ggml::{GgmlBlockType, GridFit, dequantize_ggml, pack_ggml};
-pub use grid::{Grid, GridSpec, reference_beta};
+pub use grid::{Grid, GridSpec, SubBlockScales, reference_beta};
 pub use layer::{LayerProblem, QuantizedLinear, Quantizer, layer_loss};
 pub use optq::Optq;
 pub use pack::{

@@ -29,9 +29,10 @@ use crate::{Grid, GridSpec, LayerProblem, QuantError, QuantizedLinear, Quantizer
 /// `g_idx` follows the reference: under act-order with dynamic groups, input `i`'s group
 /// is its processing position divided by the group size.
 ///
-/// GGUF block formats ([`GridSpec::ggml`]): groups are the blocks of 32 inputs and each
-/// block's grid is fitted as above (dynamic: when the loop reaches the block, on the
-/// error-updated weights) by [`GridSpec::fit_weighted`], whose weights, for
+/// GGUF block formats ([`GridSpec::ggml`]): groups are the blocks of 32 inputs (K-quant
+/// sub-blocks) and each block's grid is fitted as above (dynamic: when the loop reaches
+/// the block, on the error-updated weights; a K-quant super-block's grids together when
+/// the loop reaches the super-block, [`GridSpec::fit_span_grids`]), whose weights, for
 /// [`crate::GridFit::Weighted`], are the undamped `H_ii` of the block's inputs in
 /// processing order (0 for dead inputs, whose weights are zeroed anyway). Act-order with
 /// dynamic groups is refused ([`QuantError::GgmlActOrder`]): a GGUF row cannot permute
@@ -91,7 +92,8 @@ impl Quantizer for Optq {
             return Err(QuantError::GgmlActOrder(ty));
         }
         let gs = spec.group_rows(n)?;
-        let groups = n / gs;
+        let span = spec.fit_span(n)?;
+        let (groups, per_span) = (n / gs, span / gs);
         let dynamic_groups = spec.group_size().is_some() && !self.static_groups;
 
         let dead: Vec<bool> = (0..n).map(|i| h[(i, i)] == 0.0).collect();
@@ -102,21 +104,21 @@ impl Quantizer for Optq {
 
         // Grids, [g * m + j]. Per channel: the weights as given; static groups: the
         // weights with dead inputs zeroed; dynamic groups: filled in the loop.
-        let mut grids = vec![spec.fit([]); groups * m];
+        let mut grids = vec![Grid::default(); groups * m];
         if spec.group_size().is_none() {
             for (j, grid) in grids.iter_mut().enumerate() {
                 *grid = spec.fit(w.col(j).iter().copied());
             }
         } else if self.static_groups {
-            for g in 0..groups {
+            let mut span_grids = vec![Grid::default(); per_span];
+            for s in 0..n / span {
+                let inputs = s * span..(s + 1) * span;
                 for j in 0..m {
-                    grids[g * m + j] = if spec.ggml_type().is_some() {
-                        let values: Vec<f32> =
-                            (g * gs..(g + 1) * gs).map(|i| weight(i, j)).collect();
-                        spec.fit_weighted(&values, &fit_weights[g * gs..(g + 1) * gs])
-                    } else {
-                        spec.fit((g * gs..(g + 1) * gs).map(|i| weight(i, j)))
-                    };
+                    let values: Vec<f32> = inputs.clone().map(|i| weight(i, j)).collect();
+                    spec.fit_span_grids(&values, &fit_weights[inputs.clone()], &mut span_grids);
+                    for (k, grid) in span_grids.iter().enumerate() {
+                        grids[(s * per_span + k) * m + j] = *grid;
+                    }
                 }
             }
         }
@@ -146,15 +148,15 @@ impl Quantizer for Optq {
         for i1 in (0..n).step_by(bs) {
             let i2 = (i1 + bs).min(n);
             if dynamic_groups {
-                for start in (i1..i2).filter(|k| k % gs == 0) {
-                    let block = wp.as_ref().subcols(start, gs);
-                    let grids = &mut grids[start / gs * m..(start / gs + 1) * m];
+                for start in (i1..i2).filter(|k| k % span == 0) {
+                    let block = wp.as_ref().subcols(start, span);
+                    let grids = &mut grids[start / gs * m..(start / gs + per_span) * m];
                     if spec.ggml_type().is_some() {
-                        let weights: Vec<f32> = perm[start..start + gs]
+                        let weights: Vec<f32> = perm[start..start + span]
                             .iter()
                             .map(|&i| fit_weights[i])
                             .collect();
-                        fit_group_values(spec, block, &weights, grids);
+                        fit_span_values(spec, block, &weights, grids);
                     } else {
                         fit_group(spec, block, grids);
                     }
@@ -215,16 +217,22 @@ fn fit_group(spec: GridSpec, w: MatRef<'_, f32>, grids: &mut [Grid]) {
     }
 }
 
-/// Fits one grid per output to the rows of `w` (outputs x group inputs) from the values
-/// in processing order, with `weights` for a weighted fit (GGUF specs, whose min-max fit
-/// depends on the order of the values).
-fn fit_group_values(spec: GridSpec, w: MatRef<'_, f32>, weights: &[f32], grids: &mut [Grid]) {
+/// Fits the grids of one fit span per output to the rows of `w` (outputs x span inputs)
+/// from the values in processing order, with `weights` for a weighted fit (GGUF specs,
+/// whose min-max fit depends on the order of the values); `grids` holds the span's
+/// groups, `[k * outputs + j]`.
+fn fit_span_values(spec: GridSpec, w: MatRef<'_, f32>, weights: &[f32], grids: &mut [Grid]) {
+    let m = w.nrows();
     let mut values = vec![0.0f32; w.ncols()];
-    for (j, grid) in grids.iter_mut().enumerate() {
+    let mut span_grids = vec![Grid::default(); grids.len() / m];
+    for j in 0..m {
         for (k, v) in values.iter_mut().enumerate() {
             *v = w[(j, k)];
         }
-        *grid = spec.fit_weighted(&values, weights);
+        spec.fit_span_grids(&values, weights, &mut span_grids);
+        for (k, grid) in span_grids.iter().enumerate() {
+            grids[k * m + j] = *grid;
+        }
     }
 }
 

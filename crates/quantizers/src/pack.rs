@@ -283,13 +283,18 @@ impl GptqTensors {
 /// # Errors
 /// A zero point `format` cannot store ([`QuantError::ZeroPoint`]). Asymmetric grids have
 /// zero point 0 (not in v1) for a group whose weights are all `>= 0`, and `2^bits` (not
-/// in v2) for a group of all-`<= 0` weights with `beta < 1`. GGUF Q4_1 / Q5_1 grids
-/// (`q * d + m`, which the GPTQ layout cannot hold) are a [`QuantError::Parameter`].
+/// in v2) for a group of all-`<= 0` weights with `beta < 1`. GGUF grids with a minimum
+/// (`q * d + m`, which the GPTQ layout cannot hold) and K-quant grids (scales `d * sc`,
+/// not f16 values in general) are a [`QuantError::Parameter`].
 pub fn pack_gptq(q: &QuantizedLinear, format: ZeroFormat) -> Result<GptqTensors, QuantError> {
     let (n, m, groups, bits) = (q.inputs(), q.outputs(), q.groups(), q.spec().bits());
-    if let Some(ty) = q.spec().ggml_type().filter(|ty| ty.has_min()) {
+    if let Some(ty) = q
+        .spec()
+        .ggml_type()
+        .filter(|ty| ty.has_min() || ty.is_k_quant())
+    {
         return Err(QuantError::Parameter(format!(
-            "the GPTQ layout cannot hold GGUF {ty} grids (value q * d + m); pack them with pack_ggml"
+            "the GPTQ layout cannot hold GGUF {ty} grids (a minimum, or K-quant sub-block scales); pack them with pack_ggml"
         )));
     }
     let zeros: Vec<u32> = q.grids().iter().map(|g| g.zero).collect();

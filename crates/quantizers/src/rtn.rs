@@ -2,10 +2,11 @@
 
 use faer::Par;
 
-use crate::{GridFit, GridSpec, LayerProblem, QuantError, QuantizedLinear, Quantizer};
+use crate::{Grid, GridSpec, LayerProblem, QuantError, QuantizedLinear, Quantizer};
 
-/// Round to nearest: fit each (group, channel) grid to its weights and round each weight
-/// to its grid. `H` is used only for the reported loss, and by a weighted fit
+/// Round to nearest: fit each (group, channel) grid to its weights (a K-quant
+/// super-block's grids together, [`GridSpec::fit_span_grids`]) and round each weight to
+/// its grid. `H` is used only for the reported loss, and by a weighted fit
 /// ([`crate::GridFit::Weighted`]), whose weights are `H_ii` of the group's inputs.
 #[derive(Debug, Clone, Copy)]
 pub struct Rtn {
@@ -31,29 +32,29 @@ impl Quantizer for Rtn {
         let w = problem.weights;
         let (n, m) = (w.nrows(), w.ncols());
         let gs = self.spec.group_rows(n)?;
-        let groups = n / gs;
+        let span = self.spec.fit_span(n)?;
+        let (groups, per_span) = (n / gs, span / gs);
         let mut codes = vec![0u8; n * m];
-        let mut grids = vec![self.spec.fit([]); groups * m];
-        let weighted = self.spec.grid_fit() == GridFit::Weighted;
-        let diag: Vec<f32> = if weighted {
-            (0..n).map(|i| problem.hessian[(i, i)].max(0.0)).collect()
-        } else {
-            Vec::new()
-        };
+        let mut grids = vec![Grid::default(); groups * m];
+        let diag: Vec<f32> = (0..n).map(|i| problem.hessian[(i, i)].max(0.0)).collect();
         let mut buffer = Vec::new();
+        let mut span_grids = vec![Grid::default(); per_span];
         for j in 0..m {
             let column = contiguous(w.col(j), &mut buffer);
             let codes_j = &mut codes[j * n..(j + 1) * n];
-            for (g, (values, out)) in column.chunks(gs).zip(codes_j.chunks_mut(gs)).enumerate() {
-                let grid = if weighted {
-                    self.spec.fit_weighted(values, &diag[g * gs..(g + 1) * gs])
-                } else {
-                    self.spec.fit(values.iter().copied())
-                };
-                for (c, &x) in out.iter_mut().zip(values) {
-                    *c = grid.code(x) as u8;
+            for (s, (values, out)) in column
+                .chunks(span)
+                .zip(codes_j.chunks_mut(span))
+                .enumerate()
+            {
+                let weights = &diag[s * span..(s + 1) * span];
+                self.spec.fit_span_grids(values, weights, &mut span_grids);
+                for (k, (c, &x)) in out.iter_mut().zip(values).enumerate() {
+                    *c = span_grids[k / gs].code(x) as u8;
                 }
-                grids[g * m + j] = grid;
+                for (k, grid) in span_grids.iter().enumerate() {
+                    grids[(s * per_span + k) * m + j] = *grid;
+                }
             }
         }
         let g_idx = (0..n).map(|i| (i / gs) as u32).collect();

@@ -115,6 +115,7 @@ fn ref_quantize_block(ty: GgmlBlockType, x: &[f32]) -> Vec<u8> {
                 y.push((v * id).round() as i8 as u8);
             }
         }
+        _ => unreachable!("{ty} is a K-quant (kquant.rs)"),
     }
     assert_eq!(y.len(), ty.bytes_per_block());
     y
@@ -166,6 +167,7 @@ fn ref_dequantize_block(ty: GgmlBlockType, x: &[u8]) -> [f32; QK] {
                 y[j] = x[2 + j] as i8 as f32 * d;
             }
         }
+        _ => unreachable!("{ty} is a K-quant (kquant.rs)"),
     }
     y
 }
@@ -211,7 +213,7 @@ fn rtn_block(ty: GgmlBlockType, x: &[f32]) -> QuantizedLinear {
 
 #[test]
 fn block_types_describe_the_c_structs() {
-    for ty in GgmlBlockType::ALL {
+    for ty in GgmlBlockType::LEGACY {
         let header = 2 + if ty.has_min() { 2 } else { 0 } + if ty.bits() == 5 { 4 } else { 0 };
         assert_eq!(
             ty.bytes_per_block(),
@@ -235,9 +237,9 @@ fn block_types_describe_the_c_structs() {
             (ty.bits(), Some(32), Some(ty), GridFit::Weighted)
         );
     }
-    let ids: Vec<u32> = GgmlBlockType::ALL.iter().map(|t| t.type_id()).collect();
+    let ids: Vec<u32> = GgmlBlockType::LEGACY.iter().map(|t| t.type_id()).collect();
     assert_eq!(ids, [2, 3, 6, 7, 8]);
-    let sizes: Vec<usize> = GgmlBlockType::ALL
+    let sizes: Vec<usize> = GgmlBlockType::LEGACY
         .iter()
         .map(|t| t.bytes_per_block())
         .collect();
@@ -395,7 +397,7 @@ fn weighted_error(grid: &Grid, x: &[f32], w: &[f32]) -> f64 {
 }
 
 fn select_type() -> impl Strategy<Value = GgmlBlockType> {
-    prop::sample::select(GgmlBlockType::ALL.to_vec())
+    prop::sample::select(GgmlBlockType::LEGACY.to_vec())
 }
 
 proptest! {
@@ -515,7 +517,7 @@ fn optq_beats_rtn_on_gguf_grids() {
         spec,
         par: Par::Seq,
     };
-    for ty in GgmlBlockType::ALL {
+    for ty in GgmlBlockType::LEGACY {
         let (mm, wt) = (
             GridSpec::ggml(ty, GridFit::MinMax),
             GridSpec::ggml(ty, GridFit::Weighted),
@@ -545,7 +547,7 @@ fn optq_beats_rtn_on_gguf_grids() {
 fn weighted_rtn_lowers_the_diagonal_loss() {
     let w = random_weights(128, 8, 3);
     let h = diagonal_hessian(128);
-    for ty in GgmlBlockType::ALL {
+    for ty in GgmlBlockType::LEGACY {
         let loss = |fit| {
             Rtn {
                 spec: GridSpec::ggml(ty, fit),
@@ -569,7 +571,11 @@ fn gguf_errors_are_named() {
     let w = random_weights(48, 3, 1);
     let h = diagonal_hessian(48);
     let spec = GridSpec::ggml(Q4_0, GridFit::MinMax);
-    let width = QuantError::GgmlWidth { inputs: 48 };
+    let width = QuantError::GgmlWidth {
+        inputs: 48,
+        ty: Q4_0,
+        block: 32,
+    };
     assert_eq!(
         Rtn::new(spec).quantize(&problem(&w, &h)).unwrap_err(),
         width
@@ -579,8 +585,16 @@ fn gguf_errors_are_named() {
         width
     );
     assert!(width.to_string().contains("48") && width.to_string().contains("32"));
-    assert_eq!(dequantize_ggml(&[], Q8_0, 1, 48).unwrap_err(), width);
-    assert_eq!(Q4_1.row_bytes(2, 48).unwrap_err(), width);
+    let width_of = |ty| QuantError::GgmlWidth {
+        inputs: 48,
+        ty,
+        block: 32,
+    };
+    assert_eq!(
+        dequantize_ggml(&[], Q8_0, 1, 48).unwrap_err(),
+        width_of(Q8_0)
+    );
+    assert_eq!(Q4_1.row_bytes(2, 48).unwrap_err(), width_of(Q4_1));
 
     // Act-order with dynamic groups.
     let w = random_weights(64, 3, 1);
@@ -645,9 +659,9 @@ fn gguf_errors_are_named() {
     ));
 
     // Unknown names list the valid ones.
-    let err = "q4_k".parse::<GgmlBlockType>().unwrap_err();
-    assert_eq!(err, QuantError::UnknownGgmlType("q4_k".into()));
-    for name in ["q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_k"] {
+    let err = "q4_k_m".parse::<GgmlBlockType>().unwrap_err();
+    assert_eq!(err, QuantError::UnknownGgmlType("q4_k_m".into()));
+    for name in ["q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q6_k"] {
         assert!(err.to_string().contains(name), "{err}");
     }
 }

@@ -7,6 +7,7 @@ mod cd;
 mod errors;
 mod ggml;
 mod grid_rtn;
+mod kquant;
 mod optq;
 mod pack;
 mod reference;
