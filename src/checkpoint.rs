@@ -46,9 +46,10 @@ pub struct RunCheckpoint {
 /// readable summary.
 pub fn run_fingerprint(source: &str, settings: &PipelineSettings, windows: &[Vec<u32>]) -> String {
     let summary = format!(
-        "{source}; {:?}; method {} {}; preprocessor {} {}; act_order {}; true_sequential {}; \
-         batch {}; backend {}; {} windows of {} tokens",
+        "{source}; {:?}; preset {:?}; method {} {}; preprocessor {} {}; act_order {}; \
+         true_sequential {}; batch {}; backend {}; {} windows of {} tokens",
         settings.spec,
+        settings.gguf_preset,
         settings.method.name(),
         settings.method.parameters(),
         settings.preprocessor.name(),

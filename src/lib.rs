@@ -20,6 +20,7 @@
 mod backend;
 mod checkpoint;
 mod error;
+mod gguf_preset;
 mod method;
 mod output;
 mod pipeline;
@@ -30,6 +31,7 @@ pub mod run;
 pub use backend::{ComputeBackend, Cpu, Windows};
 pub use checkpoint::{RunCheckpoint, run_fingerprint};
 pub use error::PipelineError;
+pub use gguf_preset::GgufPreset;
 pub use method::{
     METHODS, Method, MethodEntry, MethodOptions, OptqCdMethod, OptqMethod, QuantizerContext,
     RtnMethod, method,

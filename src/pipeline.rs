@@ -28,6 +28,7 @@ use quantizers::{GridSpec, LayerProblem, QuantizedLinear};
 
 use crate::backend::{ComputeBackend, Cpu, Windows};
 use crate::error::PipelineError;
+use crate::gguf_preset::GgufPreset;
 use crate::method::{Method, OptqMethod, QuantizerContext};
 use crate::preprocess::{MagrSettings, PreprocessContext, Preprocessor};
 use magr_report::{
@@ -37,8 +38,11 @@ use magr_report::{
 /// Everything that decides the output of [`quantize_model`].
 #[derive(Debug, Clone)]
 pub struct PipelineSettings {
-    /// The grid family (bits, groups, symmetry, beta).
+    /// The grid family (bits, groups, symmetry, beta); under a GGUF preset, the preset's
+    /// default type (each layer's own is [`PipelineSettings::layer_spec`]).
     pub spec: GridSpec,
+    /// A llama.cpp K-quant preset choosing each layer's GGUF type, if any.
+    pub gguf_preset: Option<GgufPreset>,
     /// The quantizer.
     pub method: Arc<dyn Method>,
     /// What runs before the quantizer (MagR, or the identity).
@@ -61,6 +65,7 @@ impl PipelineSettings {
     pub fn new(spec: GridSpec, par: Par) -> Self {
         PipelineSettings {
             spec,
+            gguf_preset: None,
             method: Arc::new(OptqMethod),
             preprocessor: Arc::new(MagrSettings::reference(&spec)),
             act_order: false,
@@ -79,15 +84,47 @@ impl PipelineSettings {
     /// [`PipelineError::Settings`] naming the layer and its width;
     /// [`PipelineError::Calibration`] naming the window length and the context.
     pub fn check(&self, config: &LlamaConfig, window: usize) -> Result<(), PipelineError> {
-        for kind in LinearKind::ALL {
-            let (_, inputs) = kind.shape(config);
-            self.spec.group_rows(inputs).map_err(|e| {
-                PipelineError::Settings(format!("layer {kind} ({inputs} inputs): {e}"))
-            })?;
+        for block in 0..config.num_hidden_layers {
+            for kind in LinearKind::ALL {
+                let (_, inputs) = kind.shape(config);
+                self.layer_spec(config, block, kind)?
+                    .group_rows(inputs)
+                    .map_err(|e| {
+                        PipelineError::Settings(format!("layer {kind} ({inputs} inputs): {e}"))
+                    })?;
+            }
         }
         config
             .check_window(window)
             .map_err(|e| PipelineError::Calibration(e.to_string()))
+    }
+
+    /// The grid family of layer `kind` of `block`: [`PipelineSettings::spec`], or under a
+    /// GGUF preset the GGUF type the preset gives that layer ([`GgufPreset::layer_type`])
+    /// with the spec's fit.
+    ///
+    /// # Errors
+    /// A preset that cannot store the layer (see [`GgufPreset::layer_type`]).
+    pub fn layer_spec(
+        &self,
+        config: &LlamaConfig,
+        block: usize,
+        kind: LinearKind,
+    ) -> Result<GridSpec, PipelineError> {
+        match self.gguf_preset {
+            None => Ok(self.spec),
+            Some(preset) => Ok(GridSpec::ggml(
+                preset.layer_type(config, block, kind)?,
+                self.spec.grid_fit(),
+            )),
+        }
+    }
+
+    /// The GGUF type or preset name of the run (`q4_0`, `q4_k_m`), if any.
+    fn gguf_name(&self) -> Option<&'static str> {
+        self.gguf_preset
+            .map(GgufPreset::name)
+            .or_else(|| self.spec.ggml_type().map(|t| t.name()))
     }
 
     /// The settings as `report.json` records them, with the calibration's text, windows,
@@ -104,7 +141,7 @@ impl PipelineSettings {
             group_size: self.spec.group_size(),
             symmetric: self.spec.symmetric(),
             beta: self.spec.beta(),
-            gguf_type: self.spec.ggml_type().map(|t| t.name().to_string()),
+            gguf_type: self.gguf_name().map(str::to_string),
             method: ComponentRecord {
                 name: self.method.name().to_string(),
                 label: self.method.to_string(),
@@ -132,11 +169,7 @@ impl PipelineSettings {
         format!(
             "{}{}",
             magr_report::method_label(preprocessor.as_deref(), &self.method.to_string()),
-            magr_report::grid_label(
-                self.spec.bits(),
-                self.spec.group_size(),
-                self.spec.ggml_type().map(|t| t.name())
-            )
+            magr_report::grid_label(self.spec.bits(), self.spec.group_size(), self.gguf_name())
         )
     }
 }
@@ -359,11 +392,12 @@ fn quantize_layer(
     let max_abs_before = max_abs(w0.as_ref());
 
     let backend = settings.backend.as_ref();
+    let spec = settings.layer_spec(model.config(), block, kind)?;
     let preprocessed = settings.preprocessor.apply(
         w0.as_ref(),
         h_preprocess.as_ref(),
         &PreprocessContext {
-            spec: settings.spec,
+            spec,
             par: settings.par,
             backend,
         },
@@ -382,7 +416,7 @@ fn quantize_layer(
 
     let start = Instant::now();
     let quantizer = settings.method.quantizer(&QuantizerContext {
-        spec: settings.spec,
+        spec,
         act_order: settings.act_order,
         par: settings.par,
         backend,

@@ -18,10 +18,10 @@ use magr::quantizers::{GgmlBlockType, GridFit};
 use magr::quantizers::{GptqTensors, GridSpec, QuantizedLinear, ZeroFormat, dequantize_gptq};
 use magr::run::{RunEvents, Staging, run_pipeline, write_outputs};
 use magr::{
-    FormatContext, FormatState, GGUF_FILE, GgufFormat, GptqFormat, Identity, MagrSettings, Method,
-    OptqCdMethod, OptqMethod, OutputFormat, PipelineError, PipelineObserver, PipelineSettings,
-    PipelineState, Progress, RtnMethod, RunCheckpoint, continue_quantize_model, quantize_model,
-    run_fingerprint,
+    FormatContext, FormatState, GGUF_FILE, GgufFormat, GgufPreset, GptqFormat, Identity,
+    MagrSettings, Method, OptqCdMethod, OptqMethod, OutputFormat, PipelineError, PipelineObserver,
+    PipelineSettings, PipelineState, Progress, RtnMethod, RunCheckpoint, continue_quantize_model,
+    quantize_model, run_fingerprint,
 };
 use safetensors::{Dtype, SafeTensors};
 
@@ -59,6 +59,7 @@ fn settings(
 fn gptq_format(spec: GridSpec, act_order: bool) -> GptqFormat {
     GptqFormat::new(&FormatContext {
         spec,
+        gguf_preset: None,
         act_order,
         damping: Some(0.01),
         dtype: WeightDtype::F32,
@@ -622,6 +623,7 @@ fn the_gguf_file_reads_back_as_the_fake_quant_weights_and_its_state_resumes() {
         let spec = GridSpec::ggml(ty, fit);
         let context = FormatContext {
             spec,
+            gguf_preset: None,
             act_order: false,
             damping: method.damping(),
             dtype: WeightDtype::F32,
@@ -658,6 +660,7 @@ fn the_gguf_file_reads_back_as_the_fake_quant_weights_and_its_state_resumes() {
     // A run whose grids are not a GGUF format cannot have the gguf format.
     let gptq_grid = FormatContext {
         spec: GridSpec::reference(4, Some(32)).unwrap(),
+        gguf_preset: None,
         act_order: false,
         damping: None,
         dtype: WeightDtype::F32,
@@ -666,4 +669,138 @@ fn the_gguf_file_reads_back_as_the_fake_quant_weights_and_its_state_resumes() {
     let e = GgufFormat::new(&gptq_grid).unwrap_err().to_string();
     assert!(e.contains("--gguf-type"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// llama.cpp's K-quant presets on a model whose widths are multiples of 256: every K type
+/// is written (the presets give some layers more bits), candle reads the file back as the
+/// fake-quant weights bit for bit, the file's tensor types are the preset's, and the
+/// per-layer types survive a checkpoint.
+#[test]
+fn gguf_presets_write_every_k_quant_exactly() {
+    let dir = scratch("gguf-presets");
+    let calibration = windows(4, 32, 5);
+    let cases: [(GgufPreset, GridFit, Arc<dyn Method>, bool); 4] = [
+        (
+            GgufPreset::Q2_K,
+            GridFit::Weighted,
+            Arc::new(RtnMethod),
+            false,
+        ),
+        (
+            GgufPreset::Q3_K_M,
+            GridFit::MinMax,
+            Arc::new(OptqMethod),
+            false,
+        ),
+        (
+            GgufPreset::Q4_K_M,
+            GridFit::Weighted,
+            Arc::new(OptqMethod),
+            true,
+        ),
+        (
+            GgufPreset::Q5_K_S,
+            GridFit::Weighted,
+            Arc::new(OptqCdMethod {
+                sweeps: 1,
+                lambda: None,
+            }),
+            false,
+        ),
+    ];
+    let mut seen = std::collections::HashSet::new();
+    for (n, (preset, fit, method, magr)) in cases.into_iter().enumerate() {
+        let spec = GridSpec::ggml(preset.default_type(), fit);
+        let context = FormatContext {
+            spec,
+            gguf_preset: Some(preset),
+            act_order: false,
+            damping: method.damping(),
+            dtype: WeightDtype::F32,
+            gguf_float: GgufFloat::F32,
+        };
+        let s = PipelineSettings {
+            gguf_preset: Some(preset),
+            ..settings(spec, method, magr, false)
+        };
+        let mut model = common::k_quant_model(8, 4);
+        s.check(model.config(), 32).unwrap();
+        let mut format = GgufFormat::new(&context).unwrap();
+        let checkpoint = RunCheckpoint::new(dir.join(format!("checkpoint-{n}")), "gguf".into());
+        let mut feed = Feed {
+            format: &mut format,
+            checkpoint: &checkpoint,
+        };
+        quantize_model(&mut model, &calibration, &s, &mut feed).unwrap();
+        let out = dir.join(format!("gguf-{n}"));
+        format.write(&model, &out).unwrap();
+        let file = out.join(GGUF_FILE);
+        let loaded = Model::load(&file).unwrap();
+        assert_eq!(weight_bits(&loaded), weight_bits(&model), "{preset}");
+
+        // The file's tensor types, from its header, are the preset's.
+        let types = gguf_tensor_types(&file);
+        for block in 0..model.num_blocks() {
+            for kind in LinearKind::ALL {
+                let expected = preset.layer_type(model.config(), block, kind).unwrap();
+                assert_eq!(
+                    types[&kind.gguf_name(block)],
+                    expected.type_id(),
+                    "{preset} {}",
+                    kind.gguf_name(block)
+                );
+                seen.insert(expected);
+            }
+        }
+        let mut resumed = GgufFormat::new(&context).unwrap();
+        checkpoint
+            .load(&mut common::k_quant_model(8, 4), &mut [&mut resumed])
+            .unwrap()
+            .unwrap();
+        for block in 0..model.num_blocks() {
+            for kind in LinearKind::ALL {
+                assert_eq!(resumed.layer(block, kind), format.layer(block, kind));
+                assert_eq!(
+                    resumed.layer_type(block, kind),
+                    format.layer_type(block, kind)
+                );
+            }
+        }
+    }
+    for ty in GgmlBlockType::K_QUANTS
+        .into_iter()
+        .filter(|&t| t != GgmlBlockType::Q6_K)
+    {
+        assert!(seen.contains(&ty), "{ty} never written: {seen:?}");
+    }
+    assert!(
+        seen.contains(&GgmlBlockType::Q6_K),
+        "Q4_K_M's more-bits layers"
+    );
+    // The tiny model's 64-wide layers are not whole super-blocks: Q4_K falls back to Q5_0.
+    let tiny = tiny_model(1);
+    let s = PipelineSettings {
+        gguf_preset: Some(GgufPreset::Q4_K_M),
+        ..settings(
+            GridSpec::ggml(GgmlBlockType::Q4_K, GridFit::Weighted),
+            Arc::new(RtnMethod),
+            false,
+            false,
+        )
+    };
+    let spec = s.layer_spec(tiny.config(), 1, LinearKind::Gate).unwrap();
+    assert_eq!(spec.ggml_type(), Some(GgmlBlockType::Q5_0));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The `ggml_type` id of every tensor of a GGUF file, by name, from candle's parse of
+/// its header.
+fn gguf_tensor_types(path: &std::path::Path) -> std::collections::BTreeMap<String, u32> {
+    let mut file = std::fs::File::open(path).unwrap();
+    let content = candle_core::quantized::gguf_file::Content::read(&mut file).unwrap();
+    content
+        .tensor_infos
+        .iter()
+        .map(|(name, info)| (name.clone(), llama_io::gguf::ggml_type_id(info.ggml_dtype)))
+        .collect()
 }

@@ -1,10 +1,10 @@
 //! `gguf/model.gguf`: the quantized model as a GGUF file that llama.cpp runs, each
-//! linear layer stored in the legacy block format (`Q4_0`, `Q4_1`, `Q5_0`, `Q5_1`,
-//! `Q8_0`) whose grid the layers were quantized on, so the file holds exactly the
-//! optimised weights: llama.cpp dequantizes each block to the fake-quant weights, bit for
-//! bit. Embeddings, norms and head are written in float ([`FormatContext::gguf_float`]),
-//! Q/K rows in llama.cpp's RoPE order, the tokenizer metadata from the input (llama-io's
-//! [`llama_io::write_gguf`]).
+//! linear layer stored in the GGUF block format whose grids it was quantized on (one type
+//! for the whole model, or per layer under a llama.cpp preset such as `q4_k_m`), so the
+//! file holds exactly the optimised weights: llama.cpp dequantizes each block to the
+//! fake-quant weights, bit for bit. Embeddings, norms and head are written in float
+//! ([`FormatContext::gguf_float`]), Q/K rows in llama.cpp's RoPE order, the tokenizer
+//! metadata from the input (llama-io's [`llama_io::write_gguf`]).
 
 use std::path::Path;
 
@@ -23,16 +23,17 @@ pub const GGUF_FILE: &str = "model.gguf";
 /// The encoded layers of a run, collected as the pipeline quantizes them.
 #[derive(Debug, Clone)]
 pub struct GgufFormat {
-    ty: GgmlBlockType,
-    /// candle's type of the same ggml type id (what the writer is told).
-    dtype: GgmlDType,
+    /// `general.file_type` (llama.cpp's `llama_ftype`).
+    file_type: u32,
+    /// What the directory holds, for the summary line.
+    description: String,
     context: FormatContext,
     /// The encoded layers, kept in the form the writer takes (no copy when writing).
     layers: GgufLinears,
 }
 
 /// llama.cpp's `llama_ftype` of a file whose linear layers are all `ty`
-/// (`general.file_type`).
+/// (`general.file_type`; a K-quant's is the `_S` preset's, the closest llama.cpp has).
 fn file_type(ty: GgmlBlockType) -> u32 {
     match ty {
         GgmlBlockType::Q4_0 => 2,
@@ -40,7 +41,20 @@ fn file_type(ty: GgmlBlockType) -> u32 {
         GgmlBlockType::Q8_0 => 7,
         GgmlBlockType::Q5_0 => 8,
         GgmlBlockType::Q5_1 => 9,
+        GgmlBlockType::Q2_K => 10,
+        GgmlBlockType::Q3_K => 11,
+        GgmlBlockType::Q4_K => 14,
+        GgmlBlockType::Q5_K => 16,
+        GgmlBlockType::Q6_K => 18,
     }
+}
+
+/// candle's type of the same ggml type id (what the writer is told).
+fn candle_dtype(ty: GgmlBlockType) -> Result<GgmlDType, PipelineError> {
+    llama_io::gguf::READABLE_TYPES
+        .into_iter()
+        .find(|&d| llama_io::gguf::ggml_type_id(d) == ty.type_id())
+        .ok_or_else(|| PipelineError::Settings(format!("{ty}: not a type candle reads")))
 }
 
 impl GgufFormat {
@@ -50,19 +64,25 @@ impl GgufFormat {
     /// Grids that are not a GGUF block format (`--gguf-type` was not given).
     pub fn new(context: &FormatContext) -> Result<Self, PipelineError> {
         let ty = context.spec.ggml_type().ok_or_else(|| {
-            PipelineError::Settings(
+            PipelineError::Settings(format!(
                 "the gguf format stores layers quantized on a GGUF block grid: pass \
-                 --gguf-type (q4_0, q4_1, q5_0, q5_1 or q8_0)"
-                    .into(),
-            )
+                 --gguf-type ({})",
+                GgmlBlockType::LEGACY
+                    .map(|t| t.name())
+                    .into_iter()
+                    .chain(crate::GgufPreset::ALL.map(|p| p.name()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
         })?;
-        let dtype = llama_io::gguf::READABLE_TYPES
-            .into_iter()
-            .find(|&d| llama_io::gguf::ggml_type_id(d) == ty.type_id())
-            .ok_or_else(|| PipelineError::Settings(format!("{ty}: not a type candle reads")))?;
+        candle_dtype(ty)?;
+        let (file_type, description) = match context.gguf_preset {
+            Some(preset) => (preset.file_type(), format!("llama.cpp's {preset} mixture")),
+            None => (file_type(ty), ty.to_string()),
+        };
         Ok(GgufFormat {
-            ty,
-            dtype,
+            file_type,
+            description,
             context: *context,
             layers: GgufLinears::new(),
         })
@@ -71,21 +91,34 @@ impl GgufFormat {
     /// The writer's options: the file type of the block format, the float type asked for.
     fn options(&self) -> GgufOptions {
         GgufOptions {
-            file_type: Some(file_type(self.ty)),
+            file_type: Some(self.file_type),
             float: self.context.gguf_float,
             ..GgufOptions::default()
         }
     }
 
-    fn insert(&mut self, block: usize, kind: LinearKind, data: Vec<u8>) {
-        let dtype = self.dtype;
+    fn insert(
+        &mut self,
+        block: usize,
+        kind: LinearKind,
+        ty: GgmlBlockType,
+        data: Vec<u8>,
+    ) -> Result<(), PipelineError> {
+        let dtype = candle_dtype(ty)?;
         self.layers
             .insert((block, kind), EncodedLinear { dtype, data });
+        Ok(())
     }
 
     /// The encoded rows of layer `kind` of `block`, if it is there.
     pub fn layer(&self, block: usize, kind: LinearKind) -> Option<&[u8]> {
         self.layers.get(&(block, kind)).map(|l| l.data.as_slice())
+    }
+
+    /// The GGUF type of layer `kind` of `block`, if it is there.
+    pub fn layer_type(&self, block: usize, kind: LinearKind) -> Option<GgmlBlockType> {
+        let id = llama_io::gguf::ggml_type_id(self.layers.get(&(block, kind))?.dtype);
+        GgmlBlockType::ALL.into_iter().find(|t| t.type_id() == id)
     }
 }
 
@@ -106,10 +139,12 @@ impl OutputFormat for GgufFormat {
         kind: LinearKind,
         q: &QuantizedLinear,
     ) -> Result<(), PipelineError> {
-        let bytes = pack_ggml(q, self.ty)
-            .map_err(|e| PipelineError::Output(format!("{}: {e}", kind.hf_name(block))))?;
-        self.insert(block, kind, bytes);
-        Ok(())
+        let name = kind.hf_name(block);
+        let ty = q.spec().ggml_type().ok_or_else(|| {
+            PipelineError::Output(format!("{name}: not quantized on a GGUF block grid"))
+        })?;
+        let bytes = pack_ggml(q, ty).map_err(|e| PipelineError::Output(format!("{name}: {e}")))?;
+        self.insert(block, kind, ty, bytes)
     }
 
     fn write(&self, model: &Model, dir: &Path) -> Result<Option<String>, PipelineError> {
@@ -131,17 +166,24 @@ impl OutputFormat for GgufFormat {
         Ok(Some(format!(
             "GGUF file with {} linear layers in {}",
             self.layers.len(),
-            self.ty
+            self.description
         )))
     }
 
-    /// The encoded rows of `block`'s layers (one `U8` tensor per layer).
+    /// The encoded rows of `block`'s layers (one `U8` tensor per layer) and their types
+    /// (metadata under the layer's name).
     fn save_block(&self, block: usize) -> Result<FormatState, PipelineError> {
         let mut state = FormatState::default();
         for kind in LinearKind::ALL {
-            let bytes = self.layer(block, kind).ok_or_else(|| {
-                PipelineError::Output(format!("{} was not encoded", kind.hf_name(block)))
-            })?;
+            let (bytes, ty) = self
+                .layer(block, kind)
+                .zip(self.layer_type(block, kind))
+                .ok_or_else(|| {
+                    PipelineError::Output(format!("{} was not encoded", kind.hf_name(block)))
+                })?;
+            state
+                .metadata
+                .insert(kind.hf_suffix().to_string(), ty.name().to_string());
             state.tensors.push(NamedTensor {
                 name: kind.hf_suffix().to_string(),
                 shape: vec![bytes.len()],
@@ -154,14 +196,21 @@ impl OutputFormat for GgufFormat {
     fn restore_block(&mut self, block: usize, mut state: FormatState) -> Result<(), PipelineError> {
         let mut tensors = state.tensors_by_name();
         for kind in LinearKind::ALL {
-            match tensors.remove(kind.hf_suffix()) {
-                Some(NamedTensor {
-                    data: TensorData::U8(bytes),
-                    ..
-                }) => self.insert(block, kind, bytes),
+            let ty = state
+                .metadata
+                .get(kind.hf_suffix())
+                .and_then(|name| name.parse::<GgmlBlockType>().ok());
+            match (tensors.remove(kind.hf_suffix()), ty) {
+                (
+                    Some(NamedTensor {
+                        data: TensorData::U8(bytes),
+                        ..
+                    }),
+                    Some(ty),
+                ) => self.insert(block, kind, ty, bytes)?,
                 _ => {
                     return Err(PipelineError::Output(format!(
-                        "{}: no encoded GGUF rows in the checkpoint",
+                        "{}: no encoded GGUF rows (or their type) in the checkpoint",
                         kind.hf_name(block)
                     )));
                 }

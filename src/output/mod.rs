@@ -19,6 +19,7 @@ use llama_io::{GgufFloat, LinearKind, Model, NamedTensor, WeightDtype};
 use quantizers::{GridSpec, QuantizedLinear};
 
 use crate::error::PipelineError;
+use crate::gguf_preset::GgufPreset;
 use crate::registry;
 
 pub use fake_quant::FakeQuantFormat;
@@ -28,8 +29,10 @@ pub use gptq::GptqFormat;
 /// What a format knows of the run that feeds it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FormatContext {
-    /// The grid family of every layer.
+    /// The grid family of every layer (under a GGUF preset, the preset's default type).
     pub spec: GridSpec,
+    /// The llama.cpp preset choosing each layer's GGUF type, if any.
+    pub gguf_preset: Option<GgufPreset>,
     /// OPTQ's act-order (GPTQ's `desc_act`).
     pub act_order: bool,
     /// The relative damping of `H` of the quantizer, if it uses `H` (GPTQ's `damp_percent`).

@@ -22,13 +22,24 @@ pub fn tiny_model(seed: u64) -> Model {
 
 /// [`tiny_model`] with `blocks` decoder blocks.
 pub fn model_with_blocks(blocks: usize, seed: u64) -> Model {
+    generated_model(64, 128, blocks, seed)
+}
+
+/// A model shaped for llama.cpp's K-quants (hidden 256, MLP 512: every input width a
+/// multiple of 256), otherwise as [`tiny_model`], with `blocks` decoder blocks.
+pub fn k_quant_model(blocks: usize, seed: u64) -> Model {
+    generated_model(256, 512, blocks, seed)
+}
+
+/// A generated model of these widths (4 heads, 2 KV heads), as [`tiny_model`].
+fn generated_model(hidden: usize, intermediate: usize, blocks: usize, seed: u64) -> Model {
     let config = LlamaConfig {
-        hidden_size: 64,
-        intermediate_size: 128,
+        hidden_size: hidden,
+        intermediate_size: intermediate,
         num_hidden_layers: blocks,
         num_attention_heads: 4,
         num_key_value_heads: 2,
-        head_dim: 16,
+        head_dim: hidden / 4,
         vocab_size: VOCAB,
         rope_theta: 10_000.0,
         rms_norm_eps: 1e-5,
@@ -40,7 +51,7 @@ pub fn model_with_blocks(blocks: usize, seed: u64) -> Model {
     let mut rng = StdRng::seed_from_u64(seed);
     let normal = Normal::new(0.0f32, 1.0).unwrap();
     let basis: Vec<Vec<f32>> = (0..4)
-        .map(|_| (0..64).map(|_| normal.sample(&mut rng)).collect())
+        .map(|_| (0..hidden).map(|_| normal.sample(&mut rng)).collect())
         .collect();
     let tensors: HashMap<String, HostTensor> = TensorRole::all(&config)
         .into_iter()
@@ -50,7 +61,7 @@ pub fn model_with_blocks(blocks: usize, seed: u64) -> Model {
             let data: Vec<f32> = match role {
                 TensorRole::Embedding => (0..n)
                     .map(|i| {
-                        let (row, col) = (i / 64, i % 64);
+                        let (row, col) = (i / hidden, i % hidden);
                         basis[row % 4][col] + 0.1 * normal.sample(&mut rng)
                     })
                     .collect(),
@@ -106,6 +117,11 @@ pub fn write_tiny_model_dir_with(
 /// Writes [`model_with_blocks`] as [`write_tiny_model_dir`] does.
 pub fn write_model_dir(dir: &Path, blocks: usize, seed: u64) {
     write_model_dir_with(dir, model_with_blocks(blocks, seed), |_| {});
+}
+
+/// Writes [`k_quant_model`] as [`write_tiny_model_dir`] does.
+pub fn write_k_quant_model_dir(dir: &Path, blocks: usize, seed: u64) {
+    write_model_dir_with(dir, k_quant_model(blocks, seed), |_| {});
 }
 
 /// Writes `model` (a generated one, on the tiny vocabulary) with the word-level

@@ -150,6 +150,7 @@ pub fn checkpoint_config() -> LlamaConfig {
 pub fn checkpoint_formats() -> Vec<Box<dyn OutputFormat>> {
     let context = FormatContext {
         spec: GridSpec::reference(4, Some(32)).expect("a valid grid"),
+        gguf_preset: None,
         act_order: false,
         damping: Some(0.01),
         dtype: WeightDtype::F16,

@@ -12,7 +12,7 @@ use magr::magr_report::RunReport;
 use magr::quantizers::{GgmlBlockType, GridFit, GridSpec};
 use magr::run::{RunEvents, Staging, run_pipeline, write_outputs};
 use magr::{
-    Cpu, FORMATS, FormatContext, METHODS, MethodOptions, OutputFormat, PREPROCESSORS,
+    Cpu, FORMATS, FormatContext, GgufPreset, METHODS, MethodOptions, OutputFormat, PREPROCESSORS,
     PipelineSettings, PreprocessOptions, Progress, Windows,
 };
 
@@ -52,9 +52,18 @@ enum GridFitArg {
     Weighted,
 }
 
-/// The GGUF block formats.
+/// The legacy GGUF block formats (every layer in that type) and llama.cpp's K-quant
+/// presets (a type per layer).
 fn gguf_types() -> PossibleValuesParser {
-    PossibleValuesParser::new(GgmlBlockType::ALL.map(|t| t.name()))
+    let legacy = GgmlBlockType::LEGACY
+        .map(|t| PossibleValue::new(t.name()).help("every linear layer in this block format"));
+    let presets = GgufPreset::ALL.map(|p| {
+        PossibleValue::new(p.name()).help(format!(
+            "llama.cpp's preset: {} by default, more bits for some layers, legacy fallbacks",
+            p.default_type()
+        ))
+    });
+    PossibleValuesParser::new(legacy.into_iter().chain(presets))
 }
 
 /// The possible values of a flag from a registry's names and help lines.
@@ -106,10 +115,17 @@ pub struct QuantizeArgs {
     /// per channel; 0.95 with groups].
     #[arg(long)]
     beta: Option<f32>,
-    /// Quantize onto llama.cpp's block format (blocks of 32 inputs, its f16 block
-    /// parameters) instead of the GPTQ grid of --bits/--group-size; the gguf format
-    /// stores the result exactly.
-    #[arg(long, value_parser = gguf_types(), conflicts_with_all = ["group_size", "symmetric", "beta"])]
+    /// Quantize onto llama.cpp's block formats (their f16 block parameters) instead of
+    /// the GPTQ grid of --bits/--group-size: a legacy type (blocks of 32 inputs) for every
+    /// layer, or a K-quant preset choosing each layer's type as llama-quantize does
+    /// (super-blocks of 256; layers whose width is not a multiple of 256 fall back to a
+    /// legacy type); the gguf format stores the result exactly.
+    #[arg(
+        long,
+        ignore_case = true,
+        value_parser = gguf_types(),
+        conflicts_with_all = ["group_size", "symmetric", "beta"]
+    )]
     gguf_type: Option<String>,
     /// How GGUF block parameters are fitted [weighted by default: on SmolLM2 at Q4_0
     /// (8 x 2048 calibration tokens, 10 evaluation windows) it took RTN from perplexity
@@ -236,7 +252,7 @@ pub fn run(args: &QuantizeArgs, quiet: bool) -> Result<(), Error> {
 
 /// The pipeline's settings from the flags.
 fn settings(args: &QuantizeArgs) -> Result<PipelineSettings, Error> {
-    let spec = match (&args.gguf_type, args.beta) {
+    let (spec, gguf_preset) = match (&args.gguf_type, args.beta) {
         (Some(name), _) => {
             if args.act_order {
                 return Err(
@@ -249,12 +265,21 @@ fn settings(args: &QuantizeArgs) -> Result<PipelineSettings, Error> {
                 Some(GridFitArg::MinMax) => GridFit::MinMax,
                 Some(GridFitArg::Weighted) | None => GridFit::Weighted,
             };
-            GridSpec::ggml(name.parse::<GgmlBlockType>()?, fit)
+            match name.parse::<GgufPreset>() {
+                Ok(preset) => (GridSpec::ggml(preset.default_type(), fit), Some(preset)),
+                Err(_) => (GridSpec::ggml(name.parse::<GgmlBlockType>()?, fit), None),
+            }
         }
-        (None, Some(beta)) => GridSpec::new(args.bits, args.group_size, args.symmetric, beta)?,
+        (None, Some(beta)) => (
+            GridSpec::new(args.bits, args.group_size, args.symmetric, beta)?,
+            None,
+        ),
         (None, None) => {
             let reference = GridSpec::reference(args.bits, args.group_size)?;
-            GridSpec::new(args.bits, args.group_size, args.symmetric, reference.beta())?
+            (
+                GridSpec::new(args.bits, args.group_size, args.symmetric, reference.beta())?,
+                None,
+            )
         }
     };
     let method = magr::method(
@@ -283,6 +308,7 @@ fn settings(args: &QuantizeArgs) -> Result<PipelineSettings, Error> {
     )?;
     Ok(PipelineSettings {
         spec,
+        gguf_preset,
         method: Arc::from(method),
         preprocessor: Arc::from(preprocessor),
         act_order: args.act_order,
@@ -315,6 +341,7 @@ fn output_formats(
     };
     let context = FormatContext {
         spec: settings.spec,
+        gguf_preset: settings.gguf_preset,
         act_order: settings.act_order,
         damping: settings.method.damping(),
         dtype,
