@@ -22,23 +22,30 @@ pub fn tiny_model(seed: u64) -> Model {
 
 /// [`tiny_model`] with `blocks` decoder blocks.
 pub fn model_with_blocks(blocks: usize, seed: u64) -> Model {
-    generated_model(64, 128, blocks, seed)
+    generated_model(64, 128, blocks, 2, seed)
 }
 
 /// A model shaped for llama.cpp's K-quants (hidden 256, MLP 512: every input width a
 /// multiple of 256), otherwise as [`tiny_model`], with `blocks` decoder blocks.
 pub fn k_quant_model(blocks: usize, seed: u64) -> Model {
-    generated_model(256, 512, blocks, seed)
+    generated_model(256, 512, blocks, 2, seed)
 }
 
-/// A generated model of these widths (4 heads, 2 KV heads), as [`tiny_model`].
-fn generated_model(hidden: usize, intermediate: usize, blocks: usize, seed: u64) -> Model {
+/// A generated model of these widths with 4 heads and `kv_heads` KV heads, as
+/// [`tiny_model`].
+pub fn generated_model(
+    hidden: usize,
+    intermediate: usize,
+    blocks: usize,
+    kv_heads: usize,
+    seed: u64,
+) -> Model {
     let config = LlamaConfig {
         hidden_size: hidden,
         intermediate_size: intermediate,
         num_hidden_layers: blocks,
         num_attention_heads: 4,
-        num_key_value_heads: 2,
+        num_key_value_heads: kv_heads,
         head_dim: hidden / 4,
         vocab_size: VOCAB,
         rope_theta: 10_000.0,

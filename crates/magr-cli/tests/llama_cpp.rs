@@ -13,10 +13,15 @@
 //!   model itself (SmolLM2's weights lie on Q4_1 grids, so q4_1 RTN is lossless), up to
 //!   1.07% (q8_0); a misplaced row or block gives perplexities in the hundreds.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use magr::llama_io::{LinearKind, Model, data};
+use magr::GgufPreset;
+use magr::llama_io::{GgufFloat, GgufLinears, GgufOptions, LinearKind, Model, data, write_gguf};
+
+#[path = "../../../tests/common/mod.rs"]
+mod common;
 
 /// Relative difference allowed between llama.cpp's perplexity and magr's.
 const PPL_TOLERANCE: f64 = 0.02;
@@ -74,8 +79,12 @@ fn llama_cpp_reads_magr_gguf_files_as_magr_does() {
     std::fs::write(&text, data::join_lines(&lines.join("\n"))).unwrap();
 
     // (type, extra flags): MagR+OPTQ with the weighted fit on one format, plain RTN on
-    // the others (the file layout is what is judged here, not the quantizer).
-    let cases: [(&str, &[&str]); 5] = [
+    // the others (the file layout is what is judged here, not the quantizer); two K-quant
+    // presets (SmolLM2's ffn_down is the one width that holds K-quants: Q3_K under
+    // q2_k, Q4_K and Q6_K under q4_k_m; the rest falls back to legacy types).
+    let cases: [(&str, &[&str]); 7] = [
+        ("q2_k", &["--method", "rtn", "--no-magr"]),
+        ("Q4_K_M", &["--method", "optq", "--no-magr"]),
         ("q4_0", &["--magr-iters", "3", "--grid-fit", "weighted"]),
         ("q4_1", &["--method", "rtn", "--no-magr"]),
         ("q5_0", &["--method", "rtn", "--no-magr"]),
@@ -165,6 +174,68 @@ fn llama_cpp_reads_magr_gguf_files_as_magr_does() {
             (theirs - ours).abs() <= PPL_TOLERANCE * ours,
             "{ty}: llama.cpp {theirs} vs magr {ours}"
         );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The `ggml_type` id of every tensor of a GGUF file, by name (candle's header parse).
+fn tensor_types(path: &Path) -> BTreeMap<String, u32> {
+    let mut file = std::fs::File::open(path).unwrap();
+    let content = candle_core::quantized::gguf_file::Content::read(&mut file).unwrap();
+    content
+        .tensor_infos
+        .iter()
+        .map(|(name, info)| {
+            let id = magr::llama_io::gguf::ggml_type_id(info.ggml_dtype);
+            (name.clone(), id)
+        })
+        .collect()
+}
+
+/// `llama-quantize` itself is the judge of the presets' per-layer types: for generated
+/// models of three shapes (every width a multiple of 256, 8 blocks; 320-wide layers that
+/// fall back, 16 blocks and four query heads per KV head; and 80 blocks with grouped
+/// heads, llama.cpp's 70B rule), the type llama.cpp gives each linear layer under each
+/// preset is the one magr quantizes it on.
+#[test]
+#[ignore = "needs llama.cpp's tools (cargo xtask ci)"]
+fn llama_quantize_chooses_the_layer_types_magr_does() {
+    let bin = llama_cpp_bin();
+    let dir = std::env::temp_dir().join(format!("magr-llama-types-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let shapes = [(256, 512, 8, 2), (320, 512, 16, 1), (64, 256, 80, 2)];
+    for (n, (hidden, intermediate, blocks, kv_heads)) in shapes.into_iter().enumerate() {
+        let model = common::generated_model(hidden, intermediate, blocks, kv_heads, n as u64);
+        let input = dir.join(format!("model-{n}.gguf"));
+        let options = GgufOptions {
+            float: GgufFloat::F32,
+            ..GgufOptions::default()
+        };
+        write_gguf(&model, &input, &options, &GgufLinears::new()).unwrap();
+        for preset in GgufPreset::ALL {
+            let output = dir.join(format!("model-{n}-{preset}.gguf"));
+            let upper = preset.name().to_uppercase();
+            run(
+                &bin.join("llama-quantize"),
+                &[s(&input), s(&output), &upper, "2"],
+            );
+            let types = tensor_types(&output);
+            for block in 0..blocks {
+                for kind in LinearKind::ALL {
+                    let name = kind.gguf_name(block);
+                    let ours = preset.layer_type(model.config(), block, kind).unwrap();
+                    assert_eq!(
+                        types[&name],
+                        ours.type_id(),
+                        "{preset}, model {n} ({hidden} x {intermediate}, {blocks} blocks): \
+                         {name} is type {} in llama.cpp's file, {ours} in magr's",
+                        types[&name]
+                    );
+                }
+            }
+            std::fs::remove_file(&output).unwrap();
+        }
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
