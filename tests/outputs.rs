@@ -65,6 +65,7 @@ fn gptq_format(spec: GridSpec, act_order: bool) -> GptqFormat {
         dtype: WeightDtype::F32,
         gguf_float: GgufFloat::F32,
     })
+    .unwrap()
 }
 
 /// Collects the packed layers, checkpoints finished blocks, and fails after block
@@ -580,10 +581,62 @@ impl PipelineObserver for Feed<'_> {
     }
 }
 
+/// Quantizes `model()` with `s` through the gguf format (checkpointing every block) and
+/// writes the file under `dir/gguf-{n}`; checks that candle reads it back as the
+/// fake-quant weights bit for bit and that the checkpoint restores every layer (bytes and
+/// type) into a fresh format. Returns the file and the quantized model.
+fn gguf_round_trip(
+    dir: &std::path::Path,
+    n: usize,
+    s: &PipelineSettings,
+    model: fn() -> Model,
+) -> (PathBuf, Model) {
+    let context = FormatContext {
+        spec: s.spec,
+        gguf_preset: s.gguf_preset,
+        act_order: false,
+        damping: s.method.damping(),
+        dtype: WeightDtype::F32,
+        gguf_float: GgufFloat::F32,
+    };
+    let mut quantized = model();
+    s.check(quantized.config(), 32).unwrap();
+    let mut format = GgufFormat::new(&context).unwrap();
+    let checkpoint = RunCheckpoint::new(dir.join(format!("checkpoint-{n}")), "gguf".into());
+    let mut feed = Feed {
+        format: &mut format,
+        checkpoint: &checkpoint,
+    };
+    quantize_model(&mut quantized, &windows(4, 32, 3), s, &mut feed).unwrap();
+    let file = dir.join(format!("gguf-{n}")).join(GGUF_FILE);
+    format.write(&quantized, file.parent().unwrap()).unwrap();
+    let label = s.label();
+
+    // candle's dequantization of the written blocks is the fake-quant model.
+    let loaded = Model::load(&file).unwrap();
+    assert_eq!(weight_bits(&loaded), weight_bits(&quantized), "{label}");
+
+    // The checkpoint restores every encoded layer into a fresh format.
+    let mut resumed = GgufFormat::new(&context).unwrap();
+    checkpoint
+        .load(&mut model(), &mut [&mut resumed])
+        .unwrap()
+        .unwrap();
+    for block in 0..quantized.num_blocks() {
+        for kind in LinearKind::ALL {
+            assert_eq!(resumed.layer(block, kind), format.layer(block, kind));
+            assert_eq!(
+                resumed.layer_type(block, kind),
+                format.layer_type(block, kind)
+            );
+        }
+    }
+    (file, quantized)
+}
+
 #[test]
 fn the_gguf_file_reads_back_as_the_fake_quant_weights_and_its_state_resumes() {
     let dir = scratch("gguf");
-    let calibration = windows(4, 32, 3);
     let cases: [(GgmlBlockType, GridFit, Arc<dyn Method>, bool); 5] = [
         (
             GgmlBlockType::Q4_0,
@@ -620,42 +673,8 @@ fn the_gguf_file_reads_back_as_the_fake_quant_weights_and_its_state_resumes() {
         ),
     ];
     for (n, (ty, fit, method, magr)) in cases.into_iter().enumerate() {
-        let spec = GridSpec::ggml(ty, fit);
-        let context = FormatContext {
-            spec,
-            gguf_preset: None,
-            act_order: false,
-            damping: method.damping(),
-            dtype: WeightDtype::F32,
-            gguf_float: GgufFloat::F32,
-        };
-        let s = settings(spec, method, magr, false);
-        let mut model = tiny_model(2);
-        let mut format = GgufFormat::new(&context).unwrap();
-        let checkpoint = RunCheckpoint::new(dir.join(format!("checkpoint-{n}")), "gguf".into());
-        let mut feed = Feed {
-            format: &mut format,
-            checkpoint: &checkpoint,
-        };
-        quantize_model(&mut model, &calibration, &s, &mut feed).unwrap();
-        let out = dir.join(format!("gguf-{n}"));
-        format.write(&model, &out).unwrap();
-
-        // candle's dequantization of the written blocks is the fake-quant model.
-        let loaded = Model::load(out.join(GGUF_FILE)).unwrap();
-        assert_eq!(weight_bits(&loaded), weight_bits(&model), "{ty}");
-
-        // The checkpoint restores every encoded layer into a fresh format.
-        let mut resumed = GgufFormat::new(&context).unwrap();
-        checkpoint
-            .load(&mut tiny_model(2), &mut [&mut resumed])
-            .unwrap()
-            .unwrap();
-        for block in 0..model.num_blocks() {
-            for kind in LinearKind::ALL {
-                assert_eq!(resumed.layer(block, kind), format.layer(block, kind));
-            }
-        }
+        let s = settings(GridSpec::ggml(ty, fit), method, magr, false);
+        gguf_round_trip(&dir, n, &s, || tiny_model(2));
     }
     // A run whose grids are not a GGUF format cannot have the gguf format.
     let gptq_grid = FormatContext {
@@ -678,7 +697,6 @@ fn the_gguf_file_reads_back_as_the_fake_quant_weights_and_its_state_resumes() {
 #[test]
 fn gguf_presets_write_every_k_quant_exactly() {
     let dir = scratch("gguf-presets");
-    let calibration = windows(4, 32, 5);
     let cases: [(GgufPreset, GridFit, Arc<dyn Method>, bool); 4] = [
         (
             GgufPreset::Q2_K,
@@ -710,73 +728,30 @@ fn gguf_presets_write_every_k_quant_exactly() {
     ];
     let mut seen = std::collections::HashSet::new();
     for (n, (preset, fit, method, magr)) in cases.into_iter().enumerate() {
-        let spec = GridSpec::ggml(preset.default_type(), fit);
-        let context = FormatContext {
-            spec,
-            gguf_preset: Some(preset),
-            act_order: false,
-            damping: method.damping(),
-            dtype: WeightDtype::F32,
-            gguf_float: GgufFloat::F32,
-        };
         let s = PipelineSettings {
             gguf_preset: Some(preset),
-            ..settings(spec, method, magr, false)
+            ..settings(
+                GridSpec::ggml(preset.default_type(), fit),
+                method,
+                magr,
+                false,
+            )
         };
-        let mut model = common::k_quant_model(8, 4);
-        s.check(model.config(), 32).unwrap();
-        let mut format = GgufFormat::new(&context).unwrap();
-        let checkpoint = RunCheckpoint::new(dir.join(format!("checkpoint-{n}")), "gguf".into());
-        let mut feed = Feed {
-            format: &mut format,
-            checkpoint: &checkpoint,
-        };
-        quantize_model(&mut model, &calibration, &s, &mut feed).unwrap();
-        let out = dir.join(format!("gguf-{n}"));
-        format.write(&model, &out).unwrap();
-        let file = out.join(GGUF_FILE);
-        let loaded = Model::load(&file).unwrap();
-        assert_eq!(weight_bits(&loaded), weight_bits(&model), "{preset}");
-
+        let (file, model) = gguf_round_trip(&dir, n, &s, || common::k_quant_model(8, 4));
         // The file's tensor types, from its header, are the preset's.
         let types = gguf_tensor_types(&file);
         for block in 0..model.num_blocks() {
             for kind in LinearKind::ALL {
                 let expected = preset.layer_type(model.config(), block, kind).unwrap();
-                assert_eq!(
-                    types[&kind.gguf_name(block)],
-                    expected.type_id(),
-                    "{preset} {}",
-                    kind.gguf_name(block)
-                );
+                let name = kind.gguf_name(block);
+                assert_eq!(types[&name], expected.type_id(), "{preset} {name}");
                 seen.insert(expected);
             }
         }
-        let mut resumed = GgufFormat::new(&context).unwrap();
-        checkpoint
-            .load(&mut common::k_quant_model(8, 4), &mut [&mut resumed])
-            .unwrap()
-            .unwrap();
-        for block in 0..model.num_blocks() {
-            for kind in LinearKind::ALL {
-                assert_eq!(resumed.layer(block, kind), format.layer(block, kind));
-                assert_eq!(
-                    resumed.layer_type(block, kind),
-                    format.layer_type(block, kind)
-                );
-            }
-        }
     }
-    for ty in GgmlBlockType::K_QUANTS
-        .into_iter()
-        .filter(|&t| t != GgmlBlockType::Q6_K)
-    {
+    for ty in GgmlBlockType::K_QUANTS {
         assert!(seen.contains(&ty), "{ty} never written: {seen:?}");
     }
-    assert!(
-        seen.contains(&GgmlBlockType::Q6_K),
-        "Q4_K_M's more-bits layers"
-    );
     // The tiny model's 64-wide layers are not whole super-blocks: Q4_K falls back to Q5_0.
     let tiny = tiny_model(1);
     let s = PipelineSettings {

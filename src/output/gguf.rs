@@ -115,6 +115,11 @@ impl GgufFormat {
         self.layers.get(&(block, kind)).map(|l| l.data.as_slice())
     }
 
+    /// Every encoded layer so far, as [`llama_io::write_gguf`] takes them.
+    pub fn encoded(&self) -> &GgufLinears {
+        &self.layers
+    }
+
     /// The GGUF type of layer `kind` of `block`, if it is there.
     pub fn layer_type(&self, block: usize, kind: LinearKind) -> Option<GgmlBlockType> {
         let id = llama_io::gguf::ggml_type_id(self.layers.get(&(block, kind))?.dtype);

@@ -57,11 +57,25 @@ fn layer_tensors(module: &str, t: &GptqTensors) -> Vec<NamedTensor> {
 
 impl GptqFormat {
     /// An empty checkpoint for a run (grids, `desc_act`, `damp_percent`, float dtype).
-    pub fn new(context: &FormatContext) -> Self {
-        GptqFormat {
+    ///
+    /// # Errors
+    /// GGUF grids the GPTQ layout cannot hold: a minimum (`q * d + m`), K-quant sub-block
+    /// scales, a preset's per-layer types.
+    pub fn new(context: &FormatContext) -> Result<Self, PipelineError> {
+        let ggml = context.spec.ggml_type();
+        if let Some(name) = context.gguf_preset.map(|p| p.name()).or_else(|| {
+            ggml.filter(|t| t.has_min() || t.is_k_quant())
+                .map(|t| t.name())
+        }) {
+            return Err(PipelineError::Settings(format!(
+                "the gptq format cannot hold GGUF {name} grids (a block minimum, or K-quant \
+                 sub-block scales): write --formats fake-quant,gguf"
+            )));
+        }
+        Ok(GptqFormat {
             context: *context,
             layers: BTreeMap::new(),
-        }
+        })
     }
 
     /// The packed layer `kind` of `block`, if it is there.

@@ -138,7 +138,7 @@ pub static FORMATS: &[FormatEntry] = &[
         name: "gptq",
         about: "the packed GPTQ checkpoint (int32 codes, f16 scales, quantization_config)",
         default: true,
-        build: |c| Ok(Box::new(GptqFormat::new(c))),
+        build: |c| Ok(Box::new(GptqFormat::new(c)?)),
     },
     FormatEntry {
         name: "gguf",

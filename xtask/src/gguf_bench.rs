@@ -2,11 +2,12 @@
 //! SmolLM2, judged by llama.cpp's perplexity (and magr's), into the GGUF section of
 //! `docs/results.md`.
 //!
-//! For each block format of [`TYPES`], five files: (a) `llama-quantize` from the F32 GGUF,
-//! (b) the same with an importance matrix from `llama-imatrix` on the calibration text,
-//! (c) magr RTN on the format's grid, (d) magr OPTQ, (e) magr MagR+OPTQ; token embedding
-//! and output in F32 on every side, `--pure` on llama.cpp's side (every linear layer in
-//! the format, like magr's). Each file is scored by `llama-perplexity -c 2048 --chunks 40`
+//! For each block format or K-quant preset of [`TYPES`], five files: (a) `llama-quantize`
+//! from the F32 GGUF, (b) the same with an importance matrix from `llama-imatrix` on the
+//! calibration text, (c) magr RTN on the format's grid, (d) magr OPTQ, (e) magr
+//! MagR+OPTQ; token embedding and output in F32 on every side; for a legacy format
+//! `--pure` on llama.cpp's side (every linear layer in the format, like magr's), for a
+//! preset the preset's own per-layer types on both sides. Each file is scored by `llama-perplexity -c 2048 --chunks 40`
 //! on WikiText-2 test (lines joined by a blank line) and by `magr eval` (the papers'
 //! protocol, first 40 windows of 2048). Every cell is cached under `target/bench/gguf/`,
 //! so an interrupted bench continues where it stopped, and the section is rewritten after
@@ -21,11 +22,18 @@ use magr_report::{Evaluation, RunReport};
 
 use crate::table::{commit, machine, path_str, read_meta, read_typed, run_cell, write_meta};
 
-/// The formats of the table: `(llama.cpp's name, magr's name, bits per weight)`.
-const TYPES: [(&str, &str, f64); 3] = [
-    ("Q4_0", "q4_0", 4.5),
-    ("Q4_1", "q4_1", 5.0),
-    ("Q5_0", "q5_0", 5.5),
+/// The formats of the table: `(llama.cpp's name, magr's name, bits per weight)`; the
+/// bits are `None` for a K-quant preset (a mixture of types: see the file size).
+const TYPES: [(&str, &str, Option<f64>); 9] = [
+    ("Q4_0", "q4_0", Some(4.5)),
+    ("Q4_1", "q4_1", Some(5.0)),
+    ("Q5_0", "q5_0", Some(5.5)),
+    ("Q2_K", "q2_k", None),
+    ("Q3_K_S", "q3_k_s", None),
+    ("Q3_K_M", "q3_k_m", None),
+    ("Q4_K_M", "q4_k_m", None),
+    ("Q5_K_M", "q5_k_m", None),
+    ("Q6_K", "q6_k", None),
 ];
 
 /// Calibration windows of 2048 tokens (Wikipedia excerpt) and evaluation chunks.
@@ -198,14 +206,15 @@ pub fn run(i: &Inputs<'_>, fresh: bool) -> Result<(), String> {
         write_section(&dir, i.results, &machine)?;
     }
 
-    for (llama_type, magr_type, _) in TYPES {
+    for (llama_type, magr_type, bpw) in TYPES {
         for row in &ROWS {
             let cell = dir.join(format!("{}-{magr_type}", row.id));
             if cell.join("meta.txt").exists() || cell.join("failed.txt").exists() {
                 continue;
             }
             std::fs::create_dir_all(&cell).map_err(|e| format!("{}: {e}", cell.display()))?;
-            if let Err(e) = measure(i, &dir, &cell, row.id, llama_type, magr_type, &joined) {
+            let format = (llama_type, magr_type, bpw.is_some());
+            if let Err(e) = measure(i, &dir, &cell, row.id, format, &joined) {
                 eprintln!("xtask: {e}");
                 let path = cell.join("failed.txt");
                 std::fs::write(&path, format!("{commit}\n{e}\n"))
@@ -224,14 +233,14 @@ pub fn run(i: &Inputs<'_>, fresh: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// One cell: makes the file (timed), then both perplexities.
+/// One cell: makes the file (timed), then both perplexities. `format` is llama.cpp's
+/// name, magr's, and whether llama.cpp is told `--pure` (a legacy format).
 fn measure(
     i: &Inputs<'_>,
     dir: &Path,
     cell: &Path,
     row: &str,
-    llama_type: &str,
-    magr_type: &str,
+    (llama_type, magr_type, pure): (&str, &str, bool),
     joined: &Path,
 ) -> Result<(), String> {
     let start = Instant::now();
@@ -240,12 +249,14 @@ fn measure(
             let file = cell.join(format!("{llama_type}.gguf"));
             let imatrix = dir.join("imatrix.dat");
             let mut args = vec![
-                "--pure",
                 "--token-embedding-type",
                 "f32",
                 "--output-tensor-type",
                 "f32",
             ];
+            if pure {
+                args.push("--pure");
+            }
             if row == "llama-imatrix" {
                 args.extend(["--imatrix", path_str(&imatrix)?]);
             }
@@ -343,9 +354,11 @@ fn write_section(dir: &Path, results: &Path, machine: &str) -> Result<(), String
     let _ = writeln!(
         md,
         "Written by `cargo xtask bench --gguf`. Model: SmolLM2-135M-Instruct, its GGUF's Q4_1 \
-         weights dequantized to F32 (`llama-quantize --allow-requantize ... F32`). Each file's \
-         linear layers are all in the format (`--pure` for llama-quantize); token embedding and \
-         output in F32 on every side. llama.cpp's importance matrix: `llama-imatrix -c 2048 \
+         weights dequantized to F32 (`llama-quantize --allow-requantize ... F32`). Each legacy \
+         format's file has every linear layer in the format (`--pure` for llama-quantize); a \
+         K-quant preset's file has the preset's per-layer types on both sides (on this model \
+         every 576-wide layer falls back to a legacy type: only `ffn_down` holds K-quants); \
+         token embedding and output in F32 on every side. llama.cpp's importance matrix: `llama-imatrix -c 2048 \
          --chunks {CALIBRATION}` on the Wikipedia excerpt (its first {CALIBRATION} chunks of 2048 \
          tokens); magr's calibration: {CALIBRATION} windows of 2048 tokens of the same text, \
          seed 0. magr: block parameters by the diag(H)-weighted search (`--grid-fit weighted`, \
@@ -399,6 +412,7 @@ fn write_section(dir: &Path, results: &Path, machine: &str) -> Result<(), String
                 (Some(a), Some(b)) => format!("{:.3}", a / b),
                 _ => "-".to_string(),
             };
+            let bpw = bpw.map_or("mixture".to_string(), |b| b.to_string());
             let _ = writeln!(
                 md,
                 "| {llama_type} | {} | {} | {} | {ratio} | {mb:.1} | {bpw} | {seconds:.0} | `{commit}` |",

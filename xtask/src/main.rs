@@ -55,8 +55,9 @@ commands:
            w2g64) into docs/results.md; continues an interrupted table (--fresh: from scratch;
            about 4 h on 2 cores)
   bench --gguf [--fresh]
-           magr's GGUF files (RTN, OPTQ, MagR+OPTQ on Q4_0, Q4_1, Q5_0) against llama-quantize with
-           and without an imatrix, judged by llama-perplexity and magr eval, into docs/results.md
+           magr's GGUF files (RTN, OPTQ, MagR+OPTQ on Q4_0, Q4_1, Q5_0 and the K-quant presets
+           Q2_K, Q3_K_S, Q3_K_M, Q4_K_M, Q5_K_M, Q6_K) against llama-quantize with and without an
+           imatrix, judged by llama-perplexity and magr eval, into docs/results.md
   bench --micro [ARGS]
            the projection benchmarks (ARGS go to criterion), then MagR's and OPTQ's speed reports
   fuzz TARGET [--seconds N]

@@ -334,6 +334,82 @@ fn gguf_flags_are_checked_before_any_work() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// llama.cpp's presets on the command line: any case, the gptq format refused before any
+/// work, `--gguf-type` alone writing fake-quant and gguf; a run on a model shaped for
+/// K-quants records the preset and quantizes each layer on the preset's type.
+#[test]
+fn gguf_presets_from_the_command_line() {
+    let (ok, err) = magr(&["quantize", "--gguf-type", "q4_k"]);
+    assert!(
+        !ok && err.contains("q4_k_m") && err.contains("q2_k"),
+        "{err}"
+    );
+    let (ok, err) = magr(&["quantize", "--gguf-type", "Q4_K_M", "--act-order"]);
+    assert!(!ok && err.contains("--act-order"), "{err}");
+
+    let dir = workspace("presets");
+    let out = dir.join("out");
+    let (ok, err) = quantize_tiny(
+        &dir,
+        &out,
+        &[("--gguf-type", "Q3_K_M"), ("--formats", "fake-quant,gptq")],
+    );
+    assert!(
+        !ok && err.contains("gptq") && err.contains("q3_k_m"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("block 0"),
+        "refused only after quantizing: {err}"
+    );
+    assert_no_output(&out);
+
+    // Without --formats, --gguf-type asks for the gguf file: the tiny model's word-level
+    // tokenizer has no GGUF form, which is named before any work.
+    let (ok, err) = quantize_tiny(&dir, &out, &[("--gguf-type", "q4_k_m")]);
+    assert!(!ok && err.contains("tokenizer"), "{err}");
+    assert_no_output(&out);
+
+    // A model whose widths are multiples of 256: the layers are on the preset's grids.
+    let model = dir.join("k-model");
+    common::write_k_quant_model_dir(&model, 8, 3);
+    let (ok, err) = quantize_tiny(
+        &dir,
+        &out,
+        &[
+            ("--model", s(&model)),
+            ("--gguf-type", "Q4_K_M"),
+            ("--formats", "fake-quant"),
+            ("--method", "rtn"),
+        ],
+    );
+    assert!(ok, "{err}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["settings"]["gguf_type"], "q4_k_m");
+    let fake = magr::llama_io::Model::load(out.join("fake-quant")).unwrap();
+    let config = fake.config().clone();
+    for block in 0..config.num_hidden_layers {
+        for kind in magr::llama_io::LinearKind::ALL {
+            // Each output row of 256 inputs: at most 16 (Q4_K) or 64 (Q6_K) distinct
+            // values per sub-block of 32 or 16.
+            let ty = magr::GgufPreset::Q4_K_M
+                .layer_type(&config, block, kind)
+                .unwrap();
+            let (outputs, inputs) = fake.linear_shape(kind);
+            let w = fake.linear_weight(block, kind).unwrap();
+            for row in w.chunks(inputs).take(outputs) {
+                for sub in row.chunks(ty.group_size()) {
+                    let distinct: std::collections::BTreeSet<u32> =
+                        sub.iter().map(|v| v.to_bits()).collect();
+                    assert!(distinct.len() <= 1 << ty.bits(), "{ty}: {}", distinct.len());
+                }
+            }
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// Options of a method or preprocessor that the run does not use are refused, not
 /// silently ignored; windows longer than the model's context are refused before any
 /// work.

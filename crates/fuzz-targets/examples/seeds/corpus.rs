@@ -18,44 +18,6 @@ use magr::{
     quantize_model,
 };
 
-/// A byte-level BPE `tokenizer.json`: the 256 byte symbols of GPT-2 and two merges.
-fn bpe_tokenizer_json() -> String {
-    // GPT-2's byte-to-symbol map: printable bytes stand for themselves, the others
-    // for the code points from 256 on, in order.
-    let mut symbols = Vec::new();
-    let mut shifted = 0;
-    for b in 0..=255u32 {
-        let printable = (33..=126).contains(&b) || (161..=172).contains(&b) || b >= 174;
-        symbols.push(if printable {
-            char::from_u32(b).unwrap()
-        } else {
-            shifted += 1;
-            char::from_u32(255 + shifted).unwrap()
-        });
-    }
-    let mut vocab: Vec<String> = symbols.iter().map(char::to_string).collect();
-    vocab.extend(["he".into(), "ll".into()]);
-    let vocab: serde_json::Map<String, serde_json::Value> = vocab
-        .into_iter()
-        .enumerate()
-        .map(|(i, t)| (t, i.into()))
-        .collect();
-    serde_json::json!({
-        "version": "1.0",
-        "truncation": null,
-        "padding": null,
-        "added_tokens": [],
-        "normalizer": null,
-        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
-        "post_processor": null,
-        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
-                  "ignore_merges": false, "vocab": vocab, "merges": ["h e", "l l"]}
-    })
-    .to_string()
-}
-
 /// No progress to show while the seeds are made.
 struct Silent;
 
@@ -104,7 +66,7 @@ pub fn all() -> BTreeMap<&'static str, Vec<Vec<u8>>> {
     let word = dir.join("word");
     common::write_tiny_model_dir(&word, 3);
     let bpe_json = dir.join("bpe-tokenizer.json");
-    std::fs::write(&bpe_json, bpe_tokenizer_json()).unwrap();
+    std::fs::write(&bpe_json, common::bpe_tokenizer_json()).unwrap();
     let mut model = Model::load(&word).unwrap();
     model.set_tokenizer(Some(tokenizer_from_json(&bpe_json).unwrap()));
     let bpe = dir.join("bpe");

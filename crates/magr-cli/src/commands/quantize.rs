@@ -89,11 +89,16 @@ fn formats() -> PossibleValuesParser {
     )
 }
 
-fn default_formats() -> Vec<&'static str> {
+/// The formats written when `--formats` is not given: the registered defaults, or with
+/// `--gguf-type` the fake-quant directory and the GGUF file.
+fn default_formats(gguf: bool) -> Vec<String> {
+    if gguf {
+        return vec!["fake-quant".to_string(), "gguf".to_string()];
+    }
     FORMATS
         .iter()
         .filter(|e| e.default)
-        .map(|e| e.name)
+        .map(|e| e.name.to_string())
         .collect()
 }
 
@@ -192,9 +197,10 @@ pub struct QuantizeArgs {
     /// own subdirectory. Written as `OUT.partial`, renamed when complete.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Model formats to write under `--out` (comma-separated).
-    #[arg(long, value_delimiter = ',', value_parser = formats(), default_values = default_formats())]
-    formats: Vec<String>,
+    /// Model formats to write under `--out` (comma-separated) [default: fake-quant,gptq;
+    /// with --gguf-type: fake-quant,gguf].
+    #[arg(long, value_delimiter = ',', value_parser = formats())]
+    formats: Option<Vec<String>>,
     /// Continue a killed run from the blocks checkpointed in `OUT.partial` (same
     /// model, settings and calibration); the output is byte-identical to an
     /// uninterrupted run's.
@@ -216,13 +222,17 @@ pub fn run(args: &QuantizeArgs, quiet: bool) -> Result<(), Error> {
     let total = Instant::now();
     // Settings first: a bad flag fails before anything is loaded.
     let settings = settings(args)?;
-    if args.formats.iter().any(|f| f == "none") && args.formats.len() > 1 {
+    let format_names = args
+        .formats
+        .clone()
+        .unwrap_or_else(|| default_formats(args.gguf_type.is_some()));
+    if format_names.iter().any(|f| f == "none") && format_names.len() > 1 {
         return Err("--formats none cannot be combined with other formats".into());
     }
     if args.resume && args.out.is_none() {
         return Err("--resume needs --out (the checkpoint lives in OUT.partial)".into());
     }
-    let mut formats = output_formats(args, &settings)?;
+    let mut formats = output_formats(args, &format_names, &settings)?;
     // The output's staging directory is made before anything is loaded: an unwritable
     // or existing output fails at once.
     let staging = args
@@ -323,6 +333,7 @@ fn settings(args: &QuantizeArgs) -> Result<PipelineSettings, Error> {
 /// before anything is loaded, so that a format that cannot store the run fails at once.
 fn output_formats(
     args: &QuantizeArgs,
+    names: &[String],
     settings: &PipelineSettings,
 ) -> Result<Vec<Box<dyn OutputFormat>>, Error> {
     let dtype = match args.dtype {
@@ -331,12 +342,7 @@ fn output_formats(
         DtypeArg::Bf16 => WeightDtype::BF16,
     };
     let format_names: Vec<String> = match args.out {
-        Some(_) => args
-            .formats
-            .iter()
-            .filter(|f| *f != "none")
-            .cloned()
-            .collect(),
+        Some(_) => names.iter().filter(|f| *f != "none").cloned().collect(),
         None => Vec::new(),
     };
     let context = FormatContext {
