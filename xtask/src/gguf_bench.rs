@@ -22,16 +22,18 @@ use magr_report::{Evaluation, RunReport};
 
 use crate::table::{commit, machine, path_str, read_meta, read_typed, run_cell, write_meta};
 
-/// The formats of the table: `(llama.cpp's name, magr's name, bits per weight)`; the
-/// bits are `None` for a K-quant preset (a mixture of types: see the file size).
+/// The formats of the table, in the order they are measured: `(llama.cpp's name, magr's
+/// name, bits per weight)`; the bits are `None` for a K-quant preset (a mixture of types:
+/// see the file size). The most used preset first; Q3_K_S, which stores the same types
+/// as Q2_K on SmolLM2, after it.
 const TYPES: [(&str, &str, Option<f64>); 9] = [
     ("Q4_0", "q4_0", Some(4.5)),
     ("Q4_1", "q4_1", Some(5.0)),
     ("Q5_0", "q5_0", Some(5.5)),
+    ("Q4_K_M", "q4_k_m", None),
+    ("Q3_K_M", "q3_k_m", None),
     ("Q2_K", "q2_k", None),
     ("Q3_K_S", "q3_k_s", None),
-    ("Q3_K_M", "q3_k_m", None),
-    ("Q4_K_M", "q4_k_m", None),
     ("Q5_K_M", "q5_k_m", None),
     ("Q6_K", "q6_k", None),
 ];
