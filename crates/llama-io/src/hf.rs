@@ -446,7 +446,9 @@ impl View for OutputTensor<'_> {
 
 /// Writes `model` as a Hugging Face directory `dir`: `config.json`,
 /// `model.safetensors` (weights in `dtype`), and when the model has a tokenizer
-/// `tokenizer.json` plus a `tokenizer_config.json` naming the fast tokenizer class.
+/// `tokenizer.json` with `tokenizer_config.json` (special tokens, chat template),
+/// `special_tokens_map.json` and `generation_config.json` carried over from the input
+/// (see the `hf_tokenizer` module).
 ///
 /// The directory is built under a temporary name beside `dir` and then renamed
 /// ([`atomic_fs::write_dir`]), so `dir` never holds a partial model. An existing `dir`
@@ -588,11 +590,9 @@ fn write_dir_contents(
         tokenizer
             .save(&tokenizer_path, false)
             .map_err(|e| LlamaIoError::Tokenizer(format!("{}: {e}", tokenizer_path.display())))?;
-        let tokenizer_config = serde_json::json!({
-            "tokenizer_class": "PreTrainedTokenizerFast",
-            "model_max_length": model.config().max_position_embeddings,
-        });
-        write_json(&dir.join(TOKENIZER_CONFIG), &tokenizer_config)?;
+        for (name, value) in crate::hf_tokenizer::tokenizer_files(model)? {
+            write_json(&dir.join(name), &value)?;
+        }
     }
     Ok(())
 }

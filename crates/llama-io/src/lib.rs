@@ -21,7 +21,9 @@ pub mod data;
 pub mod tokenizer;
 // The weights.
 mod model;
-// Readers and the writer (use model).
+// The tokenizer files of a Hugging Face directory (uses model, tokenizer).
+mod hf_tokenizer;
+// Readers and the writer (use model, hf_tokenizer).
 mod hf;
 // GGML types and the checked GGUF header (uses error).
 mod gguf_header;

@@ -664,13 +664,20 @@ fn hugging_face_tokenizer_is_converted_as_llama_cpp_does() {
             "{key}"
         );
     }
-    // No post-processor and no tokenizer_config entries: no add_bos_token; bos/eos
-    // ids from config.json (none here).
-    assert!(
-        !written
-            .metadata
-            .contains_key("tokenizer.ggml.add_bos_token")
-    );
+    // The Hugging Face directory carried the GGUF's BOS flag, special tokens and chat
+    // template in its tokenizer_config.json, so they come back.
+    for key in [
+        "tokenizer.ggml.add_bos_token",
+        "tokenizer.ggml.bos_token_id",
+        "tokenizer.ggml.eos_token_id",
+        "tokenizer.chat_template",
+    ] {
+        assert_eq!(
+            format!("{:?}", written.metadata[key]),
+            format!("{:?}", original.metadata[key]),
+            "{key}"
+        );
+    }
     let back = Model::load(&out).unwrap();
     assert_eq!(back.encode(TEXT).unwrap(), model.encode(TEXT).unwrap());
     assert_eq!(
@@ -781,4 +788,50 @@ fn smollm2_written_for_the_python_check() {
     write_gguf(&model, &path, &options, &linears).unwrap();
     let back = Model::load(&path).unwrap();
     assert_eq!(back.encode(TEXT).unwrap(), model.encode(TEXT).unwrap());
+}
+
+/// A Hugging Face directory written from a GGUF input carries its tokenizer whole: the
+/// special tokens by name, the chat template and the BOS flag in `tokenizer_config.json`,
+/// `special_tokens_map.json`, `generation_config.json`; written again from that
+/// directory, the three files come out the same.
+#[test]
+fn hf_directories_carry_the_gguf_tokenizer() {
+    let dir = TempDir::new("gguf-w-hfcarry");
+    let input = dir.path().join("in.gguf");
+    gguf_with_tokenizer(&input);
+    let model = Model::load(&input).unwrap();
+    let first = dir.path().join("first");
+    write_hf_dir(&model, &first, WeightDtype::F32, false).unwrap();
+    let read = |d: &Path, f: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(d.join(f)).unwrap()).unwrap()
+    };
+    let tc = read(&first, "tokenizer_config.json");
+    assert_eq!(tc["chat_template"], "{{ messages }}");
+    assert_eq!(tc["bos_token"], "<|endoftext|>");
+    assert_eq!(tc["eos_token"], "<|endoftext|>");
+    assert_eq!(tc["add_bos_token"], false);
+    assert_eq!(tc["tokenizer_class"], "PreTrainedTokenizerFast");
+    assert_eq!(tc["model_max_length"], 512);
+    assert!(tc.get("unk_token").is_none() && tc.get("pad_token").is_none());
+    assert_eq!(
+        read(&first, "special_tokens_map.json"),
+        serde_json::json!({"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>"})
+    );
+    assert_eq!(
+        read(&first, "generation_config.json"),
+        serde_json::json!({"bos_token_id": 0, "eos_token_id": 0})
+    );
+    // The template's special token is one token in the written tokenizer.
+    let back = Model::load(&first).unwrap();
+    assert_eq!(back.encode("<|endoftext|>").unwrap(), vec![0]);
+
+    let second = dir.path().join("second");
+    write_hf_dir(&back, &second, WeightDtype::F32, false).unwrap();
+    for file in [
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "generation_config.json",
+    ] {
+        assert_eq!(read(&first, file), read(&second, file), "{file}");
+    }
 }

@@ -60,3 +60,52 @@ fn smollm2_wikitext2_perplexity_seqlen_2048_first_40_windows() {
         report.ppl
     );
 }
+
+/// SmolLM2-Instruct is a chat model: a Hugging Face directory written from its GGUF
+/// carries the chat template and the special tokens of the GGUF's metadata, and the
+/// template's control tokens stay single tokens.
+#[test]
+#[ignore = "needs the SmolLM2 GGUF: run `cargo xtask fetch`"]
+fn smollm2_hf_directory_carries_the_chat_template_and_special_tokens() {
+    let model = Model::load(data::default_model_path().unwrap()).unwrap();
+    let dir = std::env::temp_dir().join(format!("magr-smollm2-tok-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    llama_io::write_hf_dir(&model, &dir, llama_io::WeightDtype::F16, false).unwrap();
+    let read = |f: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.join(f)).unwrap()).unwrap()
+    };
+    let tc = read("tokenizer_config.json");
+    let template = tc["chat_template"].as_str().unwrap();
+    assert!(
+        template.starts_with("{% for message in messages %}") && template.contains("<|im_start|>"),
+        "{template}"
+    );
+    assert_eq!(
+        (
+            &tc["bos_token"],
+            &tc["eos_token"],
+            &tc["unk_token"],
+            &tc["pad_token"]
+        ),
+        (
+            &serde_json::json!("<|im_start|>"),
+            &serde_json::json!("<|im_end|>"),
+            &serde_json::json!("<|endoftext|>"),
+            &serde_json::json!("<|im_end|>")
+        )
+    );
+    assert_eq!(tc["add_bos_token"], false);
+    assert_eq!(
+        read("generation_config.json"),
+        serde_json::json!({"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2})
+    );
+    assert_eq!(read("special_tokens_map.json")["eos_token"], "<|im_end|>");
+    let back = Model::load(&dir).unwrap();
+    let ids = back.encode("<|im_start|>user\nHi<|im_end|>\n").unwrap();
+    assert_eq!((ids[0], ids[ids.len() - 2]), (1, 2), "{ids:?}");
+    assert_eq!(
+        ids,
+        model.encode("<|im_start|>user\nHi<|im_end|>\n").unwrap()
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
