@@ -3,6 +3,13 @@
 //! `quantization_config` (`quant_method: "gptq"`) in `config.json`, beside the float
 //! embeddings, norms and head. Because grid scales are f16 values, a loader dequantizes
 //! exactly the fake-quant weights the pipeline wrote into the model.
+//!
+//! The zero-point layout ([`GptqFormat::preferred_layout`]): symmetric grids in v1
+//! (`checkpoint_format: "gptq"`, which every GPTQ loader reads); asymmetric grids in v2
+//! (`"gptq_v2"`): GPTQModel refuses asymmetric v1 files that it did not write itself
+//! (its v1 zero-point offset cannot be trusted from other producers), while GPTQModel,
+//! transformers (through GPTQModel) and vLLM (since its pull request 26092) read v2.
+//! Either layout is used where only it holds every zero point.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -83,8 +90,9 @@ impl GptqFormat {
         self.layers.get(&(block, kind))
     }
 
-    /// The zero-point layout of the whole checkpoint: v1 (read by every loader) when it
-    /// holds every layer's zero points, else v2.
+    /// The zero-point layout of the whole checkpoint: the preferred one
+    /// ([`GptqFormat::preferred_layout`]) when it holds every layer's zero points, else
+    /// the other.
     ///
     /// # Errors
     /// Zero points 0 in one layer and `2^bits` in another.
@@ -97,12 +105,22 @@ impl GptqFormat {
                 .map_err(|e| PipelineError::Output(format!("{}: {e}", kind.hf_name(*block))))?;
             all.extend(zeros);
         }
-        ZeroFormat::choose(all.iter().copied(), bits).ok_or_else(|| {
+        ZeroFormat::choose(all.iter().copied(), bits, self.preferred_layout()).ok_or_else(|| {
             PipelineError::Output(format!(
                 "zero points 0 and {} occur in this model; no single GPTQ layout stores both",
                 1u32 << bits
             ))
         })
+    }
+
+    /// The zero-point layout written when it holds every zero point: v1 for symmetric
+    /// grids, v2 for asymmetric ones (module docs).
+    pub fn preferred_layout(&self) -> ZeroFormat {
+        if self.context.spec.symmetric() {
+            ZeroFormat::V1
+        } else {
+            ZeroFormat::V2
+        }
     }
 
     /// `config.json`'s `quantization_config` for zero points in `format`.
@@ -129,7 +147,7 @@ impl OutputFormat for GptqFormat {
         "gptq"
     }
 
-    /// Packs the layer, its zero points in the layout that holds them (v1 where it can).
+    /// Packs the layer, its zero points in the preferred layout where it holds them.
     fn layer_quantized(
         &mut self,
         block: usize,
@@ -137,14 +155,14 @@ impl OutputFormat for GptqFormat {
         q: &QuantizedLinear,
     ) -> Result<(), PipelineError> {
         let bits = q.spec().bits();
-        let format =
-            ZeroFormat::choose(q.grids().iter().map(|g| g.zero), bits).ok_or_else(|| {
-                PipelineError::Output(format!(
-                    "{}: zero points 0 and {} in one layer; no GPTQ layout stores both",
-                    kind.hf_name(block),
-                    1u32 << bits
-                ))
-            })?;
+        let zeros = q.grids().iter().map(|g| g.zero);
+        let format = ZeroFormat::choose(zeros, bits, self.preferred_layout()).ok_or_else(|| {
+            PipelineError::Output(format!(
+                "{}: zero points 0 and {} in one layer; no GPTQ layout stores both",
+                kind.hf_name(block),
+                1u32 << bits
+            ))
+        })?;
         self.layers.insert((block, kind), pack_gptq(q, format)?);
         Ok(())
     }

@@ -172,11 +172,19 @@ impl ZeroFormat {
         }
     }
 
-    /// The format of a checkpoint holding `zeros` at `bits` bits: v1 (the most widely
-    /// read) when it holds them all, else v2 when it does, else `None` (zero points
-    /// both 0 and `2^bits`, which no GPTQ layout stores together).
-    pub fn choose(zeros: impl IntoIterator<Item = u32> + Clone, bits: u32) -> Option<Self> {
-        [ZeroFormat::V1, ZeroFormat::V2]
+    /// The format of a checkpoint holding `zeros` at `bits` bits: `preferred` when it
+    /// holds them all, else the other one when it does, else `None` (zero points both 0
+    /// and `2^bits`, which no GPTQ layout stores together).
+    pub fn choose(
+        zeros: impl IntoIterator<Item = u32> + Clone,
+        bits: u32,
+        preferred: ZeroFormat,
+    ) -> Option<Self> {
+        let other = match preferred {
+            ZeroFormat::V1 => ZeroFormat::V2,
+            ZeroFormat::V2 => ZeroFormat::V1,
+        };
+        [preferred, other]
             .into_iter()
             .find(|f| zeros.clone().into_iter().all(|z| f.holds(z, bits)))
     }

@@ -104,7 +104,7 @@ proptest! {
         let format = if v2 { ZeroFormat::V2 } else { ZeroFormat::V1 };
         let storable = |z: u32| if v2 { z < 1 << bits } else { (1..=1u32 << bits).contains(&z) };
         let zeros = q.grids().iter().map(|g| g.zero);
-        let chosen = ZeroFormat::choose(zeros.clone(), bits);
+        let chosen = ZeroFormat::choose(zeros.clone(), bits, format);
         if let Some(chosen) = chosen {
             prop_assert!(zeros.clone().all(|z| chosen.holds(z, bits)));
         }
@@ -136,11 +136,18 @@ proptest! {
 /// beta < 1) each fit one layout only.
 #[test]
 fn zero_format_choice() {
-    assert_eq!(ZeroFormat::choose([1, 8, 16], 4), Some(ZeroFormat::V1));
-    assert_eq!(ZeroFormat::choose([0, 8, 15], 4), Some(ZeroFormat::V2));
-    assert_eq!(ZeroFormat::choose([0, 16], 4), None);
-    assert_eq!(ZeroFormat::V1.checkpoint_format(), "gptq");
-    assert_eq!(ZeroFormat::V2.checkpoint_format(), "gptq_v2");
+    let (v1, v2) = (ZeroFormat::V1, ZeroFormat::V2);
+    for preferred in [v1, v2] {
+        assert_eq!(ZeroFormat::choose([1, 8, 16], 4, preferred), Some(v1));
+        assert_eq!(ZeroFormat::choose([0, 8, 15], 4, preferred), Some(v2));
+        assert_eq!(ZeroFormat::choose([0, 16], 4, preferred), None);
+        assert_eq!(
+            ZeroFormat::choose([1, 8, 15], 4, preferred),
+            Some(preferred)
+        );
+    }
+    assert_eq!(v1.checkpoint_format(), "gptq");
+    assert_eq!(v2.checkpoint_format(), "gptq_v2");
     // v2 stores the zero point itself: zero 5 at 4 bits is the stored nibble 5.
     assert_eq!(pack_qzeros(&[5], 1, 1, 4, ZeroFormat::V2).unwrap(), vec![5]);
     assert_eq!(pack_qzeros(&[5], 1, 1, 4, ZeroFormat::V1).unwrap(), vec![4]);
