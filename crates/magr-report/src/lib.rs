@@ -280,19 +280,34 @@ impl RunReport {
         let mut md = String::new();
         let _ = writeln!(md, "# magr quantize report\n");
         let _ = writeln!(md, "- model: `{}`", self.model.display());
-        let _ = writeln!(
-            md,
-            "- grid: {} bits, {}, {}, beta {}",
-            s.bits,
-            s.group_size
-                .map_or("per channel".to_string(), |g| format!("groups of {g}")),
-            if s.symmetric {
-                "symmetric"
-            } else {
-                "asymmetric"
-            },
-            s.beta
-        );
+        match &s.gguf_type {
+            Some(t) => {
+                let _ = writeln!(md, "- grid: GGUF `{t}` (llama.cpp's block parameters)");
+            }
+            None => {
+                let _ = writeln!(
+                    md,
+                    "- grid: {} bits, {}, {}, beta {}",
+                    s.bits,
+                    s.group_size
+                        .map_or("per channel".to_string(), |g| format!("groups of {g}")),
+                    if s.symmetric {
+                        "symmetric"
+                    } else {
+                        "asymmetric"
+                    },
+                    s.beta
+                );
+            }
+        }
+        if s.group_size.is_none() && self.formats.iter().any(|f| f == "gptq") {
+            let _ = writeln!(
+                md,
+                "- loaders: `gptq/` has one group per channel (`group_size: -1`); GPTQModel \
+                 loads it, but its automatically chosen CPU kernel refuses such groups at the \
+                 first forward: load with `backend=\"torch\"`"
+            );
+        }
         let _ = writeln!(
             md,
             "- method: {}, act-order {}",
@@ -480,7 +495,25 @@ mod tests {
             "| 0 | q_proj | 4 x 2 | 3.0000 | 1.5000 | 1.0000e0 -> 5.0000e-1 | 2.0000e0 |"
         ));
         assert!(!md.contains("OptqCd"));
+        assert!(md.contains("- grid: 3 bits, groups of 64, asymmetric, beta 0.95"));
+        assert!(!md.contains("loaders"));
         assert_eq!(report().label(), "MagR+OPTQ+CD w3 g64");
+    }
+
+    /// A GGUF run names its type or preset; a per-channel GPTQ checkpoint says how
+    /// GPTQModel loads it.
+    #[test]
+    fn markdown_names_gguf_grids_and_the_per_channel_loader_workaround() {
+        let mut r = report();
+        r.settings.gguf_type = Some("q4_k_m".into());
+        let md = r.markdown();
+        assert!(md.contains("- grid: GGUF `q4_k_m`"), "{md}");
+        assert_eq!(r.label(), "MagR+OPTQ+CD q4_k_m");
+        let mut r = report();
+        r.settings.group_size = None;
+        assert!(!r.markdown().contains("loaders"));
+        r.formats.push("gptq".into());
+        assert!(r.markdown().contains("`backend=\"torch\"`"));
     }
 
     #[test]
