@@ -78,7 +78,8 @@ impl PipelineSettings {
 
     /// Checks, before any work, that these settings can quantize every layer of a model
     /// with `config` from calibration windows of `window` tokens: each layer's input width
-    /// holds whole groups (or GGUF blocks), and the windows fit the model's context.
+    /// holds whole GGUF blocks (groups need not divide it: the last one is shorter), and
+    /// the windows fit the model's context.
     ///
     /// # Errors
     /// [`PipelineError::Settings`] naming the layer and its width;
@@ -288,8 +289,8 @@ impl PipelineState {
 /// using the calibration `windows` (equal lengths), and reports per layer.
 ///
 /// # Errors
-/// No windows or windows of different lengths, a batch of zero, a group size that does
-/// not divide a layer's width, any error of the forward pass, MagR or the quantizer,
+/// No windows or windows of different lengths, a batch of zero, a GGUF type whose blocks
+/// do not divide a layer's width, any error of the forward pass, MagR or the quantizer,
 /// named with the block and layer, and the observer's errors. On error the model may
 /// hold some quantized blocks.
 pub fn quantize_model(

@@ -171,6 +171,9 @@ fn outputs_load_back_and_the_packed_checkpoint_unpacks_to_the_fake_quant_weights
         (2, Some(32), false, true, Arc::new(OptqMethod), false),
         (3, Some(16), true, false, Arc::new(OptqMethod), true),
         (8, None, false, false, Arc::new(RtnMethod), false),
+        // Groups of 48 on 64 and 128 inputs: a shorter last group (MagR per group too).
+        (4, Some(48), false, false, Arc::new(OptqMethod), true),
+        (3, Some(48), false, true, Arc::new(OptqMethod), false),
     ]
     .into_iter()
     .enumerate()

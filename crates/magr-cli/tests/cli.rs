@@ -190,15 +190,6 @@ fn quantize_writes_every_output_and_they_load_back() {
 fn bad_inputs_are_named_and_leave_no_output() {
     let dir = workspace("bad");
     let out = dir.join("out");
-    // Group size not dividing the width (64): named, no output.
-    // Checked against every layer before the float evaluation and the calibration (an
-    // error located in a block would mean some work was done first).
-    let (ok, err) = quantize_tiny(&dir, &out, &[("--group-size", "48"), ("--eval-float", "")]);
-    assert!(
-        !ok && err.contains("48") && err.contains("q_proj") && !err.contains("block "),
-        "{err}"
-    );
-    assert_no_output(&out);
     // Empty and too-short calibration texts: named, no output.
     for text in ["empty.txt", "short.txt"] {
         let calib = dir.join(text);

@@ -24,9 +24,6 @@ pub enum ProxError {
         col: usize,
         value: f32,
     },
-    /// The group size does not divide the number of rows (inputs).
-    #[error("group size {group_size} does not divide the number of inputs {rows}")]
-    GroupSize { group_size: usize, rows: usize },
     /// A parameter out of its domain (negative or non-finite weight, zero group size...).
     #[error("invalid parameter: {0}")]
     Parameter(String),

@@ -117,7 +117,8 @@ pub struct MagrReport {
 ///
 /// # Errors
 /// Shapes (`H` must be in x in), non-finite entries, negative or non-finite `alpha`,
-/// a group size of zero or one that does not divide `in`.
+/// a group size of zero. A group size that does not divide `in` leaves the last group of
+/// each column shorter (as the GPTQ reference's groups).
 pub fn magr(
     w0: MatRef<'_, f32>,
     h: MatRef<'_, f32>,
@@ -138,12 +139,6 @@ pub fn magr(
         Grouping::PerChannel => None,
         Grouping::PerGroup(0) => {
             return Err(ProxError::Parameter("group size must be positive".into()));
-        }
-        Grouping::PerGroup(g) if rows % g != 0 => {
-            return Err(ProxError::GroupSize {
-                group_size: g,
-                rows,
-            });
         }
         Grouping::PerGroup(g) => Some(g),
     };

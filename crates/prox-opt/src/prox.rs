@@ -106,7 +106,8 @@ impl Prox for L1Norm {
 pub struct LinfNorm {
     /// The weight `lambda >= 0` in front of the sum of norms.
     pub weight: f64,
-    /// Rows per group; must divide the number of rows. `None` = one group per column.
+    /// Rows per group (the last group of a column is shorter when it does not divide the
+    /// number of rows). `None` = one group per column.
     pub group_rows: Option<usize>,
 }
 

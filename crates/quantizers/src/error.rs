@@ -9,14 +9,6 @@ pub enum QuantError {
     /// Bit widths other than 2, 3, 4 and 8 are not supported.
     #[error("unsupported bit width {0}: use 2, 3, 4 or 8")]
     Bits(u32),
-    /// The group size does not divide the number of inputs.
-    #[error("group size {group_size} does not divide the number of inputs {inputs}")]
-    GroupSize {
-        /// The requested group size.
-        group_size: usize,
-        /// The layer's number of inputs.
-        inputs: usize,
-    },
     /// Matrices whose shapes must agree do not.
     #[error(
         "shape mismatch: {what} is {actual_rows} x {actual_cols}, expected {expected_rows} x {expected_cols}"

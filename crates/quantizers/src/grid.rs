@@ -124,11 +124,13 @@ impl GridSpec {
     }
 
     /// Inputs per group for a layer with `inputs` inputs: the group size, or `inputs`
-    /// per channel. `inputs / group_rows` is the number of groups.
+    /// per channel. `inputs.div_ceil(group_rows)` is the number of groups
+    /// ([`GridSpec::groups`]): as in the GPTQ reference, a group size that does not divide
+    /// `inputs` leaves the last group shorter (576 inputs in groups of 128: four of 128
+    /// and one of 64).
     ///
     /// # Errors
-    /// No inputs, a group size that does not divide `inputs`, a GGUF format whose blocks
-    /// do not divide `inputs`.
+    /// No inputs, a GGUF format whose blocks do not divide `inputs`.
     pub fn group_rows(&self, inputs: usize) -> Result<usize, QuantError> {
         if let Some(ty) = self.ggml
             && inputs > 0
@@ -140,17 +142,21 @@ impl GridSpec {
                 "a layer needs at least one input".into(),
             )),
             None => Ok(inputs),
-            Some(g) if inputs.is_multiple_of(g) => Ok(g),
-            Some(g) => Err(QuantError::GroupSize {
-                group_size: g,
-                inputs,
-            }),
+            Some(g) => Ok(g),
         }
+    }
+
+    /// Groups per channel for a layer with `inputs` inputs (the last one maybe shorter).
+    ///
+    /// # Errors
+    /// As [`GridSpec::group_rows`].
+    pub fn groups(&self, inputs: usize) -> Result<usize, QuantError> {
+        Ok(inputs.div_ceil(self.group_rows(inputs)?))
     }
 
     /// Inputs whose grids are fitted together, for a layer with `inputs` inputs: a K-quant
     /// super-block (256), else one group ([`GridSpec::group_rows`]); a multiple of the
-    /// group rows that divides `inputs`.
+    /// group rows (the last span is shorter where the last group is).
     ///
     /// # Errors
     /// As [`GridSpec::group_rows`].
@@ -163,7 +169,8 @@ impl GridSpec {
     }
 
     /// Fits the grids of one fit span ([`GridSpec::fit_span`]) of one channel to its
-    /// `values`, one grid per group into `grids` (`values.len() / group rows` of them),
+    /// `values`, one grid per group into `grids` (`values.len()` over the group rows,
+    /// rounded up, of them),
     /// with per-value `weights` (`H_ii`) for a weighted fit: [`GridSpec::fit_weighted`]
     /// per group, except on K-quant specs, whose super-block parameters are fitted
     /// together (see [`crate::GridFit`] and the `kquant` module).
@@ -173,10 +180,10 @@ impl GridSpec {
                 crate::kquant::fit_super_block(ty, self.fit, values, weights, grids);
             }
             _ => {
-                let rows = values.len() / grids.len().max(1);
-                for (g, grid) in grids.iter_mut().enumerate() {
-                    let span = g * rows..(g + 1) * rows;
-                    *grid = self.fit_weighted(&values[span.clone()], &weights[span]);
+                let rows = values.len().div_ceil(grids.len().max(1)).max(1);
+                for (g, (grid, x)) in grids.iter_mut().zip(values.chunks(rows)).enumerate() {
+                    let w = weights.get(g * rows..g * rows + x.len()).unwrap_or(&[]);
+                    *grid = self.fit_weighted(x, w);
                 }
             }
         }

@@ -93,7 +93,7 @@ impl Quantizer for Optq {
         }
         let gs = spec.group_rows(n)?;
         let span = spec.fit_span(n)?;
-        let (groups, per_span) = (n / gs, span / gs);
+        let (groups, per_span) = (n.div_ceil(gs), span / gs);
         let dynamic_groups = spec.group_size().is_some() && !self.static_groups;
 
         let dead: Vec<bool> = (0..n).map(|i| h[(i, i)] == 0.0).collect();
@@ -111,11 +111,12 @@ impl Quantizer for Optq {
             }
         } else if self.static_groups {
             let mut span_grids = vec![Grid::default(); per_span];
-            for s in 0..n / span {
-                let inputs = s * span..(s + 1) * span;
+            for s in 0..n.div_ceil(span) {
+                let inputs = s * span..((s + 1) * span).min(n);
+                let span_grids = &mut span_grids[..inputs.len().div_ceil(gs)];
                 for j in 0..m {
                     let values: Vec<f32> = inputs.clone().map(|i| weight(i, j)).collect();
-                    spec.fit_span_grids(&values, &fit_weights[inputs.clone()], &mut span_grids);
+                    spec.fit_span_grids(&values, &fit_weights[inputs.clone()], span_grids);
                     for (k, grid) in span_grids.iter().enumerate() {
                         grids[(s * per_span + k) * m + j] = *grid;
                     }
@@ -149,10 +150,12 @@ impl Quantizer for Optq {
             let i2 = (i1 + bs).min(n);
             if dynamic_groups {
                 for start in (i1..i2).filter(|k| k % span == 0) {
-                    let block = wp.as_ref().subcols(start, span);
-                    let grids = &mut grids[start / gs * m..(start / gs + per_span) * m];
+                    let len = span.min(n - start);
+                    let block = wp.as_ref().subcols(start, len);
+                    let first = start / gs;
+                    let grids = &mut grids[first * m..(first + len.div_ceil(gs)) * m];
                     if spec.ggml_type().is_some() {
-                        let weights: Vec<f32> = perm[start..start + span]
+                        let weights: Vec<f32> = perm[start..start + len]
                             .iter()
                             .map(|&i| fit_weights[i])
                             .collect();

@@ -33,7 +33,7 @@ impl Quantizer for Rtn {
         let (n, m) = (w.nrows(), w.ncols());
         let gs = self.spec.group_rows(n)?;
         let span = self.spec.fit_span(n)?;
-        let (groups, per_span) = (n / gs, span / gs);
+        let (groups, per_span) = (n.div_ceil(gs), span / gs);
         let mut codes = vec![0u8; n * m];
         let mut grids = vec![Grid::default(); groups * m];
         let diag: Vec<f32> = (0..n).map(|i| problem.hessian[(i, i)].max(0.0)).collect();
@@ -47,8 +47,9 @@ impl Quantizer for Rtn {
                 .zip(codes_j.chunks_mut(span))
                 .enumerate()
             {
-                let weights = &diag[s * span..(s + 1) * span];
-                self.spec.fit_span_grids(values, weights, &mut span_grids);
+                let weights = &diag[s * span..s * span + values.len()];
+                let span_grids = &mut span_grids[..values.len().div_ceil(gs)];
+                self.spec.fit_span_grids(values, weights, span_grids);
                 for (k, (c, &x)) in out.iter_mut().zip(values).enumerate() {
                     *c = span_grids[k / gs].code(x) as u8;
                 }

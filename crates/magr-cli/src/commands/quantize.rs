@@ -110,7 +110,8 @@ pub struct QuantizeArgs {
     /// Bits per weight: 2, 3, 4 or 8.
     #[arg(long, default_value_t = 4)]
     bits: u32,
-    /// Inputs per group (one grid per group); per output channel when absent.
+    /// Inputs per group (one grid per group; where it does not divide a layer's width, the
+    /// last group of each row is shorter); per output channel when absent.
     #[arg(long)]
     group_size: Option<usize>,
     /// Symmetric grids.

@@ -51,23 +51,25 @@ proptest! {
     fn rtn_is_the_formula_per_group(
         seed in any::<u64>(),
         (bits, symmetric, beta) in spec_strategy(),
-        group in prop::sample::select(vec![None, Some(4usize), Some(8), Some(32)]),
+        group in prop::sample::select(vec![None, Some(4usize), Some(8), Some(12), Some(32), Some(40)]),
         m in 1usize..6,
+        n in prop::sample::select(vec![30usize, 32]),
     ) {
-        let n = 32;
         let w = random_weights(n, m, seed);
         let h = diagonal_hessian(n);
         let spec = GridSpec::new(bits, group, symmetric, beta).unwrap();
         let q = Rtn { spec, par: Par::Seq }.quantize(&problem(&w, &h)).unwrap();
         assert_on_grid(&q);
         let gs = group.unwrap_or(n);
-        prop_assert_eq!(q.groups(), n / gs);
+        // A group size that does not divide the inputs leaves the last group shorter.
+        prop_assert_eq!(q.groups(), n.div_ceil(gs));
         let reference = RefSpec { bits, symmetric, beta };
         for j in 0..m {
-            for g in 0..n / gs {
-                let values: Vec<f32> = (g * gs..(g + 1) * gs).map(|i| w[(i, j)]).collect();
+            for g in 0..n.div_ceil(gs) {
+                let inputs = g * gs..((g + 1) * gs).min(n);
+                let values: Vec<f32> = inputs.clone().map(|i| w[(i, j)]).collect();
                 let grid = reference.fit(&values);
-                for i in g * gs..(g + 1) * gs {
+                for i in inputs {
                     prop_assert_eq!(q.g_idx()[i] as usize, g);
                     prop_assert_eq!(q.code(i, j) as f32, grid.code(w[(i, j)]));
                     let x = w[(i, j)];

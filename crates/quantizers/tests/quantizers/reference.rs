@@ -106,7 +106,7 @@ pub fn optq(w: &Mat<f32>, h: &Mat<f32>, cfg: RefOptq) -> (Vec<f64>, Vec<usize>) 
         (0..m)
             .map(|j| cfg.spec.fit(&(0..n).map(|i| w[(i, j)]).collect::<Vec<_>>()))
             .collect();
-        n / gs
+        n.div_ceil(gs)
     ];
     for i in 0..n {
         if dead[i] {
@@ -118,8 +118,8 @@ pub fn optq(w: &Mat<f32>, h: &Mat<f32>, cfg: RefOptq) -> (Vec<f64>, Vec<usize>) 
         inputs.iter().map(|&i| ww[i][j] as f32).collect()
     };
     if grouped && cfg.static_groups {
-        for g in 0..n / gs {
-            let inputs: Vec<usize> = (g * gs..(g + 1) * gs).collect();
+        for g in 0..n.div_ceil(gs) {
+            let inputs: Vec<usize> = (g * gs..((g + 1) * gs).min(n)).collect();
             for j in 0..m {
                 grids[g][j] = cfg.spec.fit(&column(&ww, &inputs, j));
             }
@@ -149,7 +149,8 @@ pub fn optq(w: &Mat<f32>, h: &Mat<f32>, cfg: RefOptq) -> (Vec<f64>, Vec<usize>) 
         g_idx[i] = g;
         if grouped && !cfg.static_groups && pos % gs == 0 {
             for j in 0..m {
-                grids[g][j] = cfg.spec.fit(&column(&snapshot, &order[pos..pos + gs], j));
+                let inputs = &order[pos..(pos + gs).min(n)];
+                grids[g][j] = cfg.spec.fit(&column(&snapshot, inputs, j));
             }
         }
         let d = hinv[i][i];
