@@ -23,7 +23,7 @@ use crate::error::{CandleMessage, LlamaIoError, Result};
 use crate::gguf_header::{read_content, readable_list};
 use crate::linear::LinearKind;
 use crate::model::{HostTensor, Model, unexpected_tensor};
-use crate::names::TensorRole;
+use crate::names::{TensorRole, missing_before_sizing};
 use crate::tokenizer::TokenizerSource;
 
 /// Hugging Face row order from GGUF row order for a `rows x cols` row-major Q or K
@@ -105,6 +105,13 @@ pub(crate) fn read_gguf(path: &Path) -> Result<Model> {
     let format = |msg: String| LlamaIoError::format(path, msg);
     let (content, mut reader) = read_content(path)?;
     let config = config_from_gguf(&content, path)?;
+    let present = |role: TensorRole| content.tensor_infos.contains_key(&role.gguf_name());
+    if let Some(role) = missing_before_sizing(&config, content.tensor_infos.len(), present) {
+        return Err(LlamaIoError::MissingTensor {
+            path: path.to_path_buf(),
+            tensor: role.gguf_name(),
+        });
+    }
 
     let roles: HashMap<String, TensorRole> = TensorRole::all(&config)
         .into_iter()

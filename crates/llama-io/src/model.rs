@@ -15,7 +15,7 @@ use tokenizers::Tokenizer;
 use crate::config::LlamaConfig;
 use crate::error::{LlamaIoError, Result};
 use crate::linear::LinearKind;
-use crate::names::{Naming, TensorRole};
+use crate::names::{Naming, TensorRole, missing_before_sizing};
 use crate::tokenizer::TokenizerSource;
 
 /// A dense f32 tensor on the host: shape (outermost first) and row-major data.
@@ -91,6 +91,13 @@ impl Model {
         naming: Naming,
     ) -> Result<Self> {
         config.validate(source)?;
+        let present = |role: TensorRole| tensors.contains_key(&naming(role));
+        if let Some(role) = missing_before_sizing(&config, tensors.len(), present) {
+            return Err(LlamaIoError::MissingTensor {
+                path: source.to_path_buf(),
+                tensor: naming(role),
+            });
+        }
         let mut take = |role: TensorRole| -> Result<Vec<f32>> {
             let name = naming(role);
             let tensor = tensors

@@ -24,21 +24,51 @@ pub enum TensorRole {
 /// A naming convention: the name a file format gives each role.
 pub type Naming = fn(TensorRole) -> String;
 
+/// Before anything is sized by the block count: when `config` takes more tensors than
+/// the `available` ones, its first role that `present` does not hold (a header may claim
+/// billions of blocks, and listing their roles or reserving their weights would exhaust
+/// memory before the missing tensor were named). `None` when the count fits (a missing
+/// tensor is then found as the tensors are taken).
+pub(crate) fn missing_before_sizing(
+    config: &LlamaConfig,
+    available: usize,
+    present: impl Fn(TensorRole) -> bool,
+) -> Option<TensorRole> {
+    if TensorRole::count(config) <= available {
+        return None;
+    }
+    TensorRole::iter(config).find(|&role| !present(role))
+}
+
 impl TensorRole {
+    /// The number of roles `config` stores, the length of [`TensorRole::all`]
+    /// (saturating, so a block count read from a file cannot overflow it).
+    pub fn count(config: &LlamaConfig) -> usize {
+        let per_block = 2 + LinearKind::ALL.len();
+        config
+            .num_hidden_layers
+            .saturating_mul(per_block)
+            .saturating_add(2 + usize::from(!config.tie_word_embeddings))
+    }
+
     /// Every role `config` stores, in a fixed order (the output head only when
     /// untied).
     pub fn all(config: &LlamaConfig) -> Vec<TensorRole> {
-        let mut roles = vec![TensorRole::Embedding];
-        for b in 0..config.num_hidden_layers {
-            roles.push(TensorRole::AttnNorm(b));
-            roles.push(TensorRole::MlpNorm(b));
-            roles.extend(LinearKind::ALL.map(|k| TensorRole::Linear(b, k)));
-        }
-        roles.push(TensorRole::FinalNorm);
-        if !config.tie_word_embeddings {
-            roles.push(TensorRole::LmHead);
-        }
-        roles
+        Self::iter(config).collect()
+    }
+
+    /// [`TensorRole::all`] one at a time, without listing them first.
+    pub fn iter(config: &LlamaConfig) -> impl Iterator<Item = TensorRole> + use<> {
+        let blocks = (0..config.num_hidden_layers).flat_map(|b| {
+            [TensorRole::AttnNorm(b), TensorRole::MlpNorm(b)]
+                .into_iter()
+                .chain(LinearKind::ALL.map(|k| TensorRole::Linear(b, k)))
+        });
+        let head = (!config.tie_word_embeddings).then_some(TensorRole::LmHead);
+        std::iter::once(TensorRole::Embedding)
+            .chain(blocks)
+            .chain([TensorRole::FinalNorm])
+            .chain(head)
     }
 
     /// PyTorch shape of the tensor under `config`.

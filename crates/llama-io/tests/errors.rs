@@ -462,3 +462,29 @@ fn a_tokenizer_json_with_broken_json_is_an_error_not_a_panic() {
         "{err}"
     );
 }
+
+/// Found by the fuzz target `gguf` (an hour's run, out of memory after 251,098 inputs):
+/// a GGUF whose `llama.block_count` was mutated to about four billion made the reader
+/// list every tensor role of that many blocks before reading the tensor table (5 GB).
+/// When the file's tensors cannot hold the block count, the first missing tensor is
+/// named before anything is sized by the count, in GGUF files and in Hugging Face
+/// directories (whose reader reserved the blocks' weights).
+#[test]
+fn a_block_count_beyond_the_tensors_is_refused_before_allocating() {
+    let dir = TempDir::new("huge-blocks");
+    let path = gguf_file(&dir, |meta, _| {
+        set_meta(meta, "llama.block_count", GValue::U32(u32::MAX));
+    });
+    let err = expect_error(&path, &["m.gguf", "blk.2.attn_norm.weight"]);
+    assert!(matches!(err, LlamaIoError::MissingTensor { .. }), "{err}");
+
+    let hf = dir.path().join("hf");
+    let weights = common::random_weights(&TINY, 33);
+    common::write_hf(&hf, &TINY, &weights);
+    let config_path = hf.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    config["num_hidden_layers"] = serde_json::json!(1u64 << 40);
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    expect_error(&hf, &["model.layers.2.input_layernorm.weight"]);
+}
