@@ -559,31 +559,6 @@ fn a_format_defined_outside_the_library_is_written_and_resumed() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// Feeds one format and checkpoints finished blocks with its state.
-struct Feed<'a> {
-    format: &'a mut GgufFormat,
-    checkpoint: &'a RunCheckpoint,
-}
-
-impl PipelineObserver for Feed<'_> {
-    fn layer_quantized(
-        &mut self,
-        block: usize,
-        kind: LinearKind,
-        q: &QuantizedLinear,
-    ) -> Result<(), PipelineError> {
-        self.format.layer_quantized(block, kind, q)
-    }
-
-    fn block_finished(
-        &mut self,
-        model: &Model,
-        state: &PipelineState,
-    ) -> Result<(), PipelineError> {
-        self.checkpoint.save(model, state, &[&*self.format])
-    }
-}
-
 /// Quantizes `model()` with `s` through the gguf format (checkpointing every block) and
 /// writes the file under `dir/gguf-{n}`; checks that candle reads it back as the
 /// fake-quant weights bit for bit and that the checkpoint restores every layer (bytes and
@@ -606,9 +581,9 @@ fn gguf_round_trip(
     s.check(quantized.config(), 32).unwrap();
     let mut format = GgufFormat::new(&context).unwrap();
     let checkpoint = RunCheckpoint::new(dir.join(format!("checkpoint-{n}")), "gguf".into());
-    let mut feed = Feed {
+    let mut feed = common::Feed {
         format: &mut format,
-        checkpoint: &checkpoint,
+        checkpoint: Some(&checkpoint),
     };
     quantize_model(&mut quantized, &windows(4, 32, 3), s, &mut feed).unwrap();
     let file = dir.join(format!("gguf-{n}")).join(GGUF_FILE);

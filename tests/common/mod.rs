@@ -5,8 +5,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+use magr::llama_io::LinearKind;
 use magr::llama_io::tokenizer::tokenizer_from_json;
 use magr::llama_io::{HostTensor, LlamaConfig, Model, TensorRole, WeightDtype, write_hf_dir};
+use magr::quantizers::QuantizedLinear;
+use magr::{OutputFormat, PipelineError, PipelineObserver, PipelineState, RunCheckpoint};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use rand_distr::{Distribution, Normal};
 
@@ -226,4 +229,35 @@ pub fn bpe_tokenizer_json() -> String {
                   "ignore_merges": false, "vocab": vocab, "merges": ["h e", "l l"]}
     })
     .to_string()
+}
+
+/// Feeds one output format the layers of a run and, with a checkpoint, saves every
+/// finished block with the format's state.
+pub struct Feed<'a> {
+    /// The format fed.
+    pub format: &'a mut dyn OutputFormat,
+    /// Where finished blocks are saved, if anywhere.
+    pub checkpoint: Option<&'a RunCheckpoint>,
+}
+
+impl PipelineObserver for Feed<'_> {
+    fn layer_quantized(
+        &mut self,
+        block: usize,
+        kind: LinearKind,
+        q: &QuantizedLinear,
+    ) -> Result<(), PipelineError> {
+        self.format.layer_quantized(block, kind, q)
+    }
+
+    fn block_finished(
+        &mut self,
+        model: &Model,
+        state: &PipelineState,
+    ) -> Result<(), PipelineError> {
+        match self.checkpoint {
+            Some(checkpoint) => checkpoint.save(model, state, &[&*self.format]),
+            None => Ok(()),
+        }
+    }
 }

@@ -22,10 +22,9 @@ use magr::llama_io::{
     GgufFloat, GgufLinears, GgufOptions, HostTensor, LinearKind, Model, WeightDtype, data,
     write_gguf, write_hf_dir,
 };
-use magr::quantizers::{GridFit, GridSpec, QuantizedLinear};
+use magr::quantizers::{GridFit, GridSpec};
 use magr::{
-    FormatContext, GgufFormat, GgufPreset, Identity, OutputFormat, PipelineError, PipelineObserver,
-    PipelineSettings, RtnMethod, quantize_model,
+    FormatContext, GgufFormat, GgufPreset, Identity, PipelineSettings, RtnMethod, quantize_model,
 };
 
 #[path = "../../../tests/common/mod.rs"]
@@ -77,6 +76,44 @@ fn llama_perplexity(bin: &Path, args: &[&str]) -> f64 {
         }
     }
     panic!("llama-perplexity {args:?} printed no final estimate in three runs: {text}")
+}
+
+/// llama.cpp's perplexity of the GGUF file `gguf` and magr's of the Hugging Face
+/// directory `fake` (llama.cpp's protocol), on the first `CHUNKS` windows of `WINDOW`
+/// tokens of `text`.
+fn both_perplexities(bin: &Path, gguf: &Path, fake: &Path, text: &Path) -> (f64, f64) {
+    let llama = llama_perplexity(
+        bin,
+        &[
+            "-m",
+            s(gguf),
+            "-f",
+            s(text),
+            "-c",
+            WINDOW,
+            "--chunks",
+            CHUNKS,
+            "-t",
+            "2",
+        ],
+    );
+    let eval = run(
+        Path::new(env!("CARGO_BIN_EXE_magr")),
+        &[
+            "eval",
+            "--quiet",
+            "--model",
+            s(fake),
+            "--eval-text",
+            s(text),
+            "--eval-seqlen",
+            WINDOW,
+            "--eval-windows",
+            CHUNKS,
+            "--llama-cpp-protocol",
+        ],
+    );
+    (llama, ppl_after(&eval, "ppl"))
 }
 
 fn s(p: &Path) -> &str {
@@ -163,40 +200,7 @@ fn llama_cpp_reads_magr_gguf_files_as_magr_does() {
         }
 
         // llama.cpp's perplexity of the file is magr's of the fake-quant weights.
-        let theirs = llama_perplexity(
-            &bin,
-            &[
-                "-m",
-                s(&gguf),
-                "-f",
-                s(&text),
-                "-c",
-                WINDOW,
-                "--chunks",
-                CHUNKS,
-                "-t",
-                "2",
-            ],
-        );
-        let ours = ppl_after(
-            &run(
-                magr,
-                &[
-                    "eval",
-                    "--quiet",
-                    "--model",
-                    s(&fake),
-                    "--eval-text",
-                    s(&text),
-                    "--eval-seqlen",
-                    WINDOW,
-                    "--eval-windows",
-                    CHUNKS,
-                    "--llama-cpp-protocol",
-                ],
-            ),
-            "ppl",
-        );
+        let (theirs, ours) = both_perplexities(&bin, &gguf, &fake, &text);
         eprintln!("{ty}: llama.cpp ppl {theirs:.4}, magr ppl {ours:.4}");
         assert!(
             (theirs - ours).abs() <= PPL_TOLERANCE * ours,
@@ -268,20 +272,6 @@ fn llama_quantize_chooses_the_layer_types_magr_does() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// Hands each quantized layer to a GGUF format.
-struct Feed<'a>(&'a mut GgufFormat);
-
-impl PipelineObserver for Feed<'_> {
-    fn layer_quantized(
-        &mut self,
-        block: usize,
-        kind: LinearKind,
-        q: &QuantizedLinear,
-    ) -> Result<(), PipelineError> {
-        self.0.layer_quantized(block, kind, q)
-    }
-}
-
 /// llama.cpp reads every K-quant as magr does. SmolLM2's only K-capable layer is
 /// `ffn_down` (never Q2_K), so a generated model whose widths are multiples of 256, with
 /// a byte-level BPE tokenizer, is quantized (RTN, weighted fit) under three presets that
@@ -290,7 +280,6 @@ impl PipelineObserver for Feed<'_> {
 #[test]
 #[ignore = "needs llama.cpp's tools (cargo xtask ci)"]
 fn llama_cpp_reads_every_k_quant_of_a_generated_model() {
-    let magr = Path::new(env!("CARGO_BIN_EXE_magr"));
     let bin = llama_cpp_bin();
     let dir = std::env::temp_dir().join(format!("magr-llama-k-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -345,7 +334,11 @@ fn llama_cpp_reads_every_k_quant_of_a_generated_model() {
             gguf_float: GgufFloat::F32,
         })
         .unwrap();
-        quantize_model(&mut model, &windows, &settings, &mut Feed(&mut format)).unwrap();
+        let mut feed = common::Feed {
+            format: &mut format,
+            checkpoint: None,
+        };
+        quantize_model(&mut model, &windows, &settings, &mut feed).unwrap();
         for block in 0..model.num_blocks() {
             for kind in LinearKind::ALL {
                 stored.insert(format.layer_type(block, kind).unwrap());
@@ -362,38 +355,7 @@ fn llama_cpp_reads_every_k_quant_of_a_generated_model() {
         let fake = dir.join(format!("{preset}-fake"));
         write_hf_dir(&model, &fake, WeightDtype::F32, false).unwrap();
 
-        let theirs = llama_perplexity(
-            &bin,
-            &[
-                "-m",
-                s(&gguf),
-                "-f",
-                s(&text),
-                "-c",
-                WINDOW,
-                "--chunks",
-                CHUNKS,
-                "-t",
-                "2",
-            ],
-        );
-        let eval = run(
-            magr,
-            &[
-                "eval",
-                "--quiet",
-                "--model",
-                s(&fake),
-                "--eval-text",
-                s(&text),
-                "--eval-seqlen",
-                WINDOW,
-                "--eval-windows",
-                CHUNKS,
-                "--llama-cpp-protocol",
-            ],
-        );
-        let ours = ppl_after(&eval, "ppl");
+        let (theirs, ours) = both_perplexities(&bin, &gguf, &fake, &text);
         eprintln!("generated model, {preset}: llama.cpp ppl {theirs:.4}, magr ppl {ours:.4}");
         assert!(
             (theirs - ours).abs() <= GENERATED_PPL_TOLERANCE * ours,
