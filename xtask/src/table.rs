@@ -18,9 +18,10 @@ use magr_report::{Evaluation, RunReport};
 const CALIBRATION: &str = "32";
 const EVAL_WINDOWS: &str = "40";
 
-/// A column of the table: a grid. SmolLM2's widths (576 and 1536) are not multiples of
-/// 128, so the grouped columns use groups of 64 (the largest power of two dividing both)
-/// with the reference's grouped shrink factor 0.95.
+/// A column of the table: a grid. The grouped columns use groups of 64, the largest
+/// power of two dividing both of SmolLM2's widths (576 and 1536; groups of 128 leave a
+/// shorter last group in each 576-wide row), with the reference's grouped shrink factor
+/// 0.95.
 struct Grid {
     label: &'static str,
     id: &'static str,
