@@ -5,6 +5,7 @@ use faer::linalg::cholesky::llt::factor::{LltError, cholesky_in_place, cholesky_
 use faer::linalg::triangular_inverse::invert_lower_triangular;
 use faer::{Accum, Mat, MatRef, Par, linalg::matmul::matmul};
 
+use crate::rtn::map_outputs;
 use crate::{Grid, GridSpec, LayerProblem, QuantError, QuantizedLinear, Quantizer};
 
 /// OPTQ: quantize the inputs one at a time and spread each rounding error over the
@@ -159,7 +160,7 @@ impl Quantizer for Optq {
                             .iter()
                             .map(|&i| fit_weights[i])
                             .collect();
-                        fit_span_values(spec, block, &weights, grids);
+                        fit_span_values(spec, block, &weights, grids, self.par);
                     } else {
                         fit_group(spec, block, grids);
                     }
@@ -224,17 +225,24 @@ fn fit_group(spec: GridSpec, w: MatRef<'_, f32>, grids: &mut [Grid]) {
 /// from the values in processing order, with `weights` for a weighted fit (GGUF specs,
 /// whose min-max fit depends on the order of the values); `grids` holds the span's
 /// groups, `[k * outputs + j]`.
-fn fit_span_values(spec: GridSpec, w: MatRef<'_, f32>, weights: &[f32], grids: &mut [Grid]) {
+fn fit_span_values(
+    spec: GridSpec,
+    w: MatRef<'_, f32>,
+    weights: &[f32],
+    grids: &mut [Grid],
+    par: Par,
+) {
     let m = w.nrows();
-    let mut values = vec![0.0f32; w.ncols()];
-    let mut span_grids = vec![Grid::default(); grids.len() / m];
-    for j in 0..m {
-        for (k, v) in values.iter_mut().enumerate() {
-            *v = w[(j, k)];
-        }
+    let per_span = grids.len() / m;
+    let fitted = map_outputs(par, m, |j| {
+        let values: Vec<f32> = (0..w.ncols()).map(|k| w[(j, k)]).collect();
+        let mut span_grids = vec![Grid::default(); per_span];
         spec.fit_span_grids(&values, weights, &mut span_grids);
-        for (k, grid) in span_grids.iter().enumerate() {
-            grids[k * m + j] = *grid;
+        span_grids
+    });
+    for (j, span_grids) in fitted.into_iter().enumerate() {
+        for (k, grid) in span_grids.into_iter().enumerate() {
+            grids[k * m + j] = grid;
         }
     }
 }

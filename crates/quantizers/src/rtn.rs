@@ -34,34 +34,46 @@ impl Quantizer for Rtn {
         let gs = self.spec.group_rows(n)?;
         let span = self.spec.fit_span(n)?;
         let (groups, per_span) = (n.div_ceil(gs), span / gs);
-        let mut codes = vec![0u8; n * m];
-        let mut grids = vec![Grid::default(); groups * m];
         let diag: Vec<f32> = (0..n).map(|i| problem.hessian[(i, i)].max(0.0)).collect();
-        let mut buffer = Vec::new();
-        let mut span_grids = vec![Grid::default(); per_span];
-        for j in 0..m {
+        // Per output: its codes and its grids in group order.
+        let columns = map_outputs(self.par, m, |j| {
+            let mut buffer = Vec::new();
             let column = contiguous(w.col(j), &mut buffer);
-            let codes_j = &mut codes[j * n..(j + 1) * n];
-            for (s, (values, out)) in column
-                .chunks(span)
-                .zip(codes_j.chunks_mut(span))
-                .enumerate()
-            {
+            let mut codes = vec![0u8; n];
+            let mut grids = vec![Grid::default(); groups];
+            for (s, (values, out)) in column.chunks(span).zip(codes.chunks_mut(span)).enumerate() {
                 let weights = &diag[s * span..s * span + values.len()];
-                let span_grids = &mut span_grids[..values.len().div_ceil(gs)];
+                let first = s * per_span;
+                let span_grids = &mut grids[first..first + values.len().div_ceil(gs)];
                 self.spec.fit_span_grids(values, weights, span_grids);
                 for (k, (c, &x)) in out.iter_mut().zip(values).enumerate() {
                     *c = span_grids[k / gs].code(x) as u8;
                 }
-                for (k, grid) in span_grids.iter().enumerate() {
-                    grids[(s * per_span + k) * m + j] = *grid;
-                }
+            }
+            (codes, grids)
+        });
+        let mut codes = Vec::with_capacity(n * m);
+        let mut grids = vec![Grid::default(); groups * m];
+        for (j, (codes_j, grids_j)) in columns.into_iter().enumerate() {
+            codes.extend(codes_j);
+            for (g, grid) in grids_j.into_iter().enumerate() {
+                grids[g * m + j] = grid;
             }
         }
         let g_idx = (0..n).map(|i| (i / gs) as u32).collect();
         Ok(QuantizedLinear::assemble(
             self.spec, codes, grids, g_idx, problem, self.par,
         ))
+    }
+}
+
+/// `f` of every output `0..m`, in order, on rayon's threads unless `par` is
+/// [`Par::Seq`] (the outputs of a layer are fitted independently).
+pub(crate) fn map_outputs<T: Send>(par: Par, m: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    use rayon::prelude::*;
+    match par {
+        Par::Seq => (0..m).map(f).collect(),
+        Par::Rayon(_) => (0..m).into_par_iter().map(&f).collect(),
     }
 }
 
