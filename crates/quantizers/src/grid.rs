@@ -169,11 +169,10 @@ impl GridSpec {
     }
 
     /// Fits the grids of one fit span ([`GridSpec::fit_span`]) of one channel to its
-    /// `values`, one grid per group into `grids` (`values.len()` over the group rows,
-    /// rounded up, of them),
-    /// with per-value `weights` (`H_ii`) for a weighted fit: [`GridSpec::fit_weighted`]
-    /// per group, except on K-quant specs, whose super-block parameters are fitted
-    /// together (see [`crate::GridFit`] and the `kquant` module).
+    /// `values`, one grid per group into `grids` (as many as the span has groups), with
+    /// per-value `weights` (`H_ii`) for a weighted fit: [`GridSpec::fit_weighted`] per
+    /// group, except on K-quant specs, whose super-block parameters are fitted together
+    /// (see [`crate::GridFit`] and the `kquant` module).
     pub fn fit_span_grids(&self, values: &[f32], weights: &[f32], grids: &mut [Grid]) {
         match self.ggml {
             Some(ty) if ty.is_k_quant() => {

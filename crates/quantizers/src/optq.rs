@@ -92,9 +92,9 @@ impl Quantizer for Optq {
         {
             return Err(QuantError::GgmlActOrder(ty));
         }
-        let gs = spec.group_rows(n)?;
+        let (gs, groups) = (spec.group_rows(n)?, spec.groups(n)?);
         let span = spec.fit_span(n)?;
-        let (groups, per_span) = (n.div_ceil(gs), span / gs);
+        let per_span = span / gs;
         let dynamic_groups = spec.group_size().is_some() && !self.static_groups;
 
         let dead: Vec<bool> = (0..n).map(|i| h[(i, i)] == 0.0).collect();

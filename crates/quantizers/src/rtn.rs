@@ -31,9 +31,9 @@ impl Quantizer for Rtn {
         problem.validate()?;
         let w = problem.weights;
         let (n, m) = (w.nrows(), w.ncols());
-        let gs = self.spec.group_rows(n)?;
+        let (gs, groups) = (self.spec.group_rows(n)?, self.spec.groups(n)?);
         let span = self.spec.fit_span(n)?;
-        let (groups, per_span) = (n.div_ceil(gs), span / gs);
+        let per_span = span / gs;
         let diag: Vec<f32> = (0..n).map(|i| problem.hessian[(i, i)].max(0.0)).collect();
         // Per output: its codes and its grids in group order.
         let columns = map_outputs(self.par, m, |j| {
