@@ -477,3 +477,201 @@ fn k_quant_types_and_errors() {
         ));
     }
 }
+
+/// llama.cpp's imatrix path for Q4_K (`quantize_row_q4_K_impl` with `make_qkx3_quants`
+/// and `make_qp_quants`), transcribed for one super-block in f32 as the C code computes;
+/// `qw` is the importance (llama.cpp's imatrix, here `H_ii`). Returns the dequantized
+/// values.
+fn llama_q4_k_imatrix(x: &[f32], qw: &[f32]) -> Vec<f32> {
+    let nearest = |v: f32| v.round_ties_even() as i32;
+    let sum_x2: f32 = x.iter().map(|v| v * v).sum();
+    let sigma2 = 2.0 * sum_x2 / QK_K as f32;
+    let (mut scales, mut mins, mut sw) = ([0.0f32; 8], [0.0f32; 8], [0.0f32; 8]);
+    for j in 0..8 {
+        let xs = &x[32 * j..32 * j + 32];
+        let w: Vec<f32> = (0..32)
+            .map(|l| qw[32 * j + l] * (sigma2 + xs[l] * xs[l]).sqrt())
+            .collect();
+        sw[j] = w.iter().sum();
+        // make_qkx3_quants(32, 15, x, w, L, &min, Laux, -0.9, 0.05, 36, false)
+        let (mut min, mut max) = (xs[0], xs[0]);
+        let (mut sum_w, mut sum_x) = (w[0], w[0] * xs[0]);
+        for i in 1..32 {
+            min = min.min(xs[i]);
+            max = max.max(xs[i]);
+            sum_w += w[i];
+            sum_x += w[i] * xs[i];
+        }
+        if min > 0.0 {
+            min = 0.0;
+        }
+        if max <= min {
+            (scales[j], mins[j]) = (0.0, -min);
+            continue;
+        }
+        let nmax = 15.0f32;
+        let mut iscale = nmax / (max - min);
+        let mut scale = 1.0 / iscale;
+        let err = |scale: f32, min: f32, l: &[i32]| -> f32 {
+            (0..32)
+                .map(|i| {
+                    let d = scale * l[i] as f32 + min - xs[i];
+                    w[i] * d * d
+                })
+                .sum()
+        };
+        let levels = |iscale: f32, min: f32| -> Vec<i32> {
+            xs.iter()
+                .map(|&v| nearest(iscale * (v - min)).clamp(0, 15))
+                .collect()
+        };
+        let mut best = err(scale, min, &levels(iscale, min));
+        for is in 0..=36 {
+            iscale = (-0.9 + 0.05 * is as f32 + nmax) / (max - min);
+            let l = levels(iscale, min);
+            let (mut sl, mut sl2, mut sxl) = (0.0f32, 0.0f32, 0.0f32);
+            for i in 0..32 {
+                sl += w[i] * l[i] as f32;
+                sl2 += w[i] * (l[i] * l[i]) as f32;
+                sxl += w[i] * l[i] as f32 * xs[i];
+            }
+            let det = sum_w * sl2 - sl * sl;
+            if det > 0.0 {
+                let mut this_scale = (sum_w * sxl - sum_x * sl) / det;
+                let mut this_min = (sl2 * sum_x - sl * sxl) / det;
+                if this_min > 0.0 {
+                    this_min = 0.0;
+                    this_scale = sxl / sl2;
+                }
+                let e = err(this_scale, this_min, &l);
+                if e < best {
+                    (best, scale, min) = (e, this_scale, this_min);
+                }
+            }
+        }
+        (scales[j], mins[j]) = (scale, -min);
+    }
+    // make_qp_quants(8, 63, v, L, sw)
+    let qp = |v: &[f32; 8]| -> (f32, [i32; 8]) {
+        let max = v.iter().fold(0.0f32, |a, &b| a.max(b));
+        if max < 1e-15 {
+            return (0.0, [0; 8]);
+        }
+        let mse = |iscale: f32| -> f32 {
+            (0..8)
+                .map(|i| {
+                    let l = nearest(iscale * v[i]).min(63);
+                    let d = v[i] - l as f32 / iscale;
+                    sw[i] * d * d
+                })
+                .sum()
+        };
+        let mut iscale = 63.0 / max;
+        let mut best = {
+            let s = 1.0 / iscale;
+            (0..8)
+                .map(|i| {
+                    let d = v[i] - s * nearest(iscale * v[i]) as f32;
+                    sw[i] * d * d
+                })
+                .sum::<f32>()
+        };
+        for is in [-4, -3, -2, -1, 1, 2, 3, 4] {
+            let iscale_is = (0.1 * is as f32 + 63.0) / max;
+            let e = mse(iscale_is);
+            if e < best {
+                (best, iscale) = (e, iscale_is);
+            }
+        }
+        let mut l = [0i32; 8];
+        let (mut sumlx, mut suml2) = (0.0f32, 0.0f32);
+        for i in 0..8 {
+            l[i] = nearest(iscale * v[i]).min(63);
+            sumlx += sw[i] * v[i] * l[i] as f32;
+            suml2 += sw[i] * (l[i] * l[i]) as f32;
+        }
+        for _ in 0..5 {
+            let mut changed = 0;
+            for i in 0..8 {
+                let slx = sumlx - sw[i] * v[i] * l[i] as f32;
+                let sl2 = suml2 - sw[i] * (l[i] * l[i]) as f32;
+                if slx > 0.0 && sl2 > 0.0 {
+                    let new_l = nearest(v[i] * sl2 / slx).min(63);
+                    if new_l != l[i] {
+                        let slx = slx + sw[i] * v[i] * new_l as f32;
+                        let sl2 = sl2 + sw[i] * (new_l * new_l) as f32;
+                        if slx * slx * suml2 > sumlx * sumlx * sl2 {
+                            (l[i], sumlx, suml2) = (new_l, slx, sl2);
+                            changed += 1;
+                        }
+                    }
+                }
+            }
+            if changed == 0 {
+                break;
+            }
+        }
+        (if suml2 > 0.0 { sumlx / suml2 } else { 0.0 }, l)
+    };
+    let (d_block, ls) = qp(&scales);
+    let (m_block, lm) = qp(&mins);
+    let (d, dmin) = (
+        f16::from_f32(d_block).to_f32(),
+        f16::from_f32(m_block).to_f32(),
+    );
+    let mut y = vec![0.0f32; QK_K];
+    for j in 0..8 {
+        let dl = d * ls[j] as f32;
+        let ml = dmin * lm[j] as f32;
+        for ii in 0..32 {
+            let x = x[32 * j + ii];
+            let l = if dl == 0.0 {
+                0
+            } else {
+                nearest((x + ml) / dl).clamp(0, 15)
+            };
+            y[32 * j + ii] = dl * l as f32 - ml;
+        }
+    }
+    y
+}
+
+/// magr's weighted Q4_K fit against llama.cpp's imatrix path on the layer loss of a
+/// diagonal `H`, `sum_i H_ii (x_i - q_i)^2`, over Gaussian, heavy-tailed and positive
+/// super-blocks with random `H_ii`: magr's is lower in total and in at least 3 of 4
+/// blocks (measured: ratio 0.946, lower in 176 of 200). magr minimises that error;
+/// llama.cpp weights by `H_ii sqrt(sigma^2 + x_i^2)` and picks the super-block scales by
+/// `make_qp_quants`.
+#[test]
+fn weighted_q4_k_fit_beats_llama_cpps_imatrix_path_on_its_own_error() {
+    let mut rng = StdRng::seed_from_u64(21);
+    let (mut ours, mut theirs) = (0.0f64, 0.0f64);
+    let mut wins = 0;
+    let trials = 200;
+    for t in 0..trials {
+        let w = layer_values(QK_K, 1, 1000 + t, (t % 3) as u8);
+        let x: Vec<f32> = (0..QK_K).map(|i| w[(i, 0)]).collect();
+        let hdiag: Vec<f32> = (0..QK_K).map(|_| rng.random_range(0.05f32..4.0)).collect();
+        let h = Mat::from_fn(QK_K, QK_K, |i, k| if i == k { hdiag[i] } else { 0.0 });
+        let q = rtn(Q4_K, GridFit::Weighted)
+            .quantize(&problem(&w, &h))
+            .unwrap();
+        let llama = llama_q4_k_imatrix(&x, &hdiag);
+        let err = |v: &dyn Fn(usize) -> f32| -> f64 {
+            (0..QK_K)
+                .map(|i| hdiag[i] as f64 * (x[i] as f64 - v(i) as f64).powi(2))
+                .sum()
+        };
+        let (a, b) = (err(&|i| q.dequantized()[(i, 0)]), err(&|i| llama[i]));
+        ours += a;
+        theirs += b;
+        wins += usize::from(a <= b);
+    }
+    eprintln!(
+        "Q4_K, sum H_ii (x - q)^2 over {trials} super-blocks: magr {ours:.4e}, llama.cpp imatrix \
+         {theirs:.4e} (ratio {:.3}); magr lower or equal in {wins}",
+        ours / theirs
+    );
+    assert!(ours < theirs, "magr {ours} vs llama.cpp {theirs}");
+    assert!(wins * 4 >= trials as usize * 3, "magr lower in {wins} of {trials}");
+}
