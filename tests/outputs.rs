@@ -19,9 +19,8 @@ use magr::quantizers::{GptqTensors, GridSpec, QuantizedLinear, ZeroFormat, dequa
 use magr::run::{RunEvents, Staging, run_pipeline, write_outputs};
 use magr::{
     FormatContext, FormatState, GGUF_FILE, GgufFormat, GgufPreset, GptqFormat, Identity,
-    MagrSettings, Method, OptqCdMethod, OptqMethod, OutputFormat, PipelineError, PipelineObserver,
-    PipelineSettings, PipelineState, Progress, RtnMethod, RunCheckpoint, continue_quantize_model,
-    quantize_model, run_fingerprint,
+    MagrSettings, Method, OptqCdMethod, OptqMethod, OutputFormat, PipelineError, PipelineSettings,
+    Progress, RtnMethod, RunCheckpoint, continue_quantize_model, quantize_model, run_fingerprint,
 };
 use safetensors::{Dtype, SafeTensors};
 
@@ -66,39 +65,6 @@ fn gptq_format(spec: GridSpec, act_order: bool) -> GptqFormat {
         gguf_float: GgufFloat::F32,
     })
     .unwrap()
-}
-
-/// Collects the packed layers, checkpoints finished blocks, and fails after block
-/// `fail_after` (a simulated kill) when asked to.
-struct Recorder<'a> {
-    gptq: GptqFormat,
-    checkpoint: Option<&'a RunCheckpoint>,
-    fail_after: Option<usize>,
-}
-
-impl PipelineObserver for Recorder<'_> {
-    fn layer_quantized(
-        &mut self,
-        block: usize,
-        kind: LinearKind,
-        q: &QuantizedLinear,
-    ) -> Result<(), PipelineError> {
-        self.gptq.layer_quantized(block, kind, q)
-    }
-
-    fn block_finished(
-        &mut self,
-        model: &Model,
-        state: &PipelineState,
-    ) -> Result<(), PipelineError> {
-        if let Some(c) = self.checkpoint {
-            c.save(model, state, &[&self.gptq])?;
-        }
-        if self.fail_after == Some(state.next_block - 1) {
-            return Err(PipelineError::Output("simulated kill".into()));
-        }
-        Ok(())
-    }
 }
 
 fn weight_bits(model: &Model) -> Vec<u32> {
@@ -181,13 +147,15 @@ fn outputs_load_back_and_the_packed_checkpoint_unpacks_to_the_fake_quant_weights
         let beta = GridSpec::reference(bits, group).unwrap().beta();
         let spec = GridSpec::new(bits, group, symmetric, beta).unwrap();
         let mut model = tiny_model(3);
-        let mut recorder = Recorder {
-            gptq: gptq_format(spec, act_order),
-            checkpoint: None,
-            fail_after: None,
-        };
+        let mut packed = gptq_format(spec, act_order);
         let s = settings(spec, method, magr, act_order);
-        quantize_model(&mut model, &calibration, &s, &mut recorder).unwrap();
+        quantize_model(
+            &mut model,
+            &calibration,
+            &s,
+            &mut common::Feed::new(&mut packed),
+        )
+        .unwrap();
 
         let fake = dir.join(format!("fake-{n}"));
         write_hf_dir(&model, &fake, WeightDtype::F32, false).unwrap();
@@ -195,8 +163,8 @@ fn outputs_load_back_and_the_packed_checkpoint_unpacks_to_the_fake_quant_weights
         assert_eq!(weight_bits(&loaded), weight_bits(&model));
 
         let gptq = dir.join(format!("gptq-{n}"));
-        recorder.gptq.write(&model, &gptq).unwrap();
-        let format = recorder.gptq.zero_format().unwrap();
+        packed.write(&model, &gptq).unwrap();
+        let format = packed.zero_format().unwrap();
         let config: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(gptq.join("config.json")).unwrap())
                 .unwrap();
@@ -264,23 +232,20 @@ fn a_resumed_run_gives_the_same_bytes() {
 
     // Uninterrupted.
     let mut whole = tiny_model(4);
-    let mut recorder = Recorder {
-        gptq: gptq_format(spec, true),
-        checkpoint: None,
-        fail_after: None,
-    };
-    let report = quantize_model(&mut whole, &calibration, &s, &mut recorder).unwrap();
-    let whole_gptq = recorder.gptq;
+    let mut whole_gptq = gptq_format(spec, true);
+    let mut feed = common::Feed::new(&mut whole_gptq);
+    let report = quantize_model(&mut whole, &calibration, &s, &mut feed).unwrap();
 
     // Killed after block 0, then resumed on a fresh copy of the float model.
     let checkpoint = RunCheckpoint::new(dir.join("checkpoint"), fingerprint.clone());
     let mut killed = tiny_model(4);
-    let mut recorder = Recorder {
-        gptq: gptq_format(spec, true),
+    let mut killed_gptq = gptq_format(spec, true);
+    let mut feed = common::Feed {
         checkpoint: Some(&checkpoint),
         fail_after: Some(0),
+        ..common::Feed::new(&mut killed_gptq)
     };
-    let err = quantize_model(&mut killed, &calibration, &s, &mut recorder).unwrap_err();
+    let err = quantize_model(&mut killed, &calibration, &s, &mut feed).unwrap_err();
     assert!(err.to_string().contains("simulated kill"));
     assert_eq!(checkpoint.blocks_done(), Some(1));
 
@@ -291,18 +256,17 @@ fn a_resumed_run_gives_the_same_bytes() {
         .unwrap()
         .unwrap();
     assert_eq!(state.next_block, 1);
-    let mut recorder = Recorder {
-        gptq,
+    let mut feed = common::Feed {
         checkpoint: Some(&checkpoint),
-        fail_after: None,
+        ..common::Feed::new(&mut gptq)
     };
-    let resumed_report = continue_quantize_model(&mut resumed, state, &s, &mut recorder).unwrap();
+    let resumed_report = continue_quantize_model(&mut resumed, state, &s, &mut feed).unwrap();
     assert_eq!(weight_bits(&resumed), weight_bits(&whole));
     assert_eq!(untimed(&resumed_report), untimed(&report));
     for block in 0..whole.num_blocks() {
         for kind in LinearKind::ALL {
             assert_eq!(
-                recorder.gptq.layer(block, kind),
+                gptq.layer(block, kind),
                 whole_gptq.layer(block, kind),
                 "block {block} {kind:?}"
             );
@@ -347,20 +311,22 @@ fn the_true_sequential_order_runs_and_lands_on_grids() {
     let base = settings(spec, Arc::new(OptqMethod), false, false);
     let run = |true_sequential: bool| {
         let mut model = tiny_model(6);
-        let mut recorder = Recorder {
-            gptq: gptq_format(spec, false),
-            checkpoint: None,
-            fail_after: None,
-        };
+        let mut packed = gptq_format(spec, false);
         let s = PipelineSettings {
             true_sequential,
             ..base.clone()
         };
-        let report = quantize_model(&mut model, &calibration, &s, &mut recorder).unwrap();
+        let report = quantize_model(
+            &mut model,
+            &calibration,
+            &s,
+            &mut common::Feed::new(&mut packed),
+        )
+        .unwrap();
         // Every layer is on its grid: the packed codes reproduce the weights.
         for block in 0..model.num_blocks() {
             for kind in LinearKind::ALL {
-                let t = recorder.gptq.layer(block, kind).unwrap();
+                let t = packed.layer(block, kind).unwrap();
                 let d = dequantize_gptq(t).unwrap();
                 let (outputs, inputs) = model.linear_shape(kind);
                 let w = model.linear_weight(block, kind).unwrap();
@@ -582,8 +548,8 @@ fn gguf_round_trip(
     let mut format = GgufFormat::new(&context).unwrap();
     let checkpoint = RunCheckpoint::new(dir.join(format!("checkpoint-{n}")), "gguf".into());
     let mut feed = common::Feed {
-        format: &mut format,
         checkpoint: Some(&checkpoint),
+        ..common::Feed::new(&mut format)
     };
     quantize_model(&mut quantized, &windows(4, 32, 3), s, &mut feed).unwrap();
     let file = dir.join(format!("gguf-{n}")).join(GGUF_FILE);

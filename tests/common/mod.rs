@@ -231,13 +231,27 @@ pub fn bpe_tokenizer_json() -> String {
     .to_string()
 }
 
-/// Feeds one output format the layers of a run and, with a checkpoint, saves every
-/// finished block with the format's state.
+/// Feeds one output format the layers of a run; with a checkpoint, saves every finished
+/// block with the format's state; with `fail_after`, fails after that block (a simulated
+/// kill).
 pub struct Feed<'a> {
     /// The format fed.
     pub format: &'a mut dyn OutputFormat,
     /// Where finished blocks are saved, if anywhere.
     pub checkpoint: Option<&'a RunCheckpoint>,
+    /// The block after which the run fails, if any.
+    pub fail_after: Option<usize>,
+}
+
+impl<'a> Feed<'a> {
+    /// Feeds `format` only.
+    pub fn new(format: &'a mut dyn OutputFormat) -> Self {
+        Feed {
+            format,
+            checkpoint: None,
+            fail_after: None,
+        }
+    }
 }
 
 impl PipelineObserver for Feed<'_> {

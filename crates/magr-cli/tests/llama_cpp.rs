@@ -322,11 +322,13 @@ fn llama_cpp_reads_every_k_quant_of_a_generated_model() {
             gguf_float: GgufFloat::F32,
         })
         .unwrap();
-        let mut feed = common::Feed {
-            format: &mut format,
-            checkpoint: None,
-        };
-        quantize_model(&mut model, &windows, &settings, &mut feed).unwrap();
+        quantize_model(
+            &mut model,
+            &windows,
+            &settings,
+            &mut common::Feed::new(&mut format),
+        )
+        .unwrap();
         for block in 0..model.num_blocks() {
             for kind in LinearKind::ALL {
                 stored.insert(format.layer_type(block, kind).unwrap());

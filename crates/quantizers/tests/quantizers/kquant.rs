@@ -673,5 +673,8 @@ fn weighted_q4_k_fit_beats_llama_cpps_imatrix_path_on_its_own_error() {
         ours / theirs
     );
     assert!(ours < theirs, "magr {ours} vs llama.cpp {theirs}");
-    assert!(wins * 4 >= trials as usize * 3, "magr lower in {wins} of {trials}");
+    assert!(
+        wins * 4 >= trials as usize * 3,
+        "magr lower in {wins} of {trials}"
+    );
 }
