@@ -269,9 +269,12 @@ impl PipelineObserver for Feed<'_> {
         model: &Model,
         state: &PipelineState,
     ) -> Result<(), PipelineError> {
-        match self.checkpoint {
-            Some(checkpoint) => checkpoint.save(model, state, &[&*self.format]),
-            None => Ok(()),
+        if let Some(checkpoint) = self.checkpoint {
+            checkpoint.save(model, state, &[&*self.format])?;
         }
+        if self.fail_after == Some(state.next_block - 1) {
+            return Err(PipelineError::Output("simulated kill".into()));
+        }
+        Ok(())
     }
 }
