@@ -161,7 +161,7 @@ pub(crate) fn fit_super_block(
     });
     let mn_max = mn.iter().fold(0.0f32, |a, &v| a.max(v));
     let dmin = if ty.has_min() {
-        f16_value(mn_max / scale_range(ty).1 as f32)
+        f16_value(mn_max / shi as f32)
     } else {
         0.0
     };
@@ -213,8 +213,9 @@ impl SuperBlock<'_> {
     /// step of those.
     fn candidate(&self, d: f32, dmin: f32, neighbours: bool) -> Candidate {
         let ty = self.ty;
+        // Minimum codes share the scale codes' top (the types with minimums are unsigned).
         let (slo, shi) = scale_range(ty);
-        let mmax = scale_range(ty).1;
+        let mmax = shi;
         let code = |v: f32, step: f32, lo: i32, hi: i32| -> i32 {
             if step == 0.0 || !step.is_finite() {
                 0
@@ -265,11 +266,13 @@ impl SuperBlock<'_> {
     /// `sum w (x - d a - dmin b)^2` (`d` alone without minimums), rounded to f16.
     fn least_squares(&self, c: &Candidate) -> Option<(f32, f32)> {
         let ty = self.ty;
+        let grids: Vec<Grid> = (0..c.scales.len())
+            .map(|j| sub_block_grid(ty, c.d, c.dmin, c.scales[j], c.mins[j]))
+            .collect();
         let (mut saa, mut sab, mut sbb, mut sxa, mut sxb) = (0.0f64, 0.0, 0.0, 0.0, 0.0);
         for (i, (&x, &w)) in self.x.iter().zip(self.w).enumerate() {
             let j = i / self.sub;
-            let grid = sub_block_grid(ty, c.d, c.dmin, c.scales[j], c.mins[j]);
-            let q = grid.code(x) as f64 - ty.zero() as f64;
+            let q = grids[j].code(x) as f64 - ty.zero() as f64;
             let a = scale_code(ty, c.scales[j]) as f64 * q;
             let b = -(c.mins[j] as f64);
             let (x, w) = (x as f64, w as f64);
