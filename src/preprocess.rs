@@ -10,7 +10,7 @@ use std::fmt;
 
 use faer::{Mat, MatRef, Par};
 use magr_report::PreprocessRecord;
-use prox_opt::{Grouping, MagrOptions, Solver};
+use prox_opt::{FISTA_ITERATIONS, MagrOptions, Solver};
 use quantizers::GridSpec;
 use serde_json::{Value, json};
 
@@ -78,10 +78,10 @@ pub trait Preprocessor: fmt::Display + fmt::Debug + Send + Sync {
 pub struct PreprocessOptions {
     /// MagR's `alpha` (default: 1e-3 per channel, 1e-4 with groups).
     pub alpha: Option<f64>,
-    /// MagR's iterations (default 200).
+    /// MagR's iterations at most (default: 200 plain, [`FISTA_ITERATIONS`] with FISTA).
     pub iterations: Option<usize>,
-    /// FISTA instead of the plain method.
-    pub fista: bool,
+    /// MagR's solver (default: FISTA).
+    pub solver: Option<Solver>,
     /// Which windows form MagR's `H` (default: all).
     pub windows: Option<Windows>,
 }
@@ -92,7 +92,7 @@ impl PreprocessOptions {
         [
             ("--alpha", self.alpha.is_some()),
             ("--magr-iters", self.iterations.is_some()),
-            ("--fista", self.fista),
+            ("--magr-solver", self.solver.is_some()),
             ("--magr-hessian", self.windows.is_some()),
         ]
         .into_iter()
@@ -119,14 +119,17 @@ pub static PREPROCESSORS: &[PreprocessorEntry] = &[
     PreprocessorEntry {
         name: "magr",
         about: "MagR: l-infinity-penalised proximal gradient (weight magnitude reduction)",
-        options: &["--alpha", "--magr-iters", "--fista", "--magr-hessian"],
+        options: &["--alpha", "--magr-iters", "--magr-solver", "--magr-hessian"],
         build: |o, spec| {
-            let reference = MagrSettings::reference(spec);
+            let defaults = match o.solver.unwrap_or(Solver::Fista) {
+                Solver::Fista => MagrSettings::fista(spec),
+                Solver::Plain => MagrSettings::reference(spec),
+            };
             Box::new(MagrSettings {
-                alpha: o.alpha.unwrap_or(reference.alpha),
-                iterations: o.iterations.unwrap_or(reference.iterations),
-                fista: o.fista,
-                windows: o.windows.unwrap_or(reference.windows),
+                alpha: o.alpha.unwrap_or(defaults.alpha),
+                iterations: o.iterations.unwrap_or(defaults.iterations),
+                windows: o.windows.unwrap_or(defaults.windows),
+                ..defaults
             })
         },
     },
@@ -202,10 +205,10 @@ impl Preprocessor for Identity {
 pub struct MagrSettings {
     /// Penalty `alpha` (reference: 1e-3 per channel, 1e-4 per group).
     pub alpha: f64,
-    /// Iterations (reference: 200).
+    /// Iterations at most (reference: 200).
     pub iterations: usize,
-    /// FISTA instead of the plain method.
-    pub fista: bool,
+    /// Plain proximal gradient (the reference) or FISTA with the objective test.
+    pub solver: Solver,
     /// Which windows form `H`.
     pub windows: Windows,
 }
@@ -221,8 +224,36 @@ impl MagrSettings {
                 1e-3
             },
             iterations: 200,
-            fista: false,
+            solver: Solver::Plain,
             windows: Windows::All,
+        }
+    }
+
+    /// The default: the reference problem solved by FISTA in at most
+    /// [`FISTA_ITERATIONS`] (the objective of 200 plain iterations, several times sooner).
+    pub fn fista(spec: &GridSpec) -> Self {
+        Self {
+            iterations: FISTA_ITERATIONS,
+            solver: Solver::Fista,
+            ..Self::reference(spec)
+        }
+    }
+
+    /// The options of [`prox_opt::magr`] for a grid of `spec`.
+    fn options(&self, spec: &GridSpec, par: Par) -> MagrOptions {
+        let reference = match spec.group_size() {
+            None => MagrOptions::per_channel(),
+            Some(g) => MagrOptions::per_group(g),
+        };
+        let options = match self.solver {
+            Solver::Plain => reference,
+            Solver::Fista => reference.fista(),
+        };
+        MagrOptions {
+            alpha: self.alpha,
+            iterations: self.iterations,
+            par,
+            ..options
         }
     }
 }
@@ -242,7 +273,10 @@ impl Preprocessor for MagrSettings {
         json!({
             "alpha": self.alpha,
             "iterations": self.iterations,
-            "fista": self.fista,
+            "solver": match self.solver {
+                Solver::Plain => "plain",
+                Solver::Fista => "fista",
+            },
             "hessian": match self.windows {
                 Windows::All => "all windows",
                 Windows::Last => "last window",
@@ -260,21 +294,7 @@ impl Preprocessor for MagrSettings {
         h: MatRef<'_, f32>,
         context: &PreprocessContext<'_>,
     ) -> Result<Preprocessed, PipelineError> {
-        let options = MagrOptions {
-            alpha: self.alpha,
-            iterations: self.iterations,
-            grouping: context
-                .spec
-                .group_size()
-                .map_or(Grouping::PerChannel, Grouping::PerGroup),
-            solver: if self.fista {
-                Solver::Fista
-            } else {
-                Solver::Plain
-            },
-            record_trace: false,
-            par: context.par,
-        };
+        let options = self.options(&context.spec, context.par);
         let (w, r) = context.backend.magr(w0, h, &options)?;
         Ok(Preprocessed {
             weights: Some(w),
@@ -346,7 +366,7 @@ mod tests {
                 ..PreprocessOptions::default()
             },
             PreprocessOptions {
-                fista: true,
+                solver: Some(Solver::Plain),
                 ..PreprocessOptions::default()
             },
             PreprocessOptions {
@@ -357,7 +377,7 @@ mod tests {
         for (options, flag) in
             given
                 .iter()
-                .zip(["--alpha", "--magr-iters", "--fista", "--magr-hessian"])
+                .zip(["--alpha", "--magr-iters", "--magr-solver", "--magr-hessian"])
         {
             let e = preprocessor("none", options, &spec)
                 .unwrap_err()

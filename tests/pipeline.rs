@@ -152,9 +152,8 @@ fn same_inputs_give_the_same_bytes() {
             spec,
             Arc::new(OptqMethod),
             Some(MagrSettings {
-                fista: true,
                 windows: Windows::Last,
-                ..MagrSettings::reference(&spec)
+                ..MagrSettings::fista(&spec)
             }),
         )
     };

@@ -80,7 +80,7 @@ fn magr_flags(row: &str) -> &'static [&'static str] {
     match row {
         "rtn" => &["--method", "rtn", "--no-magr"],
         "optq" => &["--method", "optq", "--no-magr"],
-        "magr-optq" => &["--method", "optq"],
+        "magr-optq" => &["--method", "optq", "--magr-solver", "plain"],
         _ => &[],
     }
 }

@@ -69,7 +69,7 @@ const METHODS: [Method; 6] = [
     Method {
         id: "magr-rtn",
         note: "",
-        args: &["--method", "rtn"],
+        args: &["--method", "rtn", "--magr-solver", "plain"],
     },
     Method {
         id: "optq",
@@ -79,17 +79,31 @@ const METHODS: [Method; 6] = [
     Method {
         id: "magr-optq",
         note: "",
-        args: &["--method", "optq"],
+        args: &["--method", "optq", "--magr-solver", "plain"],
     },
     Method {
         id: "magr-optq-cd",
         note: " (30 sweeps, the paper's OPTQ†)",
-        args: &["--method", "optq-cd", "--sweeps", "30"],
+        args: &[
+            "--method",
+            "optq-cd",
+            "--sweeps",
+            "30",
+            "--magr-solver",
+            "plain",
+        ],
     },
     Method {
         id: "magr-last-optq",
         note: ", MagR's H from the last window",
-        args: &["--method", "optq", "--magr-hessian", "last"],
+        args: &[
+            "--method",
+            "optq",
+            "--magr-hessian",
+            "last",
+            "--magr-solver",
+            "plain",
+        ],
     },
 ];
 

@@ -423,8 +423,8 @@ fn ignored_options_and_overlong_windows_are_refused() {
             "`none`",
         ),
         (
-            &["--preprocessor", "none", "--fista"][..],
-            "--fista",
+            &["--preprocessor", "none", "--magr-solver", "plain"][..],
+            "--magr-solver",
             "`none`",
         ),
         (

@@ -11,8 +11,11 @@ mod traits;
 
 pub use eigen::{EigenEstimate, largest_eigenvalue};
 pub use error::ProxError;
-pub use magr::{Grouping, MagrOptions, MagrReport, Solver, column_max_abs, magr};
+pub use magr::{
+    FISTA_ITERATIONS, FISTA_OBJECTIVE_TOL, Grouping, MagrOptions, MagrReport, Solver,
+    column_max_abs, magr,
+};
 pub use prox::{BoxConstraint, L1Norm, LinfNorm};
 pub use quadratic::{LAMBDA_MAX_TOLERANCE, Quadratic};
-pub use solver::{Fista, ProximalGradient, SolveReport, StoppingRule};
+pub use solver::{Fista, OBJECTIVE_CHECK_EVERY, ProximalGradient, SolveReport, StoppingRule};
 pub use traits::{Prox, Smooth};

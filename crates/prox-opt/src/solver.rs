@@ -7,15 +7,24 @@ use crate::prox::for_each_column_block;
 use crate::{Prox, Smooth};
 
 /// When to stop: after `max_iterations`, or earlier once the relative change
-/// `||x_{k+1} - x_k||_F / ||x_k||_F` falls to `rel_tol` (`0` disables the test, as in
-/// the MagR reference code).
+/// `||x_{k+1} - x_k||_F / ||x_k||_F` falls to `rel_tol`, or once the objective fell by at
+/// most `objective_tol * |F(x_k)|` over the last [`OBJECTIVE_CHECK_EVERY`] iterations
+/// (`F(x_{k-10}) - F(x_k)`, checked at `k = 10, 20, ...`). A tolerance of `0` disables its
+/// test; with both at `0` every iteration runs, as in the MagR reference code.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StoppingRule {
     /// Upper bound on iterations (gradient steps).
     pub max_iterations: usize,
-    /// Relative-change tolerance; `0.0` means run all iterations.
+    /// Relative-change tolerance; `0.0` disables the test.
     pub rel_tol: f64,
+    /// Relative objective-decrease tolerance; `0.0` disables the test.
+    pub objective_tol: f64,
 }
+
+/// Iterations between two evaluations of the objective test of [`StoppingRule`]. FISTA
+/// pays one product per evaluation (its gradient is taken at the extrapolated point);
+/// the plain method gets `F(x_k)` with its gradient.
+pub const OBJECTIVE_CHECK_EVERY: usize = 10;
 
 impl StoppingRule {
     /// Exactly `n` iterations, no early stop.
@@ -23,7 +32,39 @@ impl StoppingRule {
         Self {
             max_iterations: n,
             rel_tol: 0.0,
+            objective_tol: 0.0,
         }
+    }
+
+    /// At most `n` iterations, stopping once the objective stalls by `objective_tol`.
+    pub fn objective(n: usize, objective_tol: f64) -> Self {
+        Self {
+            objective_tol,
+            ..Self::iterations(n)
+        }
+    }
+
+    /// Whether the objective test runs after iteration `k` (counting from 1).
+    fn objective_due(&self, k: usize) -> bool {
+        self.objective_tol > 0.0 && k.is_multiple_of(OBJECTIVE_CHECK_EVERY)
+    }
+}
+
+/// The objective test of a [`StoppingRule`]: `F` at its last evaluation.
+#[derive(Debug, Default)]
+struct ObjectiveTest {
+    last: Option<f64>,
+}
+
+impl ObjectiveTest {
+    /// Whether `F(x_k) = value` ends the solve: it fell by at most `tol * |F|` since the
+    /// last evaluation (or rose: the method stalls).
+    fn stops(&mut self, value: f64, tol: f64) -> bool {
+        let stop = self
+            .last
+            .is_some_and(|last| last - value <= tol * value.abs());
+        self.last = Some(value);
+        stop
     }
 }
 
@@ -39,7 +80,7 @@ pub struct SolveReport {
     pub trace: Option<Vec<f64>>,
     /// FISTA momentum restarts (always 0 for the plain method).
     pub restarts: usize,
-    /// Whether the relative-change test stopped the solve before `max_iterations`.
+    /// Whether a tolerance test stopped the solve before `max_iterations`.
     pub converged: bool,
 }
 
@@ -143,12 +184,21 @@ impl ProximalGradient {
         let mut trace = self.record_trace.then(Vec::new);
         let lipschitz = f.lipschitz();
         let mut report = SolveReport::default();
+        let mut test = ObjectiveTest::default();
         if lipschitz > 0.0 {
             let step = 1.0 / lipschitz;
-            for _ in 0..self.stop.max_iterations {
-                if let Some(t) = trace.as_mut() {
+            for k in 0..self.stop.max_iterations {
+                let due = self.stop.objective_due(k);
+                if trace.is_some() || due {
                     let fx = f.value_and_gradient(x.as_ref(), grad.as_mut(), self.par);
-                    t.push(fx + g.value(x.as_ref()));
+                    let value = fx + g.value(x.as_ref());
+                    if let Some(t) = trace.as_mut() {
+                        t.push(value);
+                    }
+                    if due && test.stops(value, self.stop.objective_tol) {
+                        report.converged = true;
+                        break;
+                    }
                 } else {
                     f.gradient(x.as_ref(), grad.as_mut(), self.par);
                 }
@@ -162,7 +212,7 @@ impl ProximalGradient {
             }
         }
         report.objective = objective(f, g, x.as_ref(), &mut grad, self.par);
-        if let Some(t) = trace.as_mut() {
+        if let Some(t) = trace.as_mut().filter(|t| t.len() == report.iterations) {
             t.push(report.objective);
         }
         report.trace = trace;
@@ -180,11 +230,16 @@ impl Fista {
         let mut y = x.clone();
         let mut trace = self.record_trace.then(Vec::new);
         let mut report = SolveReport::default();
+        let mut test = ObjectiveTest::default();
         let lipschitz = f.lipschitz();
         if lipschitz > 0.0 {
             let step = 1.0 / lipschitz;
-            if let Some(t) = trace.as_mut() {
-                t.push(objective(f, g, x.as_ref(), &mut grad, self.par));
+            if trace.is_some() || self.stop.objective_tol > 0.0 {
+                let value = objective(f, g, x.as_ref(), &mut grad, self.par);
+                test.last = Some(value);
+                if let Some(t) = trace.as_mut() {
+                    t.push(value);
+                }
             }
             let mut t_k = 1.0f64;
             for _ in 0..self.stop.max_iterations {
@@ -208,8 +263,16 @@ impl Fista {
                         .for_each(|unzip!(y, x, p)| *y = *x + beta * (*x - *p));
                     t_k = t_next;
                 }
-                if let Some(t) = trace.as_mut() {
-                    t.push(objective(f, g, x.as_ref(), &mut grad, self.par));
+                let due = self.stop.objective_due(report.iterations);
+                if trace.is_some() || due {
+                    let value = objective(f, g, x.as_ref(), &mut grad, self.par);
+                    if let Some(t) = trace.as_mut() {
+                        t.push(value);
+                    }
+                    if due && test.stops(value, self.stop.objective_tol) {
+                        report.converged = true;
+                        break;
+                    }
                 }
                 if converged(&self.stop, x, &prev) {
                     report.converged = true;

@@ -9,6 +9,7 @@ use clap::{Args, ValueEnum};
 use indicatif::ProgressBar;
 use magr::llama_io::{self, GgufFloat, LinearKind, WeightDtype, data};
 use magr::magr_report::RunReport;
+use magr::prox_opt::Solver;
 use magr::quantizers::{GgmlBlockType, GridFit, GridSpec};
 use magr::run::{RunEvents, Staging, run_pipeline, write_outputs};
 use magr::{
@@ -26,6 +27,15 @@ enum HessianArg {
     All,
     /// The last window only (the reference code).
     Last,
+}
+
+/// MagR's solver.
+#[derive(Clone, Copy, ValueEnum)]
+enum SolverArg {
+    /// FISTA with adaptive restart: the objective of 200 plain iterations in at most 50.
+    Fista,
+    /// Fixed-step proximal gradient, every iteration (the paper's and its code's method).
+    Plain,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -163,12 +173,12 @@ pub struct QuantizeArgs {
     /// MagR's alpha [default: 1e-3 per channel, 1e-4 with groups].
     #[arg(long)]
     alpha: Option<f64>,
-    /// MagR iterations [default: 200].
+    /// MagR iterations at most [default: 50 with fista, 200 with plain].
     #[arg(long)]
     magr_iters: Option<usize>,
-    /// FISTA for MagR instead of plain proximal gradient.
-    #[arg(long)]
-    fista: bool,
+    /// MagR's solver [default: fista].
+    #[arg(long, value_enum)]
+    magr_solver: Option<SolverArg>,
     /// Which calibration tokens form MagR's H [default: all].
     #[arg(long, value_enum)]
     magr_hessian: Option<HessianArg>,
@@ -309,7 +319,10 @@ fn settings(args: &QuantizeArgs) -> Result<PipelineSettings, Error> {
         &PreprocessOptions {
             alpha: args.alpha,
             iterations: args.magr_iters,
-            fista: args.fista,
+            solver: args.magr_solver.map(|s| match s {
+                SolverArg::Fista => Solver::Fista,
+                SolverArg::Plain => Solver::Plain,
+            }),
             windows: args.magr_hessian.map(|h| match h {
                 HessianArg::All => Windows::All,
                 HessianArg::Last => Windows::Last,
