@@ -175,6 +175,16 @@ fn outputs_load_back_and_the_packed_checkpoint_unpacks_to_the_fake_quant_weights
         assert_eq!(q["desc_act"], act_order);
         assert_eq!(q["sym"], symmetric);
         assert_eq!(q["checkpoint_format"], format.checkpoint_format());
+        // What the loaders require of the config, as read in their sources:
+        // vLLM 0.33 (`AutoGPTQConfig.from_config`) fails without any of these keys;
+        // GPTQModel 7.7 (`models/loader.py`) refuses `sym: false` in the v1 layout from
+        // any other producer, so asymmetric grids must be v2; v1 for symmetric ones,
+        // which every loader reads.
+        for key in ["bits", "group_size", "desc_act", "sym"] {
+            assert!(q.get(key).is_some(), "setting {n}: no `{key}`");
+        }
+        let expected_format = if symmetric { "gptq" } else { "gptq_v2" };
+        assert_eq!(q["checkpoint_format"], expected_format, "setting {n}");
 
         let bytes = std::fs::read(gptq.join("model.safetensors")).unwrap();
         let file = SafeTensors::deserialize(&bytes).unwrap();
@@ -185,6 +195,10 @@ fn outputs_load_back_and_the_packed_checkpoint_unpacks_to_the_fake_quant_weights
                     "no float weight"
                 );
                 let t = read_gptq_layer(&file, block, kind, bits, format, &model);
+                // GPTQModel and transformers allocate ceil(inputs / group_size) rows of
+                // scales and zeros (one row per channel without groups).
+                let inputs = model.linear_shape(kind).1;
+                assert_eq!(t.groups, group.map_or(1, |g| inputs.div_ceil(g)));
                 let dequantized = dequantize_gptq(&t).unwrap();
                 let (outputs, inputs) = model.linear_shape(kind);
                 let fake_quant = loaded.linear_weight(block, kind).unwrap();

@@ -33,6 +33,7 @@
 //!   and OPTQ's (against a Cholesky factorisation plus one `W^T H` product; RTN weights
 //!   per second; one coordinate-descent sweep).
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
@@ -66,6 +67,10 @@ commands:
   kills [--count N] [--seed S]
            kill `magr quantize` with SIGKILL N times (default 100) at random moments, resume each
            time, and check the outputs against an uninterrupted run (CI runs 20)
+  check-loaders DIR...
+           load every format of `magr quantize --out DIR` runs with transformers and GPTQModel
+           (pinned, installed once into a virtual environment in the cache, about 6 GB), compare
+           each layer with fake-quant/ and perplexity on 4 windows, apply vLLM's rules; a table
   help     print this message";
 
 fn main() -> ExitCode {
@@ -79,6 +84,7 @@ fn main() -> ExitCode {
         Some("bench") => bench(&rest),
         Some("quantize") => quantize(&rest),
         Some("kills") => kills(&rest),
+        Some("check-loaders") => check_loaders(&rest),
         Some("fuzz") => fuzz(&rest),
         Some("help" | "-h" | "--help") => {
             println!("{USAGE}");
@@ -393,7 +399,7 @@ fn cargo(args: &[&str]) -> Result<(), String> {
 }
 
 /// [`cargo`] with these environment variables set.
-fn cargo_with_env(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Result<(), String> {
+fn cargo_with_env(args: &[&str], env: &[(&str, &OsStr)]) -> Result<(), String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
     eprintln!("xtask: {cargo} {}", args.join(" "));
@@ -434,28 +440,85 @@ fn fetch() -> Result<PathBuf, String> {
     }
 }
 
+/// Runs a Python step (`common.py` followed by the step's `source`) with `python` and
+/// `args`, and returns the last line it printed on stdout (its messages go to stderr);
+/// `what` names the step in the error.
+fn python_step(
+    python: &OsStr,
+    source: &str,
+    args: &[&OsStr],
+    what: &str,
+) -> Result<String, String> {
+    let output = Command::new(python)
+        .arg("-c")
+        .arg(format!("{}{source}", include_str!("common.py")))
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("could not run {}: {e}", python.display()))?;
+    if !output.status.success() {
+        return Err(format!("{what} failed ({})", output.status));
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    Ok(stdout.lines().last().unwrap_or_default().trim().to_string())
+}
+
 /// Builds llama.cpp's tools into the cache once (`llama_cpp.py` says how) and returns
 /// their directory.
 fn llama_cpp() -> Result<PathBuf, String> {
     let cache = cache_dir()?;
     std::fs::create_dir_all(&cache).map_err(|e| format!("{}: {e}", cache.display()))?;
     let jobs = std::thread::available_parallelism().map_or(2, usize::from);
-    let output = Command::new("python3")
-        .args([
-            "-c",
-            concat!(include_str!("common.py"), include_str!("llama_cpp.py")),
-        ])
-        .arg(&cache)
-        .arg(jobs.to_string())
-        .stderr(Stdio::inherit())
-        .output()
-        .map_err(|e| format!("could not run python3: {e}"))?;
-    if !output.status.success() {
-        return Err(format!("building llama.cpp failed ({})", output.status));
+    let dir = python_step(
+        OsStr::new("python3"),
+        include_str!("llama_cpp.py"),
+        &[cache.as_os_str(), OsStr::new(&jobs.to_string())],
+        "building llama.cpp",
+    )?;
+    Ok(PathBuf::from(dir))
+}
+
+/// `check-loaders DIR...`: installs the pinned loaders into a virtual environment in the
+/// cache once (`loaders_venv.py`), then loads every format of each run directory with
+/// them and prints the table (`check_loaders.py` says what is compared).
+fn check_loaders(dirs: &[String]) -> Result<(), String> {
+    if dirs.is_empty() || dirs.iter().any(|d| d.starts_with('-')) {
+        return Err(format!(
+            "check-loaders: give one or more `magr quantize --out` directories\n\n{USAGE}"
+        ));
     }
-    Ok(PathBuf::from(
-        String::from_utf8_lossy(&output.stdout).trim(),
-    ))
+    for dir in dirs {
+        if !Path::new(dir).join("report.json").is_file() {
+            return Err(format!(
+                "check-loaders: {dir} has no report.json (not a `magr quantize --out` directory)"
+            ));
+        }
+    }
+    let text = data_file("wikitext-2-raw/wiki.test.raw")?;
+    let cache = cache_dir()?;
+    std::fs::create_dir_all(&cache).map_err(|e| format!("{}: {e}", cache.display()))?;
+    let python = python_step(
+        OsStr::new("python3"),
+        include_str!("loaders_venv.py"),
+        &[cache.as_os_str()],
+        "installing the loaders",
+    )?;
+    let mut args = vec![text.as_os_str()];
+    args.extend(dirs.iter().map(OsStr::new));
+    let status = Command::new(&python)
+        .arg("-c")
+        .arg(concat!(
+            include_str!("common.py"),
+            include_str!("check_loaders.py")
+        ))
+        .args(&args)
+        .status()
+        .map_err(|e| format!("could not run {python}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("check-loaders: a loader check failed ({status})"))
+    }
 }
 
 /// The data directories that may hold the texts, in order: `MAGR_DATA_DIR`, then

@@ -263,6 +263,62 @@ pub struct RunReport {
 }
 
 impl RunReport {
+    /// What the GPTQ loaders make of `gptq/`, where one of them cannot run it as written
+    /// (empty without a `gptq` format), as read in their sources: GPTQModel 7.7's CPU
+    /// kernel (`_weight_int4pack_mm_cpu`) takes groups of 32, 64, 128 or 256 only;
+    /// vLLM 0.33's `AutoGPTQConfig` takes 4 or 8 bits, symmetric, groups of -1, 32, 64 or
+    /// 128 that divide every layer's width, and no act-order with groups.
+    pub fn gptq_loader_notes(&self) -> Vec<String> {
+        let s = &self.settings;
+        if !self.formats.iter().any(|f| f == "gptq") {
+            return Vec::new();
+        }
+        let mut notes = Vec::new();
+        if !matches!(s.group_size, Some(32 | 64 | 128 | 256)) {
+            let groups = match s.group_size {
+                None => "one group per channel (`group_size: -1`)".to_string(),
+                Some(g) => format!("groups of {g}"),
+            };
+            notes.push(format!(
+                "`gptq/` has {groups}; GPTQModel loads it, but the CPU kernel it picks by \
+                 itself takes groups of 32, 64, 128 or 256 only and fails at the first \
+                 forward: load with `backend=\"torch\"`"
+            ));
+        }
+        let widths: std::collections::BTreeSet<usize> =
+            self.pipeline.layers.iter().map(|l| l.shape[0]).collect();
+        let mut refusals = Vec::new();
+        if !s.symmetric || !matches!(s.bits, 4 | 8) {
+            refusals.push(format!(
+                "{} bits, {} (it runs 4 or 8 bits, symmetric: `--symmetric`)",
+                s.bits,
+                if s.symmetric {
+                    "symmetric"
+                } else {
+                    "asymmetric"
+                }
+            ));
+        }
+        if let Some(g) = s.group_size {
+            if !matches!(g, 32 | 64 | 128) {
+                refusals.push(format!("groups of {g} (it takes 32, 64 or 128)"));
+            }
+            if let Some(w) = widths.iter().find(|&&w| w % g != 0) {
+                refusals.push(format!("groups of {g} do not divide the width {w}"));
+            }
+            if s.act_order {
+                refusals.push("act-order with groups".into());
+            }
+        }
+        if !refusals.is_empty() {
+            notes.push(format!(
+                "vLLM (0.33) refuses `gptq/`: {}; transformers and GPTQModel read it",
+                refusals.join("; ")
+            ));
+        }
+        notes
+    }
+
     /// The label of the run (`MagR+OPTQ w3 g64`): what progress and result lines show.
     pub fn label(&self) -> String {
         let s = &self.settings;
@@ -300,13 +356,8 @@ impl RunReport {
                 );
             }
         }
-        if s.group_size.is_none() && self.formats.iter().any(|f| f == "gptq") {
-            let _ = writeln!(
-                md,
-                "- loaders: `gptq/` has one group per channel (`group_size: -1`); GPTQModel \
-                 loads it, but its automatically chosen CPU kernel refuses such groups at the \
-                 first forward: load with `backend=\"torch\"`"
-            );
+        for note in self.gptq_loader_notes() {
+            let _ = writeln!(md, "- loaders: {note}");
         }
         let _ = writeln!(
             md,
@@ -513,7 +564,42 @@ mod tests {
         r.settings.group_size = None;
         assert!(!r.markdown().contains("loaders"));
         r.formats.push("gptq".into());
-        assert!(r.markdown().contains("`backend=\"torch\"`"));
+        let md = r.markdown();
+        assert!(md.contains("`backend=\"torch\"`"), "{md}");
+        assert!(
+            md.contains("vLLM (0.33) refuses `gptq/`: 3 bits, asymmetric"),
+            "{md}"
+        );
+    }
+
+    /// vLLM's refusals are named one by one; a checkpoint every loader runs gets no note.
+    #[test]
+    fn gptq_loader_notes_name_each_refusal() {
+        let mut r = report();
+        r.formats.push("gptq".into());
+        // 3 bits, asymmetric, groups of 64 on a 4-wide layer, act-order.
+        r.settings.act_order = true;
+        let notes = r.gptq_loader_notes();
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(notes[0].contains("3 bits, asymmetric"), "{notes:?}");
+        assert!(notes[0].contains("groups of 64 do not divide the width 4"));
+        assert!(notes[0].contains("act-order with groups"));
+        r.settings.act_order = false;
+        r.settings.symmetric = true;
+        r.settings.bits = 4;
+        r.pipeline.layers.iter_mut().for_each(|l| l.shape[0] = 128);
+        assert!(r.gptq_loader_notes().is_empty());
+        r.settings.group_size = Some(48);
+        let notes = r.gptq_loader_notes();
+        assert!(
+            notes[0].contains("groups of 48; GPTQModel loads it"),
+            "{notes:?}"
+        );
+        assert!(
+            notes[1].contains("groups of 48 (it takes 32, 64 or 128)"),
+            "{notes:?}"
+        );
+        assert!(notes[1].contains("groups of 48 do not divide the width 128"));
     }
 
     #[test]
