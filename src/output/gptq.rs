@@ -6,10 +6,11 @@
 //!
 //! The zero-point layout ([`GptqFormat::preferred_layout`]): symmetric grids in v1
 //! (`checkpoint_format: "gptq"`, which every GPTQ loader reads); asymmetric grids in v2
-//! (`"gptq_v2"`): GPTQModel refuses asymmetric v1 files that it did not write itself
-//! (its v1 zero-point offset cannot be trusted from other producers), while GPTQModel,
-//! transformers (through GPTQModel) and vLLM (since its pull request 26092) read v2.
-//! Either layout is used where only it holds every zero point.
+//! (`"gptq_v2"`): GPTQModel 7.7 refuses asymmetric v1 files that it did not write itself
+//! (its v1 zero-point offset cannot be trusted from other producers), while GPTQModel and
+//! transformers (through GPTQModel) read v2. vLLM 0.33 runs symmetric 4- and 8-bit
+//! checkpoints only, whatever the layout (`RunReport::gptq_loader_notes` says so per
+//! run). Either layout is used where only it holds every zero point.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

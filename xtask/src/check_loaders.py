@@ -8,9 +8,11 @@ For each DIR:
 - `fake-quant/` through transformers (`AutoModelForCausalLM`, the float path): the
   reference perplexity, and its weights are the reference weights;
 - `gptq/` through transformers (its GPTQ integration, which runs GPTQModel's kernels) and
-  through `GPTQModel.load` with the kernel GPTQModel picks by itself; where that kernel
-  cannot run the checkpoint, the row says why and a second row loads it with
-  `backend="torch"` (the documented workaround);
+  through `GPTQModel.load`, each with the kernel GPTQModel picks by itself; where that is
+  the fused CPU kernel (`_weight_int4pack_mm_cpu`, 4 bits) and it cannot run the
+  checkpoint (groups per channel, or groups that do not divide a layer's width), the row
+  says so and a second row loads it with `backend="torch"` (the workaround README.md
+  and report.md give);
 - vLLM is not run (it needs a GPU here); its row quotes `report.md`, whose loader notes
   apply the acceptance rules read in vLLM 0.33.0's GPTQ loader (`AutoGPTQConfig`).
 
@@ -23,11 +25,16 @@ must give the same ids as the source model's for a chat-templated prompt.
 
 Exit status 1 when any check fails, other than the rows that name a known limitation.
 """
+import contextlib
 import json
 import math
 import os
 import sys
 import traceback
+
+# GPTQModel's torch kernel asks torch.compile for a graph per layer shape: minutes on two
+# cores for nothing the check needs.
+os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
 
 import torch
 from safetensors import safe_open
@@ -161,6 +168,8 @@ def check_run(run_dir, text, table):
     config = json.load(open(os.path.join(gptq_dir, "config.json")))
     q = config["quantization_config"]
 
+    fused_cpu_kernel = "_weight_int4pack_mm"
+
     def judge(loader, load, known=None):
         try:
             model = load()
@@ -182,16 +191,20 @@ def check_run(run_dir, text, table):
                           ok=False)
             return False
 
-    judge("transformers", lambda: AutoModelForCausalLM.from_pretrained(
-        gptq_dir, device_map="cpu"))
+    # Both in the dtype of the files (GPTQModel would pick bf16 on a CPU by itself).
+    from transformers import GPTQConfig
+    if not judge("transformers", lambda: AutoModelForCausalLM.from_pretrained(
+            gptq_dir, dtype=dtype, device_map="cpu"), known=fused_cpu_kernel):
+        judge('transformers (GPTQConfig(backend="torch"))',
+              lambda: AutoModelForCausalLM.from_pretrained(
+                  gptq_dir, dtype=dtype, device_map="cpu",
+                  quantization_config=GPTQConfig(bits=q["bits"], backend="torch")))
     from gptqmodel import GPTQModel
-    per_channel = q["group_size"] == -1
-    auto_ok = judge("GPTQModel (auto kernel)",
-                    lambda: GPTQModel.load(gptq_dir, device="cpu").model,
-                    known="qGroupSize" if per_channel else None)
-    if not auto_ok:
+    if not judge("GPTQModel", lambda: GPTQModel.load(gptq_dir, device="cpu", dtype=dtype).model,
+                 known=fused_cpu_kernel):
         judge('GPTQModel (backend="torch")',
-              lambda: GPTQModel.load(gptq_dir, device="cpu", backend="torch").model)
+              lambda: GPTQModel.load(gptq_dir, device="cpu", dtype=dtype,
+                                     backend="torch").model)
     table.add(run, "gptq", "vLLM 0.33.0 (report.md's rules, not run)", vllm_verdict(run_dir))
 
 
@@ -201,9 +214,11 @@ def main():
         text = "\n\n".join(line.strip() for line in f if line.strip())
     torch.manual_seed(0)
     table = Table()
-    for run in runs:
-        say(f"check-loaders: {run}")
-        check_run(run, text, table)
+    # The loaders print banners and logs on stdout: the table alone goes there.
+    with contextlib.redirect_stdout(sys.stderr):
+        for run in runs:
+            say(f"check-loaders: {run}")
+            check_run(run, text, table)
     table.print()
     sys.exit(1 if table.failed else 0)
 

@@ -264,29 +264,36 @@ pub struct RunReport {
 
 impl RunReport {
     /// What the GPTQ loaders make of `gptq/`, where one of them cannot run it as written
-    /// (empty without a `gptq` format), as read in their sources: GPTQModel 7.7's CPU
-    /// kernel (`_weight_int4pack_mm_cpu`) takes groups of 32, 64, 128 or 256 only;
-    /// vLLM 0.33's `AutoGPTQConfig` takes 4 or 8 bits, symmetric, groups of -1, 32, 64 or
-    /// 128 that divide every layer's width, and no act-order with groups.
+    /// (empty without a `gptq` format): GPTQModel 7.7 picks a fused CPU kernel
+    /// (`_weight_int4pack_mm_cpu`) for 4 bits, also under transformers, which fails at the
+    /// first forward unless the groups are of 32, 64, 128 or 256 and divide every width
+    /// (seen by `cargo xtask check-loaders`); vLLM 0.33's `AutoGPTQConfig` takes 4 or 8
+    /// bits, symmetric, groups of -1, 32, 64 or 128 that divide every layer's width, and
+    /// no act-order with groups (read in its source).
     pub fn gptq_loader_notes(&self) -> Vec<String> {
         let s = &self.settings;
         if !self.formats.iter().any(|f| f == "gptq") {
             return Vec::new();
         }
-        let mut notes = Vec::new();
-        if !matches!(s.group_size, Some(32 | 64 | 128 | 256)) {
-            let groups = match s.group_size {
-                None => "one group per channel (`group_size: -1`)".to_string(),
-                Some(g) => format!("groups of {g}"),
-            };
-            notes.push(format!(
-                "`gptq/` has {groups}; GPTQModel loads it, but the CPU kernel it picks by \
-                 itself takes groups of 32, 64, 128 or 256 only and fails at the first \
-                 forward: load with `backend=\"torch\"`"
-            ));
-        }
         let widths: std::collections::BTreeSet<usize> =
             self.pipeline.layers.iter().map(|l| l.shape[0]).collect();
+        let ragged = |g: usize| widths.iter().find(|&&w| w % g != 0).copied();
+        let mut notes = Vec::new();
+        let fused_kernel_fails = match s.group_size {
+            _ if s.bits != 4 => None,
+            None => Some("one group per channel (`group_size: -1`)".to_string()),
+            Some(g) if !matches!(g, 32 | 64 | 128 | 256) => Some(format!("groups of {g}")),
+            Some(g) => ragged(g).map(|w| format!("groups of {g}, which do not divide {w}")),
+        };
+        if let Some(groups) = fused_kernel_fails {
+            notes.push(format!(
+                "`gptq/` has {groups}; GPTQModel and transformers load it, but the fused \
+                 CPU kernel GPTQModel picks by itself for 4 bits refuses such groups at the \
+                 first forward: load with `GPTQModel.load(dir, backend=\"torch\")`, or in \
+                 transformers with `quantization_config=GPTQConfig(bits=4, \
+                 backend=\"torch\")`"
+            ));
+        }
         let mut refusals = Vec::new();
         if !s.symmetric || !matches!(s.bits, 4 | 8) {
             refusals.push(format!(
@@ -303,7 +310,7 @@ impl RunReport {
             if !matches!(g, 32 | 64 | 128) {
                 refusals.push(format!("groups of {g} (it takes 32, 64 or 128)"));
             }
-            if let Some(w) = widths.iter().find(|&&w| w % g != 0) {
+            if let Some(w) = ragged(g) {
                 refusals.push(format!("groups of {g} do not divide the width {w}"));
             }
             if s.act_order {
@@ -565,11 +572,21 @@ mod tests {
         assert!(!r.markdown().contains("loaders"));
         r.formats.push("gptq".into());
         let md = r.markdown();
-        assert!(md.contains("`backend=\"torch\"`"), "{md}");
+        assert!(
+            !md.contains("backend=\"torch\""),
+            "3 bits: no fused kernel\n{md}"
+        );
         assert!(
             md.contains("vLLM (0.33) refuses `gptq/`: 3 bits, asymmetric"),
             "{md}"
         );
+        r.settings.bits = 4;
+        let md = r.markdown();
+        assert!(
+            md.contains("one group per channel (`group_size: -1`); GPTQModel"),
+            "{md}"
+        );
+        assert!(md.contains("backend=\"torch\""), "{md}");
     }
 
     /// vLLM's refusals are named one by one; a checkpoint every loader runs gets no note.
@@ -592,7 +609,7 @@ mod tests {
         r.settings.group_size = Some(48);
         let notes = r.gptq_loader_notes();
         assert!(
-            notes[0].contains("groups of 48; GPTQModel loads it"),
+            notes[0].contains("groups of 48; GPTQModel and"),
             "{notes:?}"
         );
         assert!(
@@ -600,6 +617,14 @@ mod tests {
             "{notes:?}"
         );
         assert!(notes[1].contains("groups of 48 do not divide the width 128"));
+        // Groups the fused kernel takes, but that leave a shorter last group.
+        r.settings.group_size = Some(256);
+        r.pipeline.layers.iter_mut().for_each(|l| l.shape[0] = 576);
+        let notes = r.gptq_loader_notes();
+        assert!(
+            notes[0].contains("groups of 256, which do not divide 576"),
+            "{notes:?}"
+        );
     }
 
     #[test]
