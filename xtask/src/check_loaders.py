@@ -1,5 +1,5 @@
 """`cargo xtask check-loaders DIR...`, second step: run in the loaders' virtual environment
-(`loaders_venv.py` makes it), loads every format of each `magr quantize --out DIR` run
+(`py_env.py` makes it), loads every format of each `magr quantize --out DIR` run
 with the real loaders and prints one table.
 
 Usage: check_loaders.py TEXT DIR...   (TEXT: the evaluation text, WikiText-2 test)

@@ -102,21 +102,24 @@ fn main() -> ExitCode {
     }
 }
 
-/// The tests that need the real model, and llama.cpp's tools for `llama_cpp`
-/// (`#[ignore]`d so that `cargo test -p NAME` runs on the generated models alone):
-/// `(package, test target)`.
+/// The tests that need the real model, llama.cpp's tools for `llama_cpp`, or numpy for
+/// `cli`'s run of `scripts/gptq_check.py` (`#[ignore]`d so that `cargo test -p NAME`
+/// runs without them): `(package, test target)`.
 const REAL_MODEL_TESTS: &[(&str, &str)] = &[
     ("llama-io", "tokenizer"),
     ("llama-io", "smollm2"),
     ("magr-cli", "llama_cpp"),
+    ("magr-cli", "cli"),
 ];
 
 /// Fetches the model and builds llama.cpp's tools, runs every test in release (in debug,
 /// faer and candle are hundreds of times slower), then the real-model tests (told where
-/// llama.cpp's tools are by `MAGR_LLAMA_CPP_BIN`).
+/// llama.cpp's tools are by `MAGR_LLAMA_CPP_BIN`, and a python with numpy by
+/// `MAGR_PYTHON`).
 fn ci() -> Result<(), String> {
     fetch()?;
     let llama_cpp = llama_cpp()?;
+    let python = venv("numpy-venv", NUMPY_PINS)?;
     cargo(&["test", "--workspace", "--release"])?;
     for (package, test) in REAL_MODEL_TESTS {
         cargo_with_env(
@@ -131,7 +134,10 @@ fn ci() -> Result<(), String> {
                 "--ignored",
                 "--nocapture",
             ],
-            &[("MAGR_LLAMA_CPP_BIN", llama_cpp.as_os_str())],
+            &[
+                ("MAGR_LLAMA_CPP_BIN", llama_cpp.as_os_str()),
+                ("MAGR_PYTHON", OsStr::new(&python)),
+            ],
         )?;
     }
     Ok(())
@@ -478,8 +484,41 @@ fn llama_cpp() -> Result<PathBuf, String> {
     Ok(PathBuf::from(dir))
 }
 
+/// The loaders `check-loaders` runs: GPTQModel and optimum at the versions issue 17
+/// names, transformers and torch at the versions pip chose beside them, and gguf
+/// (transformers reads a GGUF's tokenizer through it). torch's Linux wheel brings CUDA
+/// libraries: about 6 GB installed; the checks run on the CPU.
+const LOADER_PINS: &[&str] = &[
+    "gptqmodel==7.7.0",
+    "optimum==2.3.0",
+    "transformers==5.24.0",
+    "torch==2.15.0",
+    "accelerate==1.15.0",
+    "safetensors==0.8.0",
+    "tokenizers==0.23.3",
+    "gguf==0.19.0",
+];
+
+/// What `scripts/gptq_check.py` needs (CI runs it on the tiny model's checkpoints).
+const NUMPY_PINS: &[&str] = &["numpy==2.4.6", "safetensors==0.8.0"];
+
+/// The python of a virtual environment `name` in the cache holding `pins`, made once
+/// (`py_env.py`).
+fn venv(name: &str, pins: &[&str]) -> Result<String, String> {
+    let cache = cache_dir()?;
+    std::fs::create_dir_all(&cache).map_err(|e| format!("{}: {e}", cache.display()))?;
+    let mut args = vec![cache.as_os_str(), OsStr::new(name)];
+    args.extend(pins.iter().map(OsStr::new));
+    python_step(
+        OsStr::new("python3"),
+        include_str!("py_env.py"),
+        &args,
+        &format!("installing {}", pins.join(", ")),
+    )
+}
+
 /// `check-loaders DIR...`: installs the pinned loaders into a virtual environment in the
-/// cache once (`loaders_venv.py`), then loads every format of each run directory with
+/// cache once ([`LOADER_PINS`]), then loads every format of each run directory with
 /// them and prints the table (`check_loaders.py` says what is compared).
 fn check_loaders(dirs: &[String]) -> Result<(), String> {
     if dirs.is_empty() || dirs.iter().any(|d| d.starts_with('-')) {
@@ -495,14 +534,7 @@ fn check_loaders(dirs: &[String]) -> Result<(), String> {
         }
     }
     let text = data_file("wikitext-2-raw/wiki.test.raw")?;
-    let cache = cache_dir()?;
-    std::fs::create_dir_all(&cache).map_err(|e| format!("{}: {e}", cache.display()))?;
-    let python = python_step(
-        OsStr::new("python3"),
-        include_str!("loaders_venv.py"),
-        &[cache.as_os_str()],
-        "installing the loaders",
-    )?;
+    let python = venv("loaders-venv", LOADER_PINS)?;
     let mut args = vec![text.as_os_str()];
     args.extend(dirs.iter().map(OsStr::new));
     let status = Command::new(&python)

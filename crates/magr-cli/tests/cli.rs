@@ -709,3 +709,41 @@ fn a_full_disk_keeps_the_earlier_output_and_a_resumable_run() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `scripts/gptq_check.py` (numpy, none of magr's code) dequantizes `gptq/` the way GPTQ
+/// loaders do and finds `fake-quant/`'s weights bit for bit, for each zero-point layout
+/// and grouping: asymmetric (v2) and symmetric (v1), per channel, groups that divide the
+/// widths and groups that leave a shorter last one, act-order, 2 to 8 bits. Needs a
+/// python with numpy and safetensors in `MAGR_PYTHON` (`cargo xtask ci` makes one).
+#[test]
+#[ignore = "needs MAGR_PYTHON with numpy and safetensors; run by `cargo xtask ci`"]
+fn gptq_check_py_finds_the_fake_quant_weights_in_every_layout() {
+    let python = std::env::var("MAGR_PYTHON").expect("MAGR_PYTHON: a python with numpy");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/gptq_check.py");
+    let dir = workspace("gptq-check");
+    for (n, extra) in [
+        &[("--bits", "4")][..],
+        &[("--bits", "3"), ("--group-size", "48"), ("--act-order", "")][..],
+        &[("--bits", "4"), ("--group-size", "32"), ("--symmetric", "")][..],
+        &[("--bits", "2"), ("--group-size", "16"), ("--no-magr", "")][..],
+        &[("--bits", "8"), ("--symmetric", ""), ("--act-order", "")][..],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let out = dir.join(format!("out-{n}"));
+        let mut extra = extra.to_vec();
+        extra.extend([("--dtype", "f16"), ("--eval-windows", "0")]);
+        let (ok, err) = quantize_tiny(&dir, &out, &extra);
+        assert!(ok, "{extra:?}: {err}");
+        let output = Command::new(&python).arg(&script).arg(&out).output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && stdout.contains("all weights identical"),
+            "{extra:?}: {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        eprintln!("{extra:?}: {}", stdout.trim());
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
