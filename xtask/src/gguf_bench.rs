@@ -348,8 +348,8 @@ fn read_number(path: &Path) -> Option<f64> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
-/// Rewrites the GGUF section of `results` (after [`SECTION_MARKER`]) from every cell
-/// measured so far, keeping what comes before it.
+/// Rewrites the GGUF section of `results` (from [`SECTION_MARKER`]) from every cell
+/// measured so far, keeping the other sections.
 fn write_section(dir: &Path, results: &Path, machine: &str) -> Result<(), String> {
     let mut md = String::new();
     let _ = writeln!(md, "{SECTION_MARKER}\n\n## GGUF: magr against llama.cpp\n");
@@ -443,14 +443,5 @@ fn write_section(dir: &Path, results: &Path, machine: &str) -> Result<(), String
         "\nCommands: `cargo xtask bench --gguf` (continues an interrupted table; `--gguf --fresh` \
          measures again). Per-cell files and logs stay in `target/bench/gguf/`."
     );
-    let before = match std::fs::read_to_string(results) {
-        Ok(text) => text
-            .split(SECTION_MARKER)
-            .next()
-            .unwrap_or_default()
-            .trim_end()
-            .to_string(),
-        Err(_) => String::new(),
-    };
-    atomic_fs::write(results, format!("{before}\n\n{md}")).map_err(|e| e.to_string())
+    crate::results::write_section(results, Some(SECTION_MARKER), &md)
 }

@@ -38,6 +38,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
 mod gguf_bench;
+mod results;
 mod table;
 
 const USAGE: &str = "usage: cargo xtask <command> [args]

@@ -488,18 +488,13 @@ fn write_results(runs: &Path, results: &Path, machine: &str) -> Result<(), Strin
          cargo xtask bench --fresh  # measure every cell again\n```\n\n\
          Each cell is `magr quantize --nsamples {CALIBRATION} --seqlen 2048 --seed 0 \
          --eval-windows {EVAL_WINDOWS} --formats none --out DIR` plus the method's flags \
-         (`--method rtn|optq --no-magr`, `--method rtn|optq`, `--method optq-cd --sweeps 30`) \
+         (`--method rtn|optq --no-magr`, `--method rtn|optq --magr-solver plain`, `--method optq-cd \
+         --sweeps 30 --magr-solver plain`) \
          and the grid's (`--bits B [--group-size 64 --beta 0.95]`); the float row is `magr eval \
          --eval-windows {EVAL_WINDOWS}`. Per-cell reports stay in `target/bench/runs/`."
     );
-    // The GGUF section (`cargo xtask bench --gguf`) is that bench's: kept as it is.
-    if let Some(gguf) = std::fs::read_to_string(results).ok().and_then(|t| {
-        t.find(crate::gguf_bench::SECTION_MARKER)
-            .map(|i| t[i..].to_string())
-    }) {
-        md = format!("{}\n\n{gguf}", md.trim_end());
-    }
-    atomic_fs::write(results, md).map_err(|e| e.to_string())
+    // The other sections (`bench --gguf`, `check-loaders`) are kept as they are.
+    crate::results::write_section(results, None, &md)
 }
 
 #[cfg(test)]

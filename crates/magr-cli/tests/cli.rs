@@ -736,7 +736,11 @@ fn gptq_check_py_finds_the_fake_quant_weights_in_every_layout() {
         extra.extend([("--dtype", "f16"), ("--eval-windows", "0")]);
         let (ok, err) = quantize_tiny(&dir, &out, &extra);
         assert!(ok, "{extra:?}: {err}");
-        let output = Command::new(&python).arg(&script).arg(&out).output().unwrap();
+        let output = Command::new(&python)
+            .arg(&script)
+            .arg(&out)
+            .output()
+            .unwrap();
         let stdout = String::from_utf8_lossy(&output.stdout);
         assert!(
             output.status.success() && stdout.contains("all weights identical"),
