@@ -39,6 +39,7 @@ use std::process::{Command, ExitCode, Stdio};
 
 mod gguf_bench;
 mod results;
+mod seeds;
 mod table;
 
 const USAGE: &str = "usage: cargo xtask <command> [args]
@@ -60,6 +61,10 @@ commands:
            magr's GGUF files (RTN, OPTQ, MagR+OPTQ on Q4_0, Q4_1, Q5_0 and the K-quant presets
            Q2_K, Q3_K_S, Q3_K_M, Q4_K_M, Q5_K_M, Q6_K) against llama-quantize with and without an
            imatrix, judged by llama-perplexity and magr eval, into docs/results.md
+  bench --seeds [--fresh]
+           RTN, MagR+RTN, OPTQ, MagR+OPTQ (FISTA and 200 plain MagR iterations), MagR+OPTQ-dagger
+           at w4, w3 per channel, w3 and w2 with groups of 128, over calibration seeds 0, 1, 2:
+           mean and spread of WikiText-2 and Lee-corpus perplexity, into docs/results.md
   bench --micro [ARGS]
            the projection benchmarks (ARGS go to criterion), then MagR's and OPTQ's speed reports
   fuzz TARGET [--seconds N]
@@ -261,12 +266,26 @@ fn kills(args: &[String]) -> Result<(), String> {
 }
 
 /// `bench`: the SmolLM2 table into `docs/results.md` (see [`table`]); `bench --fresh`
-/// measures every cell again; `bench --micro [ARGS]`: the projection criterion
+/// measures every cell again; `bench --gguf` and `bench --seeds` write their own sections
+/// ([`gguf_bench`], [`seeds`]); `bench --micro [ARGS]`: the projection criterion
 /// benchmarks (ARGS go to criterion), then MagR's and OPTQ's speed reports.
 fn bench(args: &[String]) -> Result<(), String> {
     let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
     match args.first().map(String::as_str) {
         Some("--micro") => micro_bench(&args[1..]),
+        Some("--seeds") => {
+            fetch()?;
+            cargo(&["build", "--release", "-p", "magr-cli"])?;
+            seeds::run(
+                &seeds::Inputs {
+                    root,
+                    built: &root.join("target/release/magr"),
+                    lee: &data_file("calibration/lee_background.cor")?,
+                    results: &root.join("docs/results.md"),
+                },
+                args.get(1).is_some_and(|a| a == "--fresh"),
+            )
+        }
         Some("--gguf") => {
             let model = fetch()?;
             let llama_cpp = llama_cpp()?;

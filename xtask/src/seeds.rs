@@ -1,0 +1,421 @@
+//! `cargo xtask bench --seeds`: the main comparisons over three calibration seeds, with
+//! a second evaluation domain, into their own section of `docs/results.md`.
+//!
+//! Every (method, grid, seed) cell is one `magr quantize` run (fake-quant written, then
+//! evaluated by `magr eval` on the Lee news corpus, which calibration never sees) cached
+//! under `target/bench/seeds/<cell>/`; an interrupted bench continues, and the section is
+//! rewritten after every cell. The table shows mean ± sample standard deviation over the
+//! seeds measured; a method beats another at a grid only when the means differ by more
+//! than the sum of the two standard deviations.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Instant;
+
+use magr_report::{Evaluation, RunReport};
+
+use crate::table::{commit, machine, path_str, read_meta, read_typed, run_cell, write_meta};
+
+/// The section's marker in `docs/results.md`.
+pub const SECTION_MARKER: &str = "<!-- cargo xtask bench --seeds -->";
+
+/// Calibration seeds of every cell.
+const SEEDS: [u64; 3] = [0, 1, 2];
+
+/// Calibration windows of 2048 tokens (Wikipedia excerpt) and WikiText-2 windows, as in
+/// the main table; every window of the Lee corpus (about 40 of 2048 tokens).
+const CALIBRATION: &str = "32";
+const EVAL_WINDOWS: &str = "40";
+
+/// A column group: a grid (groups of 128, the usual setting, leave a shorter last group
+/// in SmolLM2's 576-wide rows).
+struct Grid {
+    label: &'static str,
+    id: &'static str,
+    args: &'static [&'static str],
+}
+
+const GRIDS: [Grid; 4] = [
+    Grid {
+        label: "w4 per channel",
+        id: "w4",
+        args: &["--bits", "4"],
+    },
+    Grid {
+        label: "w3 per channel",
+        id: "w3",
+        args: &["--bits", "3"],
+    },
+    Grid {
+        label: "w3 g128",
+        id: "w3g128",
+        args: &["--bits", "3", "--group-size", "128", "--beta", "0.95"],
+    },
+    Grid {
+        label: "w2 g128",
+        id: "w2g128",
+        args: &["--bits", "2", "--group-size", "128", "--beta", "0.95"],
+    },
+];
+
+/// A row: a label and its `magr quantize` flags. MagR rows use the default solver
+/// (FISTA) except the one that shows the reference's 200 plain iterations beside it.
+struct Method {
+    label: &'static str,
+    id: &'static str,
+    args: &'static [&'static str],
+}
+
+const METHODS: [Method; 6] = [
+    Method {
+        label: "RTN",
+        id: "rtn",
+        args: &["--method", "rtn", "--no-magr"],
+    },
+    Method {
+        label: "MagR+RTN",
+        id: "magr-rtn",
+        args: &["--method", "rtn"],
+    },
+    Method {
+        label: "OPTQ",
+        id: "optq",
+        args: &["--method", "optq", "--no-magr"],
+    },
+    Method {
+        label: "MagR+OPTQ",
+        id: "magr-optq",
+        args: &["--method", "optq"],
+    },
+    Method {
+        label: "MagR+OPTQ, 200 plain MagR iterations",
+        id: "magr-plain-optq",
+        args: &["--method", "optq", "--magr-solver", "plain"],
+    },
+    Method {
+        label: "MagR+OPTQ† (30 CD sweeps)",
+        id: "magr-optq-cd",
+        args: &["--method", "optq-cd", "--sweeps", "30"],
+    },
+];
+
+/// Index of OPTQ and MagR+OPTQ in [`METHODS`]: the comparison the issue's target names.
+const OPTQ: usize = 2;
+const MAGR_OPTQ: usize = 3;
+
+/// The cells in the order they run: OPTQ and MagR+OPTQ at every grid and seed first (the
+/// target's comparison), then the rest seed by seed.
+fn cell_order() -> Vec<(usize, usize, u64)> {
+    let mut order = Vec::new();
+    for seed in SEEDS {
+        for m in [OPTQ, MAGR_OPTQ] {
+            order.extend((0..GRIDS.len()).map(|g| (m, g, seed)));
+        }
+    }
+    for seed in SEEDS {
+        for m in 0..METHODS.len() {
+            for g in 0..GRIDS.len() {
+                if !order.contains(&(m, g, seed)) {
+                    order.push((m, g, seed));
+                }
+            }
+        }
+    }
+    order
+}
+
+/// The inputs of the bench.
+pub struct Inputs<'a> {
+    /// The repository root.
+    pub root: &'a Path,
+    /// The `magr` binary built for the bench.
+    pub built: &'a Path,
+    /// The second evaluation text (the Lee news corpus).
+    pub lee: &'a Path,
+    /// `docs/results.md`.
+    pub results: &'a Path,
+}
+
+/// Runs every cell not yet measured (all of them with `fresh`), rewriting the section
+/// after each.
+pub fn run(i: &Inputs<'_>, fresh: bool) -> Result<(), String> {
+    let dir = i.root.join("target/bench/seeds");
+    if fresh && dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    // A copy, so that rebuilding during the bench does not change what it measures.
+    let magr = dir.join("magr");
+    std::fs::copy(i.built, &magr).map_err(|e| format!("copying {}: {e}", i.built.display()))?;
+    let commit = commit(i.root);
+    let machine = machine();
+    eprintln!("xtask: seeds bench on {machine}, commit {commit}");
+    write_results(&dir, i.results, &machine)?;
+    for (m, g, seed) in cell_order() {
+        let cell = dir.join(format!("{}-{}-s{seed}", METHODS[m].id, GRIDS[g].id));
+        if cell.join("lee.json").exists() || cell.join("failed.txt").exists() {
+            continue;
+        }
+        let start = Instant::now();
+        if let Err(e) = measure(&magr, &cell, &METHODS[m], &GRIDS[g], seed, i.lee) {
+            // One failing cell does not stop the bench: the failure is recorded and shown.
+            eprintln!("xtask: {e}");
+            std::fs::create_dir_all(&cell).map_err(|e| format!("{}: {e}", cell.display()))?;
+            let path = cell.join("failed.txt");
+            std::fs::write(&path, format!("{commit}\n{e}\n"))
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+        } else {
+            write_meta(&cell, &commit, start.elapsed().as_secs_f64())?;
+        }
+        write_results(&dir, i.results, &machine)?;
+    }
+    eprintln!("xtask: wrote {}", i.results.display());
+    Ok(())
+}
+
+/// One cell: quantize (WikiText-2 evaluated by the run itself, the fake-quant model
+/// written), evaluate the fake-quant model on the Lee corpus, keep both reports.
+fn measure(
+    magr: &Path,
+    cell: &Path,
+    method: &Method,
+    grid: &Grid,
+    seed: u64,
+    lee: &Path,
+) -> Result<(), String> {
+    let out = cell.join("out");
+    let seed = seed.to_string();
+    let mut args = vec![
+        "quantize",
+        "--quiet",
+        "--nsamples",
+        CALIBRATION,
+        "--seqlen",
+        "2048",
+        "--seed",
+        &seed,
+        "--eval-windows",
+        EVAL_WINDOWS,
+        "--formats",
+        "fake-quant",
+        "--force",
+        "--out",
+        path_str(&out)?,
+    ];
+    args.extend(method.args);
+    args.extend(grid.args);
+    run_cell(magr, &args)?;
+    std::fs::rename(out.join("report.json"), cell.join("report.json"))
+        .map_err(|e| format!("{}: {e}", cell.display()))?;
+    let model = out.join("fake-quant");
+    let report = cell.join("lee.json");
+    run_cell(
+        magr,
+        &[
+            "eval",
+            "--quiet",
+            "--model",
+            path_str(&model)?,
+            "--eval-text",
+            path_str(lee)?,
+            "--eval-windows",
+            "1000",
+            "--report",
+            path_str(&report)?,
+        ],
+    )?;
+    std::fs::remove_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))
+}
+
+/// Mean and sample standard deviation (0 for one value); `None` for none.
+fn mean_std(values: &[f64]) -> Option<(f64, f64)> {
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    (!values.is_empty()).then(|| (mean, var.sqrt()))
+}
+
+/// `mean ± std (n)` of a cell's perplexities, `…` when none is measured.
+fn cell_text(values: &[f64]) -> String {
+    match mean_std(values) {
+        None => "…".into(),
+        Some((mean, std)) if values.len() == SEEDS.len() => format!("{mean:.2} ± {std:.2}"),
+        Some((mean, std)) => format!(
+            "{mean:.2} ± {std:.2} ({} of {} seeds)",
+            values.len(),
+            SEEDS.len()
+        ),
+    }
+}
+
+/// The perplexities of every seed measured: WikiText-2 (from the run's report) and Lee.
+struct Cell {
+    wikitext: Vec<f64>,
+    lee: Vec<f64>,
+    seconds: Vec<f64>,
+    failed: usize,
+}
+
+fn read_cell(dir: &Path, m: &Method, g: &Grid) -> Result<Cell, String> {
+    let mut cell = Cell {
+        wikitext: Vec::new(),
+        lee: Vec::new(),
+        seconds: Vec::new(),
+        failed: 0,
+    };
+    for seed in SEEDS {
+        let path = dir.join(format!("{}-{}-s{seed}", m.id, g.id));
+        cell.failed += usize::from(path.join("failed.txt").exists());
+        let run = read_typed::<RunReport>(&path.join("report.json"))?;
+        let lee = read_typed::<Evaluation>(&path.join("lee.json"))?;
+        if let (Some(run), Some(lee)) = (run, lee) {
+            let wikitext = run
+                .quantized
+                .as_ref()
+                .ok_or_else(|| format!("{}: the run evaluated nothing", path.display()))?;
+            cell.wikitext.push(wikitext.ppl);
+            cell.lee.push(lee.ppl);
+            if let Some((_, seconds, _)) = read_meta(&path) {
+                cell.seconds.push(seconds);
+            }
+        }
+    }
+    Ok(cell)
+}
+
+/// MagR+OPTQ against OPTQ at a grid: the relative gain of the means and whether it is a
+/// win (the means differ by more than the two standard deviations together).
+fn verdict(optq: &[f64], magr: &[f64]) -> String {
+    match (mean_std(optq), mean_std(magr)) {
+        (Some((a, sa)), Some((b, sb))) if optq.len() > 1 && magr.len() > 1 => {
+            let gain = (a - b) / a * 100.0;
+            let call = if (a - b).abs() <= sa + sb {
+                "within the spread"
+            } else if b < a {
+                "win"
+            } else {
+                "loss"
+            };
+            format!("{gain:+.1}% ({call})")
+        }
+        _ => "…".into(),
+    }
+}
+
+fn write_results(dir: &Path, results: &Path, machine: &str) -> Result<(), String> {
+    let mut cells = Vec::new();
+    for m in &METHODS {
+        let row: Result<Vec<Cell>, String> = GRIDS.iter().map(|g| read_cell(dir, m, g)).collect();
+        cells.push(row?);
+    }
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "{SECTION_MARKER}\n\n## Over calibration seeds, on two text domains\n"
+    );
+    let _ = writeln!(
+        md,
+        "Written by `cargo xtask bench --seeds` on {machine}. Each cell: `magr quantize \
+         --nsamples {CALIBRATION} --seqlen 2048 --seed S --eval-windows {EVAL_WINDOWS}` with \
+         the row's and the column's flags, for seeds {SEEDS:?} of the calibration sampler \
+         (Wikipedia excerpt); perplexity on the first {EVAL_WINDOWS} windows of 2048 tokens of \
+         WikiText-2 test and, by `magr eval` on the fake-quant model, on every window of 2048 \
+         tokens of the Lee news corpus (`calibration/lee_background.cor`, never used for \
+         calibration). Mean ± sample standard deviation over the seeds; groups of 128 \
+         (SmolLM2's 576-wide rows end in a group of 64), grid shrink 0.95 with groups. MagR \
+         runs FISTA (at most 50 iterations, `magr quantize`'s default) except in the row that \
+         names the reference's 200 plain iterations.\n"
+    );
+    let mut head = String::from("| method |");
+    let mut rule = String::from("|---|");
+    for g in &GRIDS {
+        let _ = write!(head, " {} WikiText-2 | {} Lee |", g.label, g.label);
+        rule.push_str("---|---|");
+    }
+    let _ = writeln!(md, "{head}\n{rule}");
+    for (m, row) in METHODS.iter().zip(&cells) {
+        let mut line = format!("| {} |", m.label);
+        for c in row {
+            let failed = if c.failed > 0 {
+                format!(" ({} failed)", c.failed)
+            } else {
+                String::new()
+            };
+            let _ = write!(
+                line,
+                " {}{failed} | {} |",
+                cell_text(&c.wikitext),
+                cell_text(&c.lee)
+            );
+        }
+        let _ = writeln!(md, "{line}");
+    }
+    let mut line = String::from("| MagR+OPTQ's gain over OPTQ |");
+    for (optq, magr) in cells[OPTQ].iter().zip(&cells[MAGR_OPTQ]) {
+        let _ = write!(
+            line,
+            " {} | {} |",
+            verdict(&optq.wikitext, &magr.wikitext),
+            verdict(&optq.lee, &magr.lee)
+        );
+    }
+    let _ = writeln!(md, "{line}");
+    let _ = writeln!(
+        md,
+        "\nWall seconds per cell (mean over the seeds measured):\n"
+    );
+    let _ = writeln!(md, "| method | {} |", GRIDS.map(|g| g.label).join(" | "));
+    let _ = writeln!(md, "|---|{}", "---|".repeat(GRIDS.len()));
+    for (m, row) in METHODS.iter().zip(&cells) {
+        let mut line = format!("| {} |", m.label);
+        for c in row {
+            let _ = match mean_std(&c.seconds) {
+                Some((mean, _)) => write!(line, " {mean:.0} |"),
+                None => write!(line, " … |"),
+            };
+        }
+        let _ = writeln!(md, "{line}");
+    }
+    crate::results::write_section(results, Some(SECTION_MARKER), &md)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_and_verdicts() {
+        let (mean, std) = mean_std(&[1.0, 2.0, 3.0]).unwrap();
+        assert!((mean - 2.0).abs() < 1e-12 && (std - 1.0).abs() < 1e-12);
+        assert_eq!(mean_std(&[]), None);
+        assert_eq!(mean_std(&[5.0]), Some((5.0, 0.0)));
+        // 10 +- 1 against 8 +- 0.5: 2 > 1.5, a win of 20%.
+        assert_eq!(
+            verdict(&[9.0, 10.0, 11.0], &[7.5, 8.0, 8.5]),
+            "+20.0% (win)"
+        );
+        assert_eq!(
+            verdict(&[9.0, 10.0, 11.0], &[8.0, 9.0, 10.0]),
+            "+10.0% (within the spread)"
+        );
+        assert_eq!(verdict(&[1.0, 1.1], &[2.0, 2.1]), "-95.2% (loss)");
+        assert_eq!(verdict(&[1.0], &[2.0, 2.1]), "…");
+        assert_eq!(cell_text(&[1.0, 2.0, 3.0]), "2.00 ± 1.00");
+        assert_eq!(cell_text(&[2.0]), "2.00 ± 0.00 (1 of 3 seeds)");
+    }
+
+    #[test]
+    fn the_target_comparison_runs_first_and_every_cell_once() {
+        let order = cell_order();
+        assert_eq!(order.len(), METHODS.len() * GRIDS.len() * SEEDS.len());
+        let first: Vec<usize> = order[..2 * GRIDS.len() * SEEDS.len()]
+            .iter()
+            .map(|c| c.0)
+            .collect();
+        assert!(first.iter().all(|&m| m == OPTQ || m == MAGR_OPTQ));
+        let mut unique = order.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), order.len());
+    }
+}
