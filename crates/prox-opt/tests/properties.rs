@@ -494,7 +494,7 @@ fn bad_input_is_a_clear_error() {
 /// objective in a quarter of the products.
 #[test]
 fn default_fista_reaches_200_plain_iterations_in_a_quarter_of_them() {
-    assert!(4 * FISTA_ITERATIONS <= 200);
+    const { assert!(4 * FISTA_ITERATIONS <= 200) };
     for (seed, (tokens, n, m, rank)) in [(512, 96, 64, 16), (768, 128, 48, 24), (384, 64, 128, 8)]
         .into_iter()
         .enumerate()
