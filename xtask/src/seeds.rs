@@ -14,7 +14,10 @@ use std::time::Instant;
 
 use magr_report::{Evaluation, RunReport};
 
-use crate::table::{commit, machine, path_str, read_meta, read_typed, run_cell, write_meta};
+use crate::table::{
+    CALIBRATION, EVAL_WINDOWS, Grid, Method, commit, machine, path_str, read_meta, read_typed,
+    run_cell, write_meta,
+};
 
 /// The section's marker in `docs/results.md`.
 pub const SECTION_MARKER: &str = "<!-- cargo xtask bench --seeds -->";
@@ -22,19 +25,8 @@ pub const SECTION_MARKER: &str = "<!-- cargo xtask bench --seeds -->";
 /// Calibration seeds of every cell.
 const SEEDS: [u64; 3] = [0, 1, 2];
 
-/// Calibration windows of 2048 tokens (Wikipedia excerpt) and WikiText-2 windows, as in
-/// the main table; every window of the Lee corpus (about 40 of 2048 tokens).
-const CALIBRATION: &str = "32";
-const EVAL_WINDOWS: &str = "40";
-
-/// A column group: a grid (groups of 128, the usual setting, leave a shorter last group
-/// in SmolLM2's 576-wide rows).
-struct Grid {
-    label: &'static str,
-    id: &'static str,
-    args: &'static [&'static str],
-}
-
+/// The grids: groups of 128, the usual setting, leave a shorter last group in
+/// SmolLM2's 576-wide rows.
 const GRIDS: [Grid; 4] = [
     Grid {
         label: "w4 per channel",
@@ -58,43 +50,38 @@ const GRIDS: [Grid; 4] = [
     },
 ];
 
-/// A row: a label and its `magr quantize` flags. MagR rows use the default solver
-/// (FISTA) except the one that shows the reference's 200 plain iterations beside it.
-struct Method {
-    label: &'static str,
-    id: &'static str,
-    args: &'static [&'static str],
-}
-
+/// The rows, labelled as in the main table (the library's labels, then the note). MagR
+/// rows use the default solver (FISTA) except the one that shows the reference's 200
+/// plain iterations beside it.
 const METHODS: [Method; 6] = [
     Method {
-        label: "RTN",
         id: "rtn",
+        note: "",
         args: &["--method", "rtn", "--no-magr"],
     },
     Method {
-        label: "MagR+RTN",
         id: "magr-rtn",
+        note: "",
         args: &["--method", "rtn"],
     },
     Method {
-        label: "OPTQ",
         id: "optq",
+        note: "",
         args: &["--method", "optq", "--no-magr"],
     },
     Method {
-        label: "MagR+OPTQ",
         id: "magr-optq",
+        note: "",
         args: &["--method", "optq"],
     },
     Method {
-        label: "MagR+OPTQ, 200 plain MagR iterations",
         id: "magr-plain-optq",
+        note: ", 200 plain MagR iterations",
         args: &["--method", "optq", "--magr-solver", "plain"],
     },
     Method {
-        label: "MagR+OPTQ† (30 CD sweeps)",
         id: "magr-optq-cd",
+        note: " (30 CD sweeps)",
         args: &["--method", "optq-cd", "--sweeps", "30"],
     },
 ];
@@ -248,8 +235,10 @@ fn cell_text(values: &[f64]) -> String {
     }
 }
 
-/// The perplexities of every seed measured: WikiText-2 (from the run's report) and Lee.
+/// The perplexities of every seed measured: WikiText-2 (from the run's report) and Lee;
+/// the library's label of the row (from any measured seed).
 struct Cell {
+    label: Option<String>,
     wikitext: Vec<f64>,
     lee: Vec<f64>,
     seconds: Vec<f64>,
@@ -258,6 +247,7 @@ struct Cell {
 
 fn read_cell(dir: &Path, m: &Method, g: &Grid) -> Result<Cell, String> {
     let mut cell = Cell {
+        label: None,
         wikitext: Vec::new(),
         lee: Vec::new(),
         seconds: Vec::new(),
@@ -274,6 +264,7 @@ fn read_cell(dir: &Path, m: &Method, g: &Grid) -> Result<Cell, String> {
                 .as_ref()
                 .ok_or_else(|| format!("{}: the run evaluated nothing", path.display()))?;
             cell.wikitext.push(wikitext.ppl);
+            cell.label = Some(format!("{}{}", run.settings.method_label(), m.note));
             cell.lee.push(lee.ppl);
             if let Some((_, seconds, _)) = read_meta(&path) {
                 cell.seconds.push(seconds);
@@ -333,8 +324,17 @@ fn write_results(dir: &Path, results: &Path, machine: &str) -> Result<(), String
         rule.push_str("---|---|");
     }
     let _ = writeln!(md, "{head}\n{rule}");
-    for (m, row) in METHODS.iter().zip(&cells) {
-        let mut line = format!("| {} |", m.label);
+    let labels: Vec<String> = METHODS
+        .iter()
+        .zip(&cells)
+        .map(|(m, row)| {
+            row.iter()
+                .find_map(|c| c.label.clone())
+                .unwrap_or_else(|| format!("{} (not measured yet)", m.id))
+        })
+        .collect();
+    for (label, row) in labels.iter().zip(&cells) {
+        let mut line = format!("| {label} |");
         for c in row {
             let failed = if c.failed > 0 {
                 format!(" ({} failed)", c.failed)
@@ -366,8 +366,8 @@ fn write_results(dir: &Path, results: &Path, machine: &str) -> Result<(), String
     );
     let _ = writeln!(md, "| method | {} |", GRIDS.map(|g| g.label).join(" | "));
     let _ = writeln!(md, "|---|{}", "---|".repeat(GRIDS.len()));
-    for (m, row) in METHODS.iter().zip(&cells) {
-        let mut line = format!("| {} |", m.label);
+    for (label, row) in labels.iter().zip(&cells) {
+        let mut line = format!("| {label} |");
         for c in row {
             let _ = match mean_std(&c.seconds) {
                 Some((mean, _)) => write!(line, " {mean:.0} |"),

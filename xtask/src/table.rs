@@ -15,17 +15,17 @@ use magr_report::{Evaluation, RunReport};
 
 /// Calibration windows of 2048 tokens (Wikipedia excerpt, seed 0) and evaluation windows
 /// of 2048 tokens (WikiText-2 test) of the table, as the issue asks.
-const CALIBRATION: &str = "32";
-const EVAL_WINDOWS: &str = "40";
+pub(crate) const CALIBRATION: &str = "32";
+pub(crate) const EVAL_WINDOWS: &str = "40";
 
 /// A column of the table: a grid. The grouped columns use groups of 64, the largest
 /// power of two dividing both of SmolLM2's widths (576 and 1536; groups of 128 leave a
 /// shorter last group in each 576-wide row), with the reference's grouped shrink factor
 /// 0.95.
-struct Grid {
-    label: &'static str,
-    id: &'static str,
-    args: &'static [&'static str],
+pub(crate) struct Grid {
+    pub label: &'static str,
+    pub id: &'static str,
+    pub args: &'static [&'static str],
 }
 
 const GRIDS: [Grid; 4] = [
@@ -54,10 +54,10 @@ const GRIDS: [Grid; 4] = [
 /// A row of the table: a preprocessor and a method, as `magr quantize` flags. The row is
 /// labelled by the library (the preprocessor's and method's labels in the cells'
 /// `report.json`), followed by `note`, which tells rows of the same method apart.
-struct Method {
-    id: &'static str,
-    note: &'static str,
-    args: &'static [&'static str],
+pub(crate) struct Method {
+    pub id: &'static str,
+    pub note: &'static str,
+    pub args: &'static [&'static str],
 }
 
 const METHODS: [Method; 6] = [
