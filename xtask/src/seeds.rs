@@ -15,8 +15,8 @@ use std::time::Instant;
 use magr_report::{Evaluation, RunReport};
 
 use crate::table::{
-    CALIBRATION, EVAL_WINDOWS, Grid, Method, commit, machine, path_str, read_meta, read_typed,
-    run_cell, write_meta,
+    CALIBRATION, EVAL_WINDOWS, Grid, Method, OPTQ, RTN, W3, W4, commit, machine, path_str,
+    quantize_args, read_meta, read_typed, run_cell, write_meta,
 };
 
 /// The section's marker in `docs/results.md`.
@@ -28,16 +28,8 @@ const SEEDS: [u64; 3] = [0, 1, 2];
 /// The grids: groups of 128, the usual setting, leave a shorter last group in
 /// SmolLM2's 576-wide rows.
 const GRIDS: [Grid; 4] = [
-    Grid {
-        label: "w4 per channel",
-        id: "w4",
-        args: &["--bits", "4"],
-    },
-    Grid {
-        label: "w3 per channel",
-        id: "w3",
-        args: &["--bits", "3"],
-    },
+    W4,
+    W3,
     Grid {
         label: "w3 g128",
         id: "w3g128",
@@ -54,21 +46,13 @@ const GRIDS: [Grid; 4] = [
 /// rows use the default solver (FISTA) except the one that shows the reference's 200
 /// plain iterations beside it.
 const METHODS: [Method; 6] = [
-    Method {
-        id: "rtn",
-        note: "",
-        args: &["--method", "rtn", "--no-magr"],
-    },
+    RTN,
     Method {
         id: "magr-rtn",
         note: "",
         args: &["--method", "rtn"],
     },
-    Method {
-        id: "optq",
-        note: "",
-        args: &["--method", "optq", "--no-magr"],
-    },
+    OPTQ,
     Method {
         id: "magr-optq",
         note: "",
@@ -87,15 +71,15 @@ const METHODS: [Method; 6] = [
 ];
 
 /// Index of OPTQ and MagR+OPTQ in [`METHODS`]: the comparison the target names.
-const OPTQ: usize = 2;
-const MAGR_OPTQ: usize = 3;
+const OPTQ_ROW: usize = 2;
+const MAGR_OPTQ_ROW: usize = 3;
 
 /// The cells in the order they run: OPTQ and MagR+OPTQ at every grid and seed first (the
 /// target's comparison), then the rest seed by seed.
 fn cell_order() -> Vec<(usize, usize, u64)> {
     let mut order = Vec::new();
     for seed in SEEDS {
-        for m in [OPTQ, MAGR_OPTQ] {
+        for m in [OPTQ_ROW, MAGR_OPTQ_ROW] {
             order.extend((0..GRIDS.len()).map(|g| (m, g, seed)));
         }
     }
@@ -172,23 +156,7 @@ fn measure(
 ) -> Result<(), String> {
     let out = cell.join("out");
     let seed = seed.to_string();
-    let mut args = vec![
-        "quantize",
-        "--quiet",
-        "--nsamples",
-        CALIBRATION,
-        "--seqlen",
-        "2048",
-        "--seed",
-        &seed,
-        "--eval-windows",
-        EVAL_WINDOWS,
-        "--formats",
-        "fake-quant",
-        "--force",
-        "--out",
-        path_str(&out)?,
-    ];
+    let mut args = quantize_args(&seed, "fake-quant", path_str(&out)?);
     args.extend(method.args);
     args.extend(grid.args);
     run_cell(magr, &args)?;
@@ -351,7 +319,7 @@ fn write_results(dir: &Path, results: &Path, machine: &str) -> Result<(), String
         let _ = writeln!(md, "{line}");
     }
     let mut line = String::from("| MagR+OPTQ's gain over OPTQ |");
-    for (optq, magr) in cells[OPTQ].iter().zip(&cells[MAGR_OPTQ]) {
+    for (optq, magr) in cells[OPTQ_ROW].iter().zip(&cells[MAGR_OPTQ_ROW]) {
         let _ = write!(
             line,
             " {} | {} |",
@@ -412,7 +380,7 @@ mod tests {
             .iter()
             .map(|c| c.0)
             .collect();
-        assert!(first.iter().all(|&m| m == OPTQ || m == MAGR_OPTQ));
+        assert!(first.iter().all(|&m| m == OPTQ_ROW || m == MAGR_OPTQ_ROW));
         let mut unique = order.clone();
         unique.sort();
         unique.dedup();

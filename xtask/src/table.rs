@@ -28,17 +28,21 @@ pub(crate) struct Grid {
     pub args: &'static [&'static str],
 }
 
+/// 4 and 3 bits per channel: columns of this table and of `bench --seeds`.
+pub(crate) const W4: Grid = Grid {
+    label: "w4 per channel",
+    id: "w4",
+    args: &["--bits", "4"],
+};
+pub(crate) const W3: Grid = Grid {
+    label: "w3 per channel",
+    id: "w3",
+    args: &["--bits", "3"],
+};
+
 const GRIDS: [Grid; 4] = [
-    Grid {
-        label: "w4 per channel",
-        id: "w4",
-        args: &["--bits", "4"],
-    },
-    Grid {
-        label: "w3 per channel",
-        id: "w3",
-        args: &["--bits", "3"],
-    },
+    W4,
+    W3,
     Grid {
         label: "w3 g64",
         id: "w3g64",
@@ -60,22 +64,26 @@ pub(crate) struct Method {
     pub args: &'static [&'static str],
 }
 
+/// RTN and OPTQ without MagR: rows of this table and of `bench --seeds`.
+pub(crate) const RTN: Method = Method {
+    id: "rtn",
+    note: "",
+    args: &["--method", "rtn", "--no-magr"],
+};
+pub(crate) const OPTQ: Method = Method {
+    id: "optq",
+    note: "",
+    args: &["--method", "optq", "--no-magr"],
+};
+
 const METHODS: [Method; 6] = [
-    Method {
-        id: "rtn",
-        note: "",
-        args: &["--method", "rtn", "--no-magr"],
-    },
+    RTN,
     Method {
         id: "magr-rtn",
         note: "",
         args: &["--method", "rtn", "--magr-solver", "plain"],
     },
-    Method {
-        id: "optq",
-        note: "",
-        args: &["--method", "optq", "--no-magr"],
-    },
+    OPTQ,
     Method {
         id: "magr-optq",
         note: "",
@@ -173,24 +181,8 @@ pub fn run(root: &Path, built: &Path, results: &Path, fresh: bool) -> Result<(),
         if cell.join("report.json").exists() || cell.join("failed.txt").exists() {
             continue;
         }
-        let mut args = vec![
-            "quantize",
-            "--quiet",
-            "--nsamples",
-            CALIBRATION,
-            "--seqlen",
-            "2048",
-            "--seed",
-            "0",
-            "--eval-windows",
-            EVAL_WINDOWS,
-            "--formats",
-            "none",
-            "--force",
-            "--out",
-        ];
         let out = cell.join("out");
-        args.push(path_str(&out)?);
+        let mut args = quantize_args("0", "none", path_str(&out)?);
         args.extend(METHODS[m].args);
         args.extend(GRIDS[g].args);
         let start = Instant::now();
@@ -213,6 +205,28 @@ pub fn run(root: &Path, built: &Path, results: &Path, fresh: bool) -> Result<(),
     }
     eprintln!("xtask: wrote {}", results.display());
     Ok(())
+}
+
+/// The flags of a cell's `magr quantize` before its method's and grid's: calibration
+/// (`seed`), evaluation, `formats`, output directory `out`.
+pub(crate) fn quantize_args<'a>(seed: &'a str, formats: &'a str, out: &'a str) -> Vec<&'a str> {
+    vec![
+        "quantize",
+        "--quiet",
+        "--nsamples",
+        CALIBRATION,
+        "--seqlen",
+        "2048",
+        "--seed",
+        seed,
+        "--eval-windows",
+        EVAL_WINDOWS,
+        "--formats",
+        formats,
+        "--force",
+        "--out",
+        out,
+    ]
 }
 
 pub(crate) fn path_str(p: &Path) -> Result<&str, String> {
