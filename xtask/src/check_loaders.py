@@ -214,11 +214,21 @@ def main():
         text = "\n\n".join(line.strip() for line in f if line.strip())
     torch.manual_seed(0)
     table = Table()
-    # The loaders print banners and logs on stdout: the table alone goes there.
-    with contextlib.redirect_stdout(sys.stderr):
-        for run in runs:
-            say(f"check-loaders: {run}")
-            check_run(run, text, table)
+    # The loaders print banners and logs on stdout, from Python and from their
+    # extensions: file descriptor 1 points at stderr while they run, so that the table
+    # alone goes to stdout.
+    sys.stdout.flush()
+    stdout = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            for run in runs:
+                say(f"check-loaders: {run}")
+                check_run(run, text, table)
+    finally:
+        sys.stdout.flush()
+        os.dup2(stdout, 1)
+        os.close(stdout)
     table.print()
     sys.exit(1 if table.failed else 0)
 
