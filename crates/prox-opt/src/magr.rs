@@ -33,8 +33,8 @@ pub enum Solver {
 pub const FISTA_OBJECTIVE_TOL: f64 = 1e-4;
 
 /// The iterations that FISTA gets in place of the reference's 200 plain ones: enough to
-/// reach their objective on low-rank-plus-noise `H` of SmolLM2's layer shapes (tested in
-/// `tests/properties.rs`) and on SmolLM2's own layers (`docs/results.md`).
+/// reach their objective on low-rank-plus-noise `H` (tested in `tests/properties.rs`), but
+/// not on every one of SmolLM2's own layers (`docs/results.md`).
 pub const FISTA_ITERATIONS: usize = 50;
 
 /// Settings of [`magr`].

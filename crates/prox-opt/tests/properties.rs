@@ -488,8 +488,8 @@ fn bad_input_is_a_clear_error() {
     ));
 }
 
-/// The default solver (FISTA, at most `FISTA_ITERATIONS`, objective test on) ends at or
-/// below the objective of the reference's 200 plain iterations (within a relative 1e-3),
+/// FISTA as `MagrOptions::fista` sets it (at most `FISTA_ITERATIONS`, objective test on)
+/// ends at or below the objective of the reference's 200 plain iterations (within 1e-3),
 /// per channel and per group, on low-rank-plus-noise `H` like LLM activations: the same
 /// objective in a quarter of the products.
 #[test]
@@ -554,13 +554,17 @@ proptest! {
         prop_assert_eq!(trace.len(), report.iterations + 1);
         prop_assert_eq!(*trace.last().unwrap(), report.objective);
         let stalled = |k: usize| trace[k - OBJECTIVE_CHECK_EVERY] - trace[k] <= tol * trace[k].abs();
-        let checks = (OBJECTIVE_CHECK_EVERY..=report.iterations).step_by(OBJECTIVE_CHECK_EVERY);
-        let first = checks.clone().find(|&k| stalled(k));
+        let first_stall = |last: usize| {
+            (OBJECTIVE_CHECK_EVERY..=last)
+                .step_by(OBJECTIVE_CHECK_EVERY)
+                .find(|&k| stalled(k))
+        };
         if report.converged {
-            prop_assert_eq!(first, Some(report.iterations));
+            prop_assert_eq!(first_stall(report.iterations), Some(report.iterations));
         } else {
+            // No stall before the last iteration (one found there ends the solve anyway).
             prop_assert_eq!(report.iterations, 400);
-            prop_assert_eq!(first, None);
+            prop_assert_eq!(first_stall(399), None);
         }
     }
 }
