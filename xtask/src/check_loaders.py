@@ -74,9 +74,8 @@ def compare_weights(model, reference, dtype):
     for name, module in layers.items():
         key = name[name.index("model.layers."):] if "model.layers." in name else name
         ref = reference[key]
-        compute = next((p.dtype for p in module.parameters() if p.is_floating_point()),
-                       None) or (module.scales.dtype if hasattr(module, "scales") else dtype)
-        eye = torch.eye(ref.shape[1], dtype=compute)
+        # Every model is loaded in the files' dtype, so the layer computes in it.
+        eye = torch.eye(ref.shape[1], dtype=dtype)
         with torch.no_grad():
             out = module(eye)
         if getattr(module, "bias", None) is not None:
@@ -110,7 +109,7 @@ def source_tokenizer(report):
 
 def chat_ids(tokenizer):
     ids = tokenizer.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=True)
-    return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
 
 def vllm_verdict(run_dir):
