@@ -131,13 +131,15 @@ impl RunCheckpoint {
 
     /// Saves the block that `state` just finished (`state.next_block - 1`): its weights
     /// from `model`, each format's state, the hidden states and the state; then removes
-    /// hidden states of earlier blocks.
+    /// hidden states of earlier blocks. The block's weights in `model` are then read
+    /// from the saved file ([`Model::set_linear_stored`]): a finished block leaves the
+    /// memory.
     ///
     /// # Errors
     /// Write errors, naming the file; a block not finished; a format's errors.
     pub fn save(
         &self,
-        model: &Model,
+        model: &mut Model,
         state: &PipelineState,
         formats: &[&dyn OutputFormat],
     ) -> Result<(), PipelineError> {
@@ -170,6 +172,8 @@ impl RunCheckpoint {
             metadata.extend(entries.into_iter().map(|(k, v)| (format!("{name}/{k}"), v)));
         }
         write_tensors(&self.block_path(block), &tensors, metadata)?;
+        drop(tensors);
+        self.leave_weights_in_file(model, block)?;
 
         let mut hidden = Vec::new();
         for (i, h) in state.hidden.iter().enumerate() {
@@ -212,6 +216,27 @@ impl RunCheckpoint {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(output_error(&self.dir, e)),
             _ => Ok(()),
         }
+    }
+
+    /// Points the weights of `block` in `model` at the saved block file, where they stay
+    /// (read when used; the values in memory are dropped).
+    fn leave_weights_in_file(&self, model: &mut Model, block: usize) -> Result<(), PipelineError> {
+        let path = self.block_path(block);
+        let mut stored = llama_io::stored_tensors(&path)?;
+        for kind in LinearKind::ALL {
+            let name = format!("{}.weight", kind.hf_suffix());
+            let tensor = stored
+                .remove(&name)
+                .ok_or_else(|| output_error(&path, format!("no tensor {name}")))?;
+            if tensor.dtype() != safetensors::Dtype::F32 {
+                return Err(output_error(
+                    &path,
+                    format!("{name} is {:?}, expected F32", tensor.dtype()),
+                ));
+            }
+            model.set_linear_stored(block, kind, tensor)?;
+        }
+        Ok(())
     }
 
     /// The number of finished blocks saved here, if a state is saved.
@@ -257,31 +282,11 @@ impl RunCheckpoint {
             ));
         }
         for block in 0..file.next_block {
+            self.leave_weights_in_file(model, block)?;
             let path = self.block_path(block);
             let (tensors, metadata) = read_tensors(&path, &read_file(&path)?)?;
-            let mut tensors: HashMap<String, NamedTensor> =
+            let tensors: HashMap<String, NamedTensor> =
                 tensors.into_iter().map(|t| (t.name.clone(), t)).collect();
-            for kind in LinearKind::ALL {
-                let name = format!("{}.weight", kind.hf_suffix());
-                let t = tensors
-                    .remove(&name)
-                    .ok_or_else(|| output_error(&path, format!("no tensor {name}")))?;
-                let (outputs, inputs) = model.linear_shape(kind);
-                match t.data {
-                    TensorData::F32(values) if t.shape == [outputs, inputs] => {
-                        model.set_linear_weight(block, kind, &values)?;
-                    }
-                    _ => {
-                        return Err(output_error(
-                            &path,
-                            format!(
-                                "{name} is not f32 of shape {:?} as in the model",
-                                [outputs, inputs]
-                            ),
-                        ));
-                    }
-                }
-            }
             for format in formats.iter_mut() {
                 let prefix = format!("{}/", format.name());
                 let state = FormatState {

@@ -219,13 +219,15 @@ pub trait PipelineObserver {
     }
 
     /// A block is finished: `model` holds its quantized weights and `state` is where a
-    /// resumed run would start.
+    /// resumed run would start. An observer that saved the weights may leave them in
+    /// the saved file ([`Model::set_linear_stored`]), so that finished blocks do not
+    /// stay in memory.
     ///
     /// # Errors
     /// Any error stops the run.
     fn block_finished(
         &mut self,
-        _model: &Model,
+        _model: &mut Model,
         _state: &PipelineState,
     ) -> Result<(), PipelineError> {
         Ok(())
@@ -326,6 +328,9 @@ pub fn continue_quantize_model(
     let preprocess_windows = settings.preprocessor.windows();
     for block in state.next_block..blocks {
         observer.progress(Progress::Block { block, blocks });
+        // The block's weights in f32 while it is worked on (read once from their file
+        // when they are stored there).
+        model.make_resident(block)?;
         let report = &mut state.report;
         let groups: Vec<&[LinearInput]> = if settings.true_sequential {
             LinearInput::ALL.iter().map(std::slice::from_ref).collect()
@@ -388,7 +393,7 @@ fn quantize_layer(
 ) -> Result<LayerRecord, PipelineError> {
     let (outputs, inputs) = model.linear_shape(kind);
     // (out x in) row-major is W (in x out) column-major.
-    let w0 = MatRef::from_column_major_slice(model.linear_weight(block, kind)?, inputs, outputs)
+    let w0 = MatRef::from_column_major_slice(&model.linear_weight(block, kind)?, inputs, outputs)
         .to_owned();
     let max_abs_before = max_abs(w0.as_ref());
 

@@ -236,7 +236,7 @@ impl PipelineObserver for RunObserver<'_> {
 
     fn block_finished(
         &mut self,
-        model: &Model,
+        model: &mut Model,
         state: &PipelineState,
     ) -> Result<(), PipelineError> {
         match self.checkpoint {

@@ -70,6 +70,7 @@ fn gptq_format(spec: GridSpec, act_order: bool) -> GptqFormat {
 fn weight_bits(model: &Model) -> Vec<u32> {
     model
         .hf_tensors()
+        .unwrap()
         .into_iter()
         .flat_map(|(_, _, d)| d.iter().map(|x| x.to_bits()).collect::<Vec<_>>())
         .collect()

@@ -160,7 +160,7 @@ fn write_model_dir_with(
     let tokenizer = tokenizer_from_json(&scratch).unwrap();
     std::fs::remove_file(&scratch).unwrap();
     let mut tensors = HashMap::new();
-    for (name, shape, data) in model.hf_tensors() {
+    for (name, shape, data) in model.hf_tensors().unwrap() {
         tensors.insert(
             name,
             HostTensor {
@@ -266,7 +266,7 @@ impl PipelineObserver for Feed<'_> {
 
     fn block_finished(
         &mut self,
-        model: &Model,
+        model: &mut Model,
         state: &PipelineState,
     ) -> Result<(), PipelineError> {
         if let Some(checkpoint) = self.checkpoint {

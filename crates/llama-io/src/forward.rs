@@ -259,7 +259,8 @@ impl Model {
         );
         let linear = |kind: LinearKind, x: &Tensor| -> Result<Tensor> {
             let (out, inp) = kind.shape(cfg);
-            self.times_weight_t(x, &weights.linears[kind.index()], out, inp, par)
+            let w = weights.linears[kind.index()].values()?;
+            self.times_weight_t(x, &w, out, inp, par)
         };
         let mut capture = |input: LinearInput, x: &Tensor| -> Result<()> {
             match sink.as_deref_mut() {

@@ -22,7 +22,7 @@ use crate::config::LlamaConfig;
 use crate::error::{CandleMessage, LlamaIoError, Result};
 use crate::gguf_header::{read_content, readable_list};
 use crate::linear::LinearKind;
-use crate::model::{HostTensor, Model, unexpected_tensor};
+use crate::model::{HostTensor, Model, SourceTensor, unexpected_tensor};
 use crate::names::{TensorRole, missing_before_sizing};
 use crate::tokenizer::TokenizerSource;
 
@@ -164,7 +164,7 @@ pub(crate) fn read_gguf(path: &Path) -> Result<Model> {
             }
             _ => data,
         };
-        tensors.insert(gguf_name.clone(), HostTensor { shape, data });
+        tensors.insert(gguf_name.clone(), SourceTensor::Host(HostTensor { shape, data }));
     }
 
     let tokenizer = if content.metadata.contains_key("tokenizer.ggml.tokens") {

@@ -84,8 +84,9 @@ pub type GgufLinears = BTreeMap<(usize, LinearKind), EncodedLinear>;
 
 /// Where the bytes of one tensor come from.
 enum Payload<'a> {
-    /// f32 values written as `dtype` (F32, F16 or BF16).
-    Float(&'a [f32]),
+    /// The model's tensor playing this role, written as `dtype` (F32, F16 or BF16);
+    /// read from the model (a stored weight from its file) when it is written.
+    Float(TensorRole),
     /// Bytes written as given.
     Encoded(&'a [u8]),
 }
@@ -150,7 +151,7 @@ pub fn write_gguf(
             source,
         })?;
         let mut w = BufWriter::with_capacity(1 << 20, file);
-        write_file(&mut w, &header, &plan)
+        write_file(&mut w, &header, &plan, model)
             .and_then(|()| w.flush())
             .map_err(|source| LlamaIoError::Io {
                 path: path.to_path_buf(),
@@ -316,7 +317,7 @@ fn plan_tensors<'a>(
                 bytes: data.len() * dtype.type_size(),
                 shape,
                 dtype,
-                payload: Payload::Float(data),
+                payload: Payload::Float(role),
                 permute_heads,
             }
         };
@@ -358,10 +359,15 @@ fn build_header(metadata: &[(String, Value)], plan: &[Planned<'_>]) -> std::io::
 }
 
 /// Writes the whole file: `header` (from [`build_header`]), then the aligned data.
-fn write_file<W: Write>(w: &mut W, header: &[u8], plan: &[Planned<'_>]) -> std::io::Result<()> {
+fn write_file<W: Write>(
+    w: &mut W,
+    header: &[u8],
+    plan: &[Planned<'_>],
+    model: &Model,
+) -> std::io::Result<()> {
     w.write_all(header)?;
     for tensor in plan {
-        let bytes = tensor_bytes(tensor)?;
+        let bytes = tensor_bytes(tensor, model)?;
         debug_assert_eq!(bytes.len(), tensor.bytes);
         w.write_all(&bytes)?;
         w.write_all(&[0u8; ALIGNMENT][..padding(bytes.len())])?;
@@ -370,22 +376,24 @@ fn write_file<W: Write>(w: &mut W, header: &[u8], plan: &[Planned<'_>]) -> std::
 }
 
 /// The bytes of one tensor, rows in llama.cpp's order.
-fn tensor_bytes(tensor: &Planned<'_>) -> std::io::Result<Vec<u8>> {
+fn tensor_bytes(tensor: &Planned<'_>, model: &Model) -> std::io::Result<Vec<u8>> {
     let rows = tensor.shape[0];
-    let permute_error = |e: LlamaIoError| std::io::Error::other(e.to_string());
+    let io_error = |e: LlamaIoError| std::io::Error::other(e.to_string());
     match tensor.payload {
         Payload::Encoded(data) => match tensor.permute_heads {
             Some(heads) => {
-                permute_qk_rows(data, rows, data.len() / rows, heads).map_err(permute_error)
+                permute_qk_rows(data, rows, data.len() / rows, heads).map_err(io_error)
             }
             None => Ok(data.to_vec()),
         },
-        Payload::Float(data) => {
+        Payload::Float(role) => {
+            let data = model.tensor(role).map_err(io_error)?;
+            let data = &data[..];
             let permuted;
             let values = match tensor.permute_heads {
                 Some(heads) => {
                     permuted =
-                        permute_qk(data, rows, data.len() / rows, heads).map_err(permute_error)?;
+                        permute_qk(data, rows, data.len() / rows, heads).map_err(io_error)?;
                     &permuted[..]
                 }
                 None => data,

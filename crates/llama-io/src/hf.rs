@@ -1,21 +1,23 @@
 //! Hugging Face model directories: `config.json`, safetensors weights (one file or
-//! shards listed in `model.safetensors.index.json`; f32, f16 or bf16,
-//! memory-mapped), `tokenizer.json`; and the atomic writer of such a directory, with
+//! shards listed in `model.safetensors.index.json`; f32, f16 or bf16; linear weights
+//! left in the files, see [`crate::stored`]), `tokenizer.json`; and the atomic writer of such a directory, with
 //! whatever a caller adds to it ([`DirExtras`]: tensors written as given, model
 //! tensors left out, `config.json` entries) without knowing what they mean.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::path::Path;
 
 use candle_core::quantized::GgmlDType;
-use safetensors::{Dtype, SafeTensors, View};
+use safetensors::{Dtype, View};
 use serde_json::{Map, Value};
 
 use crate::config::LlamaConfig;
 use crate::error::{LlamaIoError, Result};
-use crate::model::{HostTensor, Model};
+use crate::model::{Model, SourceTensor};
+use crate::stored::bytes_to_f32;
 use crate::names::TensorRole;
 use crate::tokenizer::TokenizerSource;
 
@@ -122,7 +124,7 @@ pub(crate) fn read_hf_dir(dir: &Path) -> Result<Model> {
     } else {
         single_path
     };
-    let mut model = Model::from_hf_tensors(config, tensors, tokenizer, &source)?;
+    let mut model = Model::from_hf_sources(config, tensors, tokenizer, &source)?;
     dtypes.retain(|name, _| {
         TensorRole::all(model.config())
             .iter()
@@ -160,41 +162,25 @@ fn read_index(path: &Path) -> Result<BTreeMap<String, Vec<String>>> {
     Ok(shards)
 }
 
-/// Reads the tensors of one safetensors file (all of them, or only `names`),
-/// converted to f32, into `out`.
+/// The tensors of one safetensors file (all of them, or only `names`), left in the
+/// file, into `out`, and their storage types into `dtypes`.
 fn read_safetensors(
     path: &Path,
     names: Option<&[String]>,
-    out: &mut HashMap<String, HostTensor>,
+    out: &mut HashMap<String, SourceTensor>,
     dtypes: &mut HashMap<String, GgmlDType>,
 ) -> Result<()> {
-    let file = fs::File::open(path).map_err(io_error(path))?;
-    // SAFETY: the map is read-only and lives only inside this function; a file
-    // modified by another process while we read it could give wrong values but
-    // not undefined behaviour in safe code that only reads bytes.
-    let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(io_error(path))?;
-    let tensors = SafeTensors::deserialize(&mmap).map_err(|e| LlamaIoError::Format {
-        path: path.to_path_buf(),
-        msg: format!("not a valid safetensors file: {e}"),
-    })?;
+    let mut tensors = crate::stored::stored_tensors(path)?;
     let wanted: Vec<String> = match names {
         Some(names) => names.to_vec(),
-        None => tensors.names().into_iter().map(str::to_string).collect(),
+        None => tensors.keys().cloned().collect(),
     };
     for name in wanted {
-        let view = tensors
-            .tensor(&name)
-            .map_err(|_| LlamaIoError::MissingTensor {
+        let tensor = tensors
+            .remove(&name)
+            .ok_or_else(|| LlamaIoError::MissingTensor {
                 path: path.to_path_buf(),
                 tensor: name.clone(),
-            })?;
-        let data =
-            bytes_to_f32(view.dtype(), view.data()).ok_or_else(|| LlamaIoError::Unsupported {
-                path: path.to_path_buf(),
-                msg: format!(
-                    "tensor `{name}` has dtype {:?}; only F32, F16 and BF16 are supported",
-                    view.dtype()
-                ),
             })?;
         if out.contains_key(&name) {
             return Err(LlamaIoError::Format {
@@ -202,46 +188,15 @@ fn read_safetensors(
                 msg: format!("tensor `{name}` appears twice"),
             });
         }
-        let dtype = match view.dtype() {
+        let dtype = match tensor.dtype() {
             Dtype::F16 => GgmlDType::F16,
             Dtype::BF16 => GgmlDType::BF16,
             _ => GgmlDType::F32,
         };
         dtypes.insert(name.clone(), dtype);
-        out.insert(
-            name,
-            HostTensor {
-                shape: view.shape().to_vec(),
-                data,
-            },
-        );
+        out.insert(name, SourceTensor::Stored(tensor));
     }
     Ok(())
-}
-
-/// Little-endian f32 / f16 / bf16 bytes to f32; `None` for other dtypes.
-fn bytes_to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
-    match dtype {
-        Dtype::F32 => Some(
-            bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-        ),
-        Dtype::F16 => Some(
-            bytes
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-        ),
-        Dtype::BF16 => Some(
-            bytes
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-        ),
-        _ => None,
-    }
 }
 
 /// Little-endian bytes of `values` stored as `dtype` (f16 and bf16 round to nearest even).
@@ -259,12 +214,17 @@ pub(crate) fn float_bytes(values: &[f32], dtype: WeightDtype) -> Vec<u8> {
     }
 }
 
-/// One f32 weight seen as a safetensors tensor of the output dtype; the bytes are
-/// produced when the serializer asks for them, one tensor at a time.
+/// One model tensor seen as a safetensors tensor of the output dtype; its values are
+/// read (a stored weight from its file) and converted when the serializer asks for
+/// them, one tensor at a time, so a model is never whole in memory while written.
 struct FloatTensor<'a> {
     dtype: WeightDtype,
     shape: Vec<usize>,
-    data: &'a [f32],
+    model: &'a Model,
+    role: TensorRole,
+    /// The first read error: [`View::data`] cannot fail, so the writer reports it
+    /// after the serializer returns (and the directory being built is dropped).
+    error: &'a RefCell<Option<LlamaIoError>>,
 }
 
 impl View for FloatTensor<'_> {
@@ -277,11 +237,17 @@ impl View for FloatTensor<'_> {
     }
 
     fn data(&self) -> Cow<'_, [u8]> {
-        Cow::Owned(float_bytes(self.data, self.dtype))
+        match self.model.tensor(self.role) {
+            Ok(values) => Cow::Owned(float_bytes(&values, self.dtype)),
+            Err(e) => {
+                self.error.borrow_mut().get_or_insert(e);
+                Cow::Owned(Vec::new())
+            }
+        }
     }
 
     fn data_len(&self) -> usize {
-        self.data.len() * self.dtype.safetensors_dtype().bitsize() / 8
+        self.shape.iter().product::<usize>() * self.dtype.safetensors_dtype().bitsize() / 8
     }
 }
 
@@ -480,7 +446,8 @@ pub fn write_hf_dir_with(
     extras: &DirExtras,
 ) -> Result<()> {
     let mut config = model.config().to_hf_json(dtype.torch_name());
-    let tensors = output_tensors(model, dtype, extras)?;
+    let read_error = RefCell::new(None);
+    let tensors = output_tensors(model, dtype, extras, &read_error)?;
     let Value::Object(map) = &mut config else {
         unreachable!("a config serialises to a JSON object")
     };
@@ -493,7 +460,7 @@ pub fn write_hf_dir_with(
         map.insert(key.clone(), value.clone());
     }
     atomic_fs::write_dir(dir, overwrite, |temp| {
-        write_dir_contents(model, temp, &config, tensors)
+        write_dir_contents(model, temp, &config, tensors, &read_error)
     })
 }
 
@@ -503,6 +470,7 @@ fn output_tensors<'a>(
     model: &'a Model,
     dtype: WeightDtype,
     extras: &'a DirExtras,
+    read_error: &'a RefCell<Option<LlamaIoError>>,
 ) -> Result<Vec<(String, OutputTensor<'a>)>> {
     let roles = TensorRole::all(model.config());
     let model_names: BTreeSet<String> = roles.iter().map(|r| r.hf_name()).collect();
@@ -522,7 +490,9 @@ fn output_tensors<'a>(
         let tensor = FloatTensor {
             dtype,
             shape: role.shape(model.config()),
-            data: model.tensor(role)?,
+            model,
+            role,
+            error: read_error,
         };
         tensors.push((name, OutputTensor::Float(tensor)));
     }
@@ -565,6 +535,7 @@ fn write_dir_contents(
     dir: &Path,
     config: &Value,
     tensors: Vec<(String, OutputTensor<'_>)>,
+    read_error: &RefCell<Option<LlamaIoError>>,
 ) -> Result<()> {
     write_json(&dir.join(CONFIG), config)?;
 
@@ -576,6 +547,9 @@ fn write_dir_contents(
             msg: format!("could not write safetensors: {e}"),
         }
     })?;
+    if let Some(e) = read_error.take() {
+        return Err(e);
+    }
     // The safetensors writer creates its file owner-only (0600); a model directory is
     // as readable as the other files written here.
     #[cfg(unix)]

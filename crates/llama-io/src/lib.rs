@@ -5,6 +5,8 @@
 // "Module order" lists what each one uses).
 // Foundations.
 pub mod error;
+// Float tensors left in their safetensors files (uses error).
+pub mod stored;
 // Host views of tensors; rayon loops that follow a `Par`.
 mod host;
 // Vectorised kernels.
@@ -53,5 +55,6 @@ pub use inspect::{Inventory, TensorSummary, inspect};
 pub use linear::{LinearInput, LinearKind};
 pub use model::{HostTensor, Model};
 pub use names::TensorRole;
+pub use stored::{StoredTensor, stored_tensors};
 pub use perplexity::{PerplexityReport, perplexity, perplexity_from, sample_calibration};
 pub use tokenizer::TokenizerSource;

@@ -1,10 +1,14 @@
 //! [`Model`]: the f32 weights of a Llama model in the Hugging Face layout, its
 //! configuration and (optionally) its tokenizer.
 //!
-//! Every weight lives in its own contiguous `Vec<f32>`; a linear layer's buffer is the
-//! PyTorch weight `(out x in)` row-major, which is the paper's `W` (`in x out`)
-//! column-major, so a caller can view it as a matrix without a copy.
+//! Every weight lives in its own contiguous `Vec<f32>`, except the linear layers of a
+//! model read from safetensors, which stay in their file in the stored dtype
+//! ([`StoredTensor`]) until they are changed, so that a model larger than the memory is
+//! only ever in f32 one layer at a time. A linear layer's values are the PyTorch weight
+//! `(out x in)` row-major, which is the paper's `W` (`in x out`) column-major, so a
+//! caller can view them as a matrix without a copy.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -16,6 +20,7 @@ use crate::config::LlamaConfig;
 use crate::error::{LlamaIoError, Result};
 use crate::linear::LinearKind;
 use crate::names::{Naming, TensorRole, missing_before_sizing};
+use crate::stored::StoredTensor;
 use crate::tokenizer::TokenizerSource;
 
 /// A dense f32 tensor on the host: shape (outermost first) and row-major data.
@@ -27,15 +32,56 @@ pub struct HostTensor {
     pub data: Vec<f32>,
 }
 
+/// A tensor as a reader hands it over: values in memory, or left in its file.
+pub(crate) enum SourceTensor {
+    Host(HostTensor),
+    Stored(StoredTensor),
+}
+
+impl SourceTensor {
+    fn shape(&self) -> &[usize] {
+        match self {
+            SourceTensor::Host(t) => &t.shape,
+            SourceTensor::Stored(t) => t.shape(),
+        }
+    }
+}
+
+/// A tensor's values (a linear layer's weight: `(out x in)` row-major): in memory,
+/// or in its file.
+#[derive(Debug, Clone)]
+pub(crate) enum TensorValues {
+    Resident(Vec<f32>),
+    Stored(StoredTensor),
+}
+
+impl TensorValues {
+    /// The values: borrowed when resident, read from the file otherwise.
+    pub(crate) fn values(&self) -> Result<Cow<'_, [f32]>> {
+        match self {
+            TensorValues::Resident(v) => Ok(Cow::Borrowed(v)),
+            TensorValues::Stored(t) => Ok(Cow::Owned(t.read()?)),
+        }
+    }
+
+    /// The values, moved out when resident, read from the file otherwise.
+    fn into_values(self) -> Result<Vec<f32>> {
+        match self {
+            TensorValues::Resident(v) => Ok(v),
+            TensorValues::Stored(t) => t.read(),
+        }
+    }
+}
+
 /// The weights of one decoder block.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub(crate) struct BlockWeights {
     /// RMSNorm gain before attention (`input_layernorm`), `hidden` values.
     pub(crate) attn_norm: Vec<f32>,
     /// RMSNorm gain before the MLP (`post_attention_layernorm`), `hidden` values.
     pub(crate) mlp_norm: Vec<f32>,
-    /// The seven linear weights, indexed by [`LinearKind::index`], `(out x in)` row-major.
-    pub(crate) linears: [Vec<f32>; 7],
+    /// The seven linear weights, indexed by [`LinearKind::index`].
+    pub(crate) linears: [TensorValues; 7],
 }
 
 /// A Llama model held in f32 on the host, in the Hugging Face layout (RoPE
@@ -68,7 +114,21 @@ impl Model {
     /// embedding is tied. `source` names the origin in errors.
     pub fn from_hf_tensors(
         config: LlamaConfig,
-        mut tensors: HashMap<String, HostTensor>,
+        tensors: HashMap<String, HostTensor>,
+        tokenizer: Option<Tokenizer>,
+        source: &Path,
+    ) -> Result<Self> {
+        let tensors = tensors
+            .into_iter()
+            .map(|(name, t)| (name, SourceTensor::Host(t)))
+            .collect();
+        Self::from_hf_sources(config, tensors, tokenizer, source)
+    }
+
+    /// [`Model::from_hf_tensors`] for tensors in memory or left in their files.
+    pub(crate) fn from_hf_sources(
+        config: LlamaConfig,
+        mut tensors: HashMap<String, SourceTensor>,
         tokenizer: Option<Tokenizer>,
         source: &Path,
     ) -> Result<Self> {
@@ -81,11 +141,12 @@ impl Model {
     }
 
     /// Builds a model from `tensors` named by `naming`: each role of
-    /// [`TensorRole::all`] must be present with its shape and finite values, and no
-    /// other tensor may be left over. Errors use the file's own names.
+    /// [`TensorRole::all`] must be present with its shape and finite values (a stored
+    /// tensor is read once to check), and no other tensor may be left over; stored
+    /// linear weights stay in their file. Errors use the file's own names.
     pub(crate) fn from_named_tensors(
         config: LlamaConfig,
-        mut tensors: HashMap<String, HostTensor>,
+        mut tensors: HashMap<String, SourceTensor>,
         tokenizer: Option<Tokenizer>,
         source: &Path,
         naming: Naming,
@@ -98,7 +159,7 @@ impl Model {
                 tensor: naming(role),
             });
         }
-        let mut take = |role: TensorRole| -> Result<Vec<f32>> {
+        let mut take = |role: TensorRole| -> Result<TensorValues> {
             let name = naming(role);
             let tensor = tensors
                 .remove(&name)
@@ -106,29 +167,28 @@ impl Model {
                     path: source.to_path_buf(),
                     tensor: name.clone(),
                 })?;
-            check_tensor(&name, &role.shape(&config), &tensor, source)?;
-            Ok(tensor.data)
+            check_tensor(&name, &role.shape(&config), tensor, source)
         };
-        let embedding = take(TensorRole::Embedding)?;
+        let embedding = take(TensorRole::Embedding)?.into_values()?;
         let mut blocks = Vec::with_capacity(config.num_hidden_layers);
         for b in 0..config.num_hidden_layers {
-            let attn_norm = take(TensorRole::AttnNorm(b))?;
-            let mlp_norm = take(TensorRole::MlpNorm(b))?;
-            let mut linears: [Vec<f32>; 7] = Default::default();
+            let attn_norm = take(TensorRole::AttnNorm(b))?.into_values()?;
+            let mlp_norm = take(TensorRole::MlpNorm(b))?.into_values()?;
+            let mut linears = Vec::with_capacity(LinearKind::ALL.len());
             for kind in LinearKind::ALL {
-                linears[kind.index()] = take(TensorRole::Linear(b, kind))?;
+                linears.push(take(TensorRole::Linear(b, kind))?);
             }
             blocks.push(BlockWeights {
                 attn_norm,
                 mlp_norm,
-                linears,
+                linears: linears.try_into().expect("one weight per kind"),
             });
         }
-        let final_norm = take(TensorRole::FinalNorm)?;
+        let final_norm = take(TensorRole::FinalNorm)?.into_values()?;
         let lm_head = if config.tie_word_embeddings {
             None
         } else {
-            Some(take(TensorRole::LmHead)?)
+            Some(take(TensorRole::LmHead)?.into_values()?)
         };
         if let Some(name) = tensors.keys().min() {
             return Err(unexpected_tensor(name, source));
@@ -233,9 +293,18 @@ impl Model {
     }
 
     /// The weight of linear layer `kind` of block `block`: `(out x in)` row-major,
-    /// i.e. `W` (`in x out`) column-major.
-    pub fn linear_weight(&self, block: usize, kind: LinearKind) -> Result<&[f32]> {
+    /// i.e. `W` (`in x out`) column-major; read from its file when it is stored there.
+    pub fn linear_weight(&self, block: usize, kind: LinearKind) -> Result<Cow<'_, [f32]>> {
         self.tensor(TensorRole::Linear(block, kind))
+    }
+
+    /// Whether the weight of linear layer `kind` of block `block` is in memory (not
+    /// left in a file).
+    pub fn is_resident(&self, block: usize, kind: LinearKind) -> Result<bool> {
+        Ok(matches!(
+            self.block(block)?.linears[kind.index()],
+            TensorValues::Resident(_)
+        ))
     }
 
     /// Replaces the weight of linear layer `kind` of block `block` with `data`
@@ -258,7 +327,47 @@ impl Model {
             )));
         }
         check_finite(&name, data)?;
-        self.blocks[block].linears[kind.index()].copy_from_slice(data);
+        self.blocks[block].linears[kind.index()] = TensorValues::Resident(data.to_vec());
+        Ok(())
+    }
+
+    /// Reads the linear weights of `block` that are stored in a file into memory, where
+    /// they stay until replaced (the forward pass then reads none of them from disk).
+    ///
+    /// # Errors
+    /// A block out of range; a stored weight that cannot be read.
+    pub fn make_resident(&mut self, block: usize) -> Result<()> {
+        self.block(block)?;
+        for weight in &mut self.blocks[block].linears {
+            if let TensorValues::Stored(t) = weight {
+                *weight = TensorValues::Resident(t.read()?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces the weight of linear layer `kind` of block `block` with `tensor`, left
+    /// in its file (this is how a finished block leaves the memory: its weights are
+    /// read from where they were saved). The shape must be `(out, in)`, otherwise
+    /// nothing changes; the values are checked when read.
+    pub fn set_linear_stored(
+        &mut self,
+        block: usize,
+        kind: LinearKind,
+        tensor: StoredTensor,
+    ) -> Result<()> {
+        let (out, inp) = self.linear_shape(kind);
+        self.block(block)?;
+        if tensor.shape() != [out, inp] {
+            return Err(LlamaIoError::InvalidArgument(format!(
+                "stored weight `{}` in {} for `{}` has shape {:?}, expected [{out}, {inp}]",
+                tensor.name(),
+                tensor.path().display(),
+                kind.hf_name(block),
+                tensor.shape()
+            )));
+        }
+        self.blocks[block].linears[kind.index()] = TensorValues::Stored(tensor);
         Ok(())
     }
 
@@ -272,29 +381,34 @@ impl Model {
         self.lm_head.as_deref().unwrap_or(&self.embedding)
     }
 
-    /// Every stored tensor as (Hugging Face name, shape, data), in the order of
-    /// [`TensorRole::all`]; `lm_head.weight` only when untied.
-    pub fn hf_tensors(&self) -> Vec<(String, Vec<usize>, &[f32])> {
+    /// Every tensor as (Hugging Face name, shape, values), in the order of
+    /// [`TensorRole::all`]; `lm_head.weight` only when untied. Stored linear weights
+    /// are all read: for a model larger than the memory, use [`Model::tensor`] one
+    /// role at a time.
+    ///
+    /// # Errors
+    /// A stored weight that cannot be read.
+    pub fn hf_tensors(&self) -> Result<Vec<(String, Vec<usize>, Cow<'_, [f32]>)>> {
         TensorRole::all(&self.config)
             .into_iter()
-            .map(|role| {
-                let data = self.tensor(role).unwrap_or_default();
-                (role.hf_name(), role.shape(&self.config), data)
-            })
+            .map(|role| Ok((role.hf_name(), role.shape(&self.config), self.tensor(role)?)))
             .collect()
     }
 
     /// The values of the tensor that plays `role`, row-major (the embedding for a
-    /// tied head); an error for a block index out of range.
-    pub fn tensor(&self, role: TensorRole) -> Result<&[f32]> {
-        Ok(match role {
+    /// tied head); a stored linear weight is read from its file.
+    ///
+    /// # Errors
+    /// A block index out of range; a stored weight that cannot be read.
+    pub fn tensor(&self, role: TensorRole) -> Result<Cow<'_, [f32]>> {
+        Ok(Cow::Borrowed(match role {
             TensorRole::Embedding => &self.embedding,
             TensorRole::AttnNorm(b) => &self.block(b)?.attn_norm,
             TensorRole::MlpNorm(b) => &self.block(b)?.mlp_norm,
-            TensorRole::Linear(b, kind) => &self.block(b)?.linears[kind.index()],
+            TensorRole::Linear(b, kind) => return self.block(b)?.linears[kind.index()].values(),
             TensorRole::FinalNorm => &self.final_norm,
             TensorRole::LmHead => self.lm_head(),
-        })
+        }))
     }
 }
 
@@ -323,16 +437,29 @@ impl std::fmt::Debug for Model {
     }
 }
 
-/// Shape and finiteness check of one tensor read from `source`.
-fn check_tensor(name: &str, expected: &[usize], tensor: &HostTensor, source: &Path) -> Result<()> {
-    if tensor.shape != expected {
+/// Shape and finiteness check of one tensor read from `source` (a stored tensor is read
+/// once to check it); its values.
+fn check_tensor(
+    name: &str,
+    expected: &[usize],
+    tensor: SourceTensor,
+    source: &Path,
+) -> Result<TensorValues> {
+    if tensor.shape() != expected {
         return Err(LlamaIoError::Shape {
             path: source.to_path_buf(),
             tensor: name.to_string(),
             expected: expected.to_vec(),
-            actual: tensor.shape.clone(),
+            actual: tensor.shape().to_vec(),
         });
     }
+    let tensor = match tensor {
+        SourceTensor::Host(t) => t,
+        SourceTensor::Stored(t) => {
+            t.read()?;
+            return Ok(TensorValues::Stored(t));
+        }
+    };
     if tensor.data.len() != expected.iter().product::<usize>() {
         return Err(LlamaIoError::Format {
             path: source.to_path_buf(),
@@ -343,7 +470,7 @@ fn check_tensor(name: &str, expected: &[usize], tensor: &HostTensor, source: &Pa
         });
     }
     if tensor.data.iter().all(|x| x.is_finite()) {
-        Ok(())
+        Ok(TensorValues::Resident(tensor.data))
     } else {
         Err(LlamaIoError::Format {
             path: source.to_path_buf(),

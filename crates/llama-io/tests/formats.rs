@@ -16,6 +16,7 @@ use proptest::prelude::*;
 fn model_tensors(model: &Model) -> Tensors {
     model
         .hf_tensors()
+        .unwrap()
         .into_iter()
         .map(|(n, s, d)| (n, (s, d.to_vec())))
         .collect()

@@ -17,6 +17,7 @@ use llama_io::{
 fn tensors_of(model: &Model) -> Tensors {
     model
         .hf_tensors()
+        .unwrap()
         .into_iter()
         .map(|(n, s, d)| (n, (s, d.to_vec())))
         .collect()
@@ -289,7 +290,7 @@ fn former_packed_writer(model: &Model, dir: &Path, dtype: WeightDtype) {
     use safetensors::{Dtype, View};
     use std::borrow::Cow;
     enum AnyTensor<'a> {
-        Float(Vec<usize>, &'a [f32]),
+        Float(Vec<usize>, std::borrow::Cow<'a, [f32]>),
         Packed(Vec<usize>, &'a TensorData),
     }
     let st_dtype = match dtype {

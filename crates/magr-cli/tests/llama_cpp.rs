@@ -180,7 +180,7 @@ fn llama_cpp_reads_magr_gguf_files_as_magr_does() {
                 let a = from_gguf.linear_weight(block, kind).unwrap();
                 let b = from_fake.linear_weight(block, kind).unwrap();
                 assert!(
-                    a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                    a.iter().zip(b.iter()).all(|(x, y)| x.to_bits() == y.to_bits()),
                     "{ty}: {} differs",
                     kind.hf_name(block)
                 );
@@ -284,6 +284,7 @@ fn llama_cpp_reads_every_k_quant_of_a_generated_model() {
     let generated = common::k_quant_model(8, 11);
     let tensors: std::collections::HashMap<String, HostTensor> = generated
         .hf_tensors()
+        .unwrap()
         .into_iter()
         .map(|(name, shape, data)| {
             let scale = if name == "model.embed_tokens.weight" {

@@ -41,7 +41,7 @@ impl PipelineObserver for FirstBlock<'_> {
 
     fn block_finished(
         &mut self,
-        model: &Model,
+        model: &mut Model,
         state: &PipelineState,
     ) -> Result<(), PipelineError> {
         self.0.block_finished(model, state)?;
