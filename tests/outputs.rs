@@ -276,6 +276,14 @@ fn a_resumed_run_gives_the_same_bytes() {
         ..common::Feed::new(&mut gptq)
     };
     let resumed_report = continue_quantize_model(&mut resumed, state, &s, &mut feed).unwrap();
+    // Every block saved in the checkpoint left the memory: its weights are read from
+    // the block file (the run without a checkpoint keeps them in memory).
+    for block in 0..whole.num_blocks() {
+        for kind in LinearKind::ALL {
+            assert!(!resumed.is_resident(block, kind).unwrap());
+            assert!(whole.is_resident(block, kind).unwrap());
+        }
+    }
     assert_eq!(weight_bits(&resumed), weight_bits(&whole));
     assert_eq!(untimed(&resumed_report), untimed(&report));
     for block in 0..whole.num_blocks() {

@@ -162,7 +162,7 @@ fn same_inputs_give_the_same_bytes() {
         quantize_model(&mut model, &calibration, &s, &mut |_| {}).unwrap();
         model
             .hf_tensors()
-        .unwrap()
+            .unwrap()
             .into_iter()
             .flat_map(|(_, _, d)| d.to_vec())
             .map(f32::to_bits)

@@ -164,7 +164,10 @@ pub(crate) fn read_gguf(path: &Path) -> Result<Model> {
             }
             _ => data,
         };
-        tensors.insert(gguf_name.clone(), SourceTensor::Host(HostTensor { shape, data }));
+        tensors.insert(
+            gguf_name.clone(),
+            SourceTensor::Host(HostTensor { shape, data }),
+        );
     }
 
     let tokenizer = if content.metadata.contains_key("tokenizer.ggml.tokens") {

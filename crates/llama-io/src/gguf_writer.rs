@@ -381,9 +381,7 @@ fn tensor_bytes(tensor: &Planned<'_>, model: &Model) -> std::io::Result<Vec<u8>>
     let io_error = |e: LlamaIoError| std::io::Error::other(e.to_string());
     match tensor.payload {
         Payload::Encoded(data) => match tensor.permute_heads {
-            Some(heads) => {
-                permute_qk_rows(data, rows, data.len() / rows, heads).map_err(io_error)
-            }
+            Some(heads) => permute_qk_rows(data, rows, data.len() / rows, heads).map_err(io_error),
             None => Ok(data.to_vec()),
         },
         Payload::Float(role) => {

@@ -17,8 +17,8 @@ use serde_json::{Map, Value};
 use crate::config::LlamaConfig;
 use crate::error::{LlamaIoError, Result};
 use crate::model::{Model, SourceTensor};
-use crate::stored::bytes_to_f32;
 use crate::names::TensorRole;
+use crate::stored::bytes_to_f32;
 use crate::tokenizer::TokenizerSource;
 
 const CONFIG: &str = "config.json";

@@ -55,6 +55,6 @@ pub use inspect::{Inventory, TensorSummary, inspect};
 pub use linear::{LinearInput, LinearKind};
 pub use model::{HostTensor, Model};
 pub use names::TensorRole;
-pub use stored::{StoredTensor, stored_tensors};
 pub use perplexity::{PerplexityReport, perplexity, perplexity_from, sample_calibration};
+pub use stored::{StoredTensor, stored_tensors};
 pub use tokenizer::TokenizerSource;

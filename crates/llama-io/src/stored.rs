@@ -110,9 +110,8 @@ pub fn stored_tensors(path: &Path) -> Result<HashMap<String, StoredTensor>> {
     // function; another process changing the file could give a wrong header (caught
     // as an error) but no undefined behaviour in code that only reads bytes.
     let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(io_error)?;
-    let (header_len, metadata) = SafeTensors::read_metadata(&mmap).map_err(|e| {
-        LlamaIoError::format(path, format!("not a valid safetensors file: {e}"))
-    })?;
+    let (header_len, metadata) = SafeTensors::read_metadata(&mmap)
+        .map_err(|e| LlamaIoError::format(path, format!("not a valid safetensors file: {e}")))?;
     drop(mmap);
     let file = Arc::new(file);
     let path = Arc::new(path.to_path_buf());

@@ -65,7 +65,12 @@ fn bits(x: &[f32]) -> Vec<u32> {
 
 /// Every tensor of `a` and `b` equal bit for bit.
 fn assert_same_weights(a: &Model, b: &Model) {
-    for ((name, shape, x), (_, shape_b, y)) in a.hf_tensors().unwrap().into_iter().zip(b.hf_tensors().unwrap()) {
+    for ((name, shape, x), (_, shape_b, y)) in a
+        .hf_tensors()
+        .unwrap()
+        .into_iter()
+        .zip(b.hf_tensors().unwrap())
+    {
         assert_eq!(shape, shape_b, "{name}");
         assert_eq!(bits(&x), bits(&y), "{name}");
     }

@@ -180,7 +180,9 @@ fn llama_cpp_reads_magr_gguf_files_as_magr_does() {
                 let a = from_gguf.linear_weight(block, kind).unwrap();
                 let b = from_fake.linear_weight(block, kind).unwrap();
                 assert!(
-                    a.iter().zip(b.iter()).all(|(x, y)| x.to_bits() == y.to_bits()),
+                    a.iter()
+                        .zip(b.iter())
+                        .all(|(x, y)| x.to_bits() == y.to_bits()),
                     "{ty}: {} differs",
                     kind.hf_name(block)
                 );
