@@ -75,12 +75,11 @@ fn output_error(path: &Path, e: impl std::fmt::Display) -> PipelineError {
 }
 
 /// Serializes `tensors` with `metadata` to `path`, atomically.
-fn write_tensors(
+fn write_tensors<V: safetensors::View>(
     path: &Path,
-    tensors: &[NamedTensor],
+    views: impl IntoIterator<Item = (String, V)>,
     metadata: HashMap<String, String>,
 ) -> Result<(), PipelineError> {
-    let views = tensors.iter().map(|t| (t.name.as_str(), t));
     atomic_fs::write_with(path, |partial| {
         safetensors::serialize_to_file(views, Some(metadata), partial)
             .map_err(|e| output_error(partial, e))
@@ -171,19 +170,15 @@ impl RunCheckpoint {
             }));
             metadata.extend(entries.into_iter().map(|(k, v)| (format!("{name}/{k}"), v)));
         }
-        write_tensors(&self.block_path(block), &tensors, metadata)?;
+        let views = tensors.iter().map(|t| (t.name.clone(), t));
+        write_tensors(&self.block_path(block), views, metadata)?;
         drop(tensors);
         self.leave_weights_in_file(model, block)?;
 
-        let mut hidden = Vec::new();
-        for (i, h) in state.hidden.iter().enumerate() {
-            hidden.push(NamedTensor {
-                name: format!("batch.{i}"),
-                shape: h.dims().to_vec(),
-                data: TensorData::F32(h.flatten_all()?.to_vec1::<f32>()?),
-            });
-        }
-        write_tensors(&self.hidden_path(state.next_block), &hidden, HashMap::new())?;
+        // Each batch's bytes are made when written (candle's `View`), one batch at a
+        // time: the hidden states are never twice in memory.
+        let hidden = (state.hidden.iter().enumerate()).map(|(i, h)| (format!("batch.{i}"), h));
+        write_tensors(&self.hidden_path(state.next_block), hidden, HashMap::new())?;
 
         let file = StateFile {
             fingerprint: self.fingerprint.clone(),
@@ -311,19 +306,17 @@ impl RunCheckpoint {
                     .map_err(|e| output_error(&path, e))?;
             }
         }
+        // One batch at a time: the file is never whole in memory.
         let path = self.hidden_path(file.next_block);
-        let (tensors, _) = read_tensors(&path, &read_file(&path)?)?;
-        let mut batches: HashMap<String, NamedTensor> =
-            tensors.into_iter().map(|t| (t.name.clone(), t)).collect();
+        let mut batches = llama_io::stored_tensors(&path)?;
         let mut hidden = Vec::new();
         for i in 0..batches.len() {
             let name = format!("batch.{i}");
             match batches.remove(&name) {
-                Some(NamedTensor {
-                    shape,
-                    data: TensorData::F32(values),
-                    ..
-                }) => hidden.push(Tensor::from_vec(values, shape, model.device())?),
+                Some(t) if t.dtype() == safetensors::Dtype::F32 => {
+                    let shape = t.shape().to_vec();
+                    hidden.push(Tensor::from_vec(t.read()?, shape, model.device())?);
+                }
                 _ => return Err(output_error(&path, format!("no f32 tensor {name}"))),
             }
         }

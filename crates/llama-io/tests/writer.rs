@@ -290,7 +290,7 @@ fn former_packed_writer(model: &Model, dir: &Path, dtype: WeightDtype) {
     use safetensors::{Dtype, View};
     use std::borrow::Cow;
     enum AnyTensor<'a> {
-        Float(Vec<usize>, std::borrow::Cow<'a, [f32]>),
+        Float(Vec<usize>, Cow<'a, [f32]>),
         Packed(Vec<usize>, &'a TensorData),
     }
     let st_dtype = match dtype {
