@@ -539,24 +539,9 @@ fn write_dir_contents(
 ) -> Result<()> {
     write_json(&dir.join(CONFIG), config)?;
 
-    let weights_path = dir.join(WEIGHTS);
-    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-    safetensors::serialize_to_file(tensors, Some(metadata), &weights_path).map_err(|e| {
-        LlamaIoError::Format {
-            path: weights_path.clone(),
-            msg: format!("could not write safetensors: {e}"),
-        }
-    })?;
+    write_safetensors(tensors, &dir.join(WEIGHTS))?;
     if let Some(e) = read_error.take() {
         return Err(e);
-    }
-    // The safetensors writer creates its file owner-only (0600); a model directory is
-    // as readable as the other files written here.
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(&weights_path, fs::Permissions::from_mode(0o644))
-            .map_err(io_error(&weights_path))?;
     }
 
     if let Some(tokenizer) = &model.tokenizer {
@@ -567,6 +552,24 @@ fn write_dir_contents(
         for (name, value) in crate::hf_tokenizer::tokenizer_files(model)? {
             write_json(&dir.join(name), &value)?;
         }
+    }
+    Ok(())
+}
+
+/// Writes the safetensors file `path` of a model directory (metadata `format: pt`, as
+/// `transformers` writes it), readable by all like the directory's other files.
+pub(crate) fn write_safetensors<S: AsRef<str> + Ord + std::fmt::Display, V: View>(
+    tensors: impl IntoIterator<Item = (S, V)>,
+    path: &Path,
+) -> Result<()> {
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::serialize_to_file(tensors, Some(metadata), path)
+        .map_err(|e| LlamaIoError::format(path, format!("could not write safetensors: {e}")))?;
+    // The safetensors writer creates its file owner-only (0600).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o644)).map_err(io_error(path))?;
     }
     Ok(())
 }

@@ -35,6 +35,8 @@ pub mod inspect;
 pub mod gguf;
 // The GGUF writer (uses model, names, tokenizer, gguf).
 pub mod gguf_writer;
+// Random models of any shape (uses config, names, hf).
+pub mod generate;
 // `Model::load` (uses hf, gguf).
 mod load;
 // The forward pass.

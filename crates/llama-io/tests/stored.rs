@@ -173,3 +173,62 @@ fn a_non_finite_stored_weight_is_refused_at_load_naming_the_file_and_tensor() {
         "{err}"
     );
 }
+
+#[test]
+fn a_generated_model_loads_with_the_drawn_laws_and_the_same_seed_gives_the_same_bytes() {
+    use llama_io::generate::{SHAPES, WEIGHT_STD, shape, write_random_model};
+    let dir = TempDir::new("generated");
+    let config = shape("tiny").unwrap();
+    assert!(SHAPES.iter().all(|(name, _)| shape(name).is_some()));
+    let mut calls = Vec::new();
+    let a = dir.path().join("a");
+    write_random_model(&config, &a, 7, false, &mut |done, total| {
+        calls.push((done, total))
+    })
+    .unwrap();
+    assert_eq!(calls.last(), Some(&(3, 3)));
+    let b = dir.path().join("b");
+    write_random_model(&config, &b, 7, false, &mut |_, _| {}).unwrap();
+    let shard = "model-00002-of-00003.safetensors";
+    assert_eq!(
+        std::fs::read(a.join(shard)).unwrap(),
+        std::fs::read(b.join(shard)).unwrap()
+    );
+    // An existing directory is kept without `overwrite`.
+    assert!(write_random_model(&config, &a, 8, false, &mut |_, _| {}).is_err());
+
+    let model = Model::load(&a).unwrap();
+    assert_eq!(model.config(), &config);
+    assert!(!model.is_resident(1, LinearKind::Up).unwrap());
+    // The weights: mean about 0, standard deviation WEIGHT_STD, heavy tails (Student-t
+    // with 4 degrees of freedom has kurtosis beyond the normal's 3); the norms are 1.
+    let w = model.linear_weight(1, LinearKind::Up).unwrap();
+    let n = w.len() as f64;
+    let mean = w.iter().map(|&x| f64::from(x)).sum::<f64>() / n;
+    let var = w
+        .iter()
+        .map(|&x| (f64::from(x) - mean).powi(2))
+        .sum::<f64>()
+        / n;
+    let kurtosis = w
+        .iter()
+        .map(|&x| (f64::from(x) - mean).powi(4))
+        .sum::<f64>()
+        / n
+        / var.powi(2);
+    assert!(mean.abs() < 0.1 * f64::from(WEIGHT_STD), "{mean}");
+    approx::assert_relative_eq!(var.sqrt(), f64::from(WEIGHT_STD), max_relative = 0.1);
+    assert!(kurtosis > 4.0, "{kurtosis}");
+    assert!(
+        model
+            .tensor(llama_io::TensorRole::AttnNorm(0))
+            .unwrap()
+            .iter()
+            .all(|&g| g == 1.0)
+    );
+    // Its tokenizer encodes any text below the vocabulary, and it runs.
+    let ids = model.encode("Any text, even ünïcödé.").unwrap();
+    assert!(ids.iter().all(|&id| (id as usize) < config.vocab_size));
+    let logits = model.forward(&[&ids], Par::Seq).unwrap();
+    assert_eq!(logits.dims(), &[1, ids.len(), config.vocab_size]);
+}
