@@ -39,6 +39,7 @@ use std::process::{Command, ExitCode, Stdio};
 
 mod gguf_bench;
 mod results;
+mod scale;
 mod seeds;
 mod table;
 
@@ -65,6 +66,11 @@ commands:
            RTN, MagR+RTN, OPTQ, MagR+OPTQ (200 plain MagR iterations and FISTA), MagR+OPTQ-dagger
            at w4, w3 per channel, w3 and w2 with groups of 128, over calibration seeds 0, 1, 2:
            mean and spread of WikiText-2 and Lee-corpus perplexity, into docs/results.md
+  bench --scale [--nsamples N] [--no-magr]
+           MagR+OPTQ w4 (OPTQ alone with --no-magr) on the first 2 blocks of a generated
+           7B-shaped model (written once, 1.9 GB) with N x 2048 calibration tokens (default
+           128): seconds per block per stage, extrapolated to 32 blocks, and peak resident
+           memory, into docs/results.md
   bench --micro [ARGS]
            the projection benchmarks (ARGS go to criterion), then MagR's and OPTQ's speed reports
   fuzz TARGET [--seconds N]
@@ -266,13 +272,44 @@ fn kills(args: &[String]) -> Result<(), String> {
 }
 
 /// `bench`: the SmolLM2 table into `docs/results.md` (see [`table`]); `bench --fresh`
-/// measures every cell again; `bench --gguf` and `bench --seeds` write their own sections
-/// ([`gguf_bench`], [`seeds`]); `bench --micro [ARGS]`: the projection criterion
+/// measures every cell again; `bench --gguf`, `bench --seeds` and `bench --scale` write
+/// their own sections ([`gguf_bench`], [`seeds`], [`scale`]); `bench --micro [ARGS]`: the projection criterion
 /// benchmarks (ARGS go to criterion), then MagR's and OPTQ's speed reports.
 fn bench(args: &[String]) -> Result<(), String> {
     let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
     match args.first().map(String::as_str) {
         Some("--micro") => micro_bench(&args[1..]),
+        Some("--scale") => {
+            let mut options = scale::Options {
+                nsamples: 128,
+                magr: true,
+            };
+            let mut rest = args[1..].iter();
+            while let Some(arg) = rest.next() {
+                match arg.as_str() {
+                    "--no-magr" => options.magr = false,
+                    "--nsamples" => {
+                        let n = rest.next().map_or("", String::as_str);
+                        options.nsamples = n.parse().map_err(|_| {
+                            format!("bench --scale: --nsamples {n:?}: expected a count")
+                        })?;
+                    }
+                    other => {
+                        return Err(format!(
+                            "bench --scale: unknown argument `{other}` (expected \
+                             [--nsamples N] [--no-magr])\n\n{USAGE}"
+                        ));
+                    }
+                }
+            }
+            cargo(&["build", "--release", "-p", "magr-cli"])?;
+            scale::run(
+                root,
+                &root.join("target/release/magr"),
+                &root.join("docs/results.md"),
+                &options,
+            )
+        }
         Some("--seeds") => {
             fetch()?;
             cargo(&["build", "--release", "-p", "magr-cli"])?;

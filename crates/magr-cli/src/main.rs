@@ -6,6 +6,7 @@
 //!               [--out DIR [--formats fake-quant,gptq] [--resume] [--force]] ...
 //! magr eval [--model PATH] [--eval-text PATH] [--eval-seqlen 2048] [--eval-windows 40]
 //! magr inspect PATH
+//! magr gen-model [--shape llama-7b] [--blocks N] [--seed 0] --out DIR
 //! ```
 //!
 //! One module per subcommand under `commands/` (cargo's layout), the arguments they
@@ -42,6 +43,9 @@ enum Command {
     /// Configuration, metadata and tensors (name, dtype, shape, size) of a Hugging Face
     /// directory or a GGUF file, from the headers only.
     Inspect(commands::inspect::InspectArgs),
+    /// A model of a real shape (llama-7b, ...) with random weights, written as a Hugging
+    /// Face directory (f16 shards), for speed and memory measurements.
+    GenModel(commands::gen_model::GenModelArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +54,7 @@ fn main() -> ExitCode {
         Command::Quantize(args) => commands::quantize::run(args, cli.quiet),
         Command::Eval(args) => commands::eval::run(args, cli.quiet),
         Command::Inspect(args) => commands::inspect::run(args),
+        Command::GenModel(args) => commands::gen_model::run(args, cli.quiet),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
