@@ -47,6 +47,7 @@ pub fn run(root: &Path, magr: &Path, results: &Path, options: &Options) -> Resul
     let nsamples = options.nsamples;
     let dir = root.join("target/bench/scale");
     let model = dir.join(format!("llama-7b-{BLOCKS}-blocks"));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     if !model.join("config.json").exists() {
         let status = Command::new(magr)
             .args(["gen-model", "--shape", "llama-7b", "--blocks"])
