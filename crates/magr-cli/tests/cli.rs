@@ -533,6 +533,48 @@ fn gguf_errors_carry_no_backtrace() {
 /// naming the lock, and touches nothing (the first run is this test, holding the lock
 /// as a run does).
 #[test]
+fn a_generated_model_quantizes_and_bad_shapes_are_named() {
+    let dir = workspace("gen-model");
+    let model = dir.join("generated");
+    let (ok, err) = magr(&[
+        "gen-model",
+        "--shape",
+        "tiny",
+        "--out",
+        s(&model),
+        "--quiet",
+    ]);
+    assert!(ok, "{err}");
+    let (ok, err) = magr(&["gen-model", "--shape", "tiny", "--out", s(&model)]);
+    assert!(!ok && err.contains(s(&model)), "{err}");
+    let other = dir.join("other");
+    let (ok, err) = magr(&["gen-model", "--shape", "llama-8b", "--out", s(&other)]);
+    assert!(
+        !ok && err.contains("llama-8b") && err.contains("llama-7b"),
+        "{err}"
+    );
+    let (ok, err) = magr(&[
+        "gen-model",
+        "--shape",
+        "tiny",
+        "--blocks",
+        "3",
+        "--out",
+        s(&other),
+    ]);
+    assert!(!ok && err.contains("--blocks 3"), "{err}");
+    assert!(!other.exists());
+
+    let out = dir.join("out");
+    let (ok, err) = quantize_tiny(&dir, &out, &[("--model", s(&model))]);
+    assert!(ok, "{err}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["pipeline"]["layers"].as_array().unwrap().len(), 14);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn a_second_run_on_the_same_output_is_refused() {
     let dir = workspace("lock");
     let out = dir.join("out");
