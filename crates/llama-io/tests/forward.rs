@@ -183,6 +183,17 @@ fn xtx_accumulator_sums_over_batches_and_sequences() {
             / scale;
         assert!(err < TOL, "{kind}: X^T X relative error {err:e}");
     }
+    // Taking a sum hands it over and leaves nothing summed; an input never captured
+    // holds no buffer and takes out as zeros.
+    let input = LinearInput::MlpHidden;
+    let sum = acc.xtx(LinearKind::Down).to_vec();
+    assert_eq!(acc.take(input), sum);
+    assert!(acc.xtx(LinearKind::Down).is_empty());
+    assert_eq!(acc.tokens(LinearKind::Down), 0);
+    let width = acc.width(LinearKind::Down);
+    assert_eq!(acc.take(input), vec![0.0; width * width]);
+    let fresh = XtxAccumulator::new(model.config(), Par::Seq);
+    assert!(fresh.xtx(LinearKind::Q).is_empty());
 }
 
 #[test]
