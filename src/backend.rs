@@ -10,7 +10,7 @@
 
 use std::fmt;
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use faer::{Mat, MatRef, Par};
 use llama_io::{InputSink, LinearInput, Model, XtxAccumulator};
 use prox_opt::{MagrOptions, MagrReport};
@@ -99,11 +99,12 @@ impl ComputeBackend for Cpu {
                     PipelineError::Calibration("no calibration hidden states".into())
                 })?;
                 let rows = h.dim(0)?;
-                model.run_block_capturing(block, &h.narrow(0, rows - 1, 1)?, par, &mut wanted)?;
+                let last = h.narrow(0, rows - 1, 1)?.to_dtype(DType::F32)?;
+                model.run_block_capturing(block, &last, par, &mut wanted)?;
             }
             Windows::All => {
                 for h in hidden {
-                    model.run_block_capturing(block, h, par, &mut wanted)?;
+                    model.run_block_capturing(block, &h.to_dtype(DType::F32)?, par, &mut wanted)?;
                 }
             }
         }

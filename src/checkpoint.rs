@@ -12,9 +12,9 @@ use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use llama_io::{LinearKind, Model, NamedTensor, TensorData};
-use safetensors::SafeTensors;
+use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -47,7 +47,7 @@ pub struct RunCheckpoint {
 pub fn run_fingerprint(source: &str, settings: &PipelineSettings, windows: &[Vec<u32>]) -> String {
     let summary = format!(
         "{source}; {:?}; preset {:?}; method {} {}; preprocessor {} {}; act_order {}; \
-         true_sequential {}; batch {}; backend {}; {} windows of {} tokens",
+         true_sequential {}; batch {}; hidden {}; backend {}; {} windows of {} tokens",
         settings.spec,
         settings.gguf_preset,
         settings.method.name(),
@@ -57,6 +57,7 @@ pub fn run_fingerprint(source: &str, settings: &PipelineSettings, windows: &[Vec
         settings.act_order,
         settings.true_sequential,
         settings.batch,
+        settings.hidden_dtype.name(),
         settings.backend.name(),
         windows.len(),
         windows.first().map_or(0, Vec::len),
@@ -223,7 +224,7 @@ impl RunCheckpoint {
             let tensor = stored
                 .remove(&name)
                 .ok_or_else(|| output_error(&path, format!("no tensor {name}")))?;
-            if tensor.dtype() != safetensors::Dtype::F32 {
+            if tensor.dtype() != Dtype::F32 {
                 return Err(output_error(
                     &path,
                     format!("{name} is {:?}, expected F32", tensor.dtype()),
@@ -313,11 +314,20 @@ impl RunCheckpoint {
         for i in 0..batches.len() {
             let name = format!("batch.{i}");
             match batches.remove(&name) {
-                Some(t) if t.dtype() == safetensors::Dtype::F32 => {
+                // In the run's hidden dtype, which the file keeps (bf16 widens to f32
+                // and back exactly).
+                Some(t) if matches!(t.dtype(), Dtype::F32 | Dtype::BF16) => {
+                    let dtype = match t.dtype() {
+                        Dtype::BF16 => DType::BF16,
+                        _ => DType::F32,
+                    };
                     let shape = t.shape().to_vec();
-                    hidden.push(Tensor::from_vec(t.read()?, shape, model.device())?);
+                    let values = Tensor::from_vec(t.read()?, shape, model.device())?;
+                    hidden.push(values.to_dtype(dtype)?);
                 }
-                _ => return Err(output_error(&path, format!("no f32 tensor {name}"))),
+                _ => {
+                    return Err(output_error(&path, format!("no f32 or bf16 tensor {name}")));
+                }
             }
         }
         Ok(Some(PipelineState {

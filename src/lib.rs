@@ -41,8 +41,8 @@ pub use output::{
     GptqFormat, OutputFormat, output_format,
 };
 pub use pipeline::{
-    PipelineObserver, PipelineSettings, PipelineState, Progress, continue_quantize_model,
-    quantize_model,
+    HiddenDtype, PipelineObserver, PipelineSettings, PipelineState, Progress,
+    continue_quantize_model, quantize_model,
 };
 pub use preprocess::{
     Identity, MagrSettings, PREPROCESSORS, PreprocessContext, PreprocessOptions, Preprocessed,

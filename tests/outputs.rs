@@ -18,9 +18,10 @@ use magr::quantizers::{GgmlBlockType, GridFit};
 use magr::quantizers::{GptqTensors, GridSpec, QuantizedLinear, ZeroFormat, dequantize_gptq};
 use magr::run::{RunEvents, Staging, run_pipeline, write_outputs};
 use magr::{
-    FormatContext, FormatState, GGUF_FILE, GgufFormat, GgufPreset, GptqFormat, Identity,
-    MagrSettings, Method, OptqCdMethod, OptqMethod, OutputFormat, PipelineError, PipelineSettings,
-    Progress, RtnMethod, RunCheckpoint, continue_quantize_model, quantize_model, run_fingerprint,
+    FormatContext, FormatState, GGUF_FILE, GgufFormat, GgufPreset, GptqFormat, HiddenDtype,
+    Identity, MagrSettings, Method, OptqCdMethod, OptqMethod, OutputFormat, PipelineError,
+    PipelineSettings, Progress, RtnMethod, RunCheckpoint, continue_quantize_model, quantize_model,
+    run_fingerprint,
 };
 use safetensors::{Dtype, SafeTensors};
 
@@ -324,6 +325,67 @@ fn a_resumed_run_gives_the_same_bytes() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("block-0000.safetensors"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bf16_hidden_states_resume_to_the_same_bytes_and_stay_near_f32() {
+    let dir = scratch("resume-bf16");
+    let calibration = windows(5, 24, 3);
+    let spec = GridSpec::reference(4, None).unwrap();
+    let f32_settings = settings(spec, Arc::new(OptqMethod), true, false);
+    let s = PipelineSettings {
+        hidden_dtype: HiddenDtype::Bf16,
+        ..f32_settings.clone()
+    };
+    let mut whole = tiny_model(6);
+    let report = quantize_model(&mut whole, &calibration, &s, &mut |_| {}).unwrap();
+    let mut exact = tiny_model(6);
+    let exact_report =
+        quantize_model(&mut exact, &calibration, &f32_settings, &mut |_| {}).unwrap();
+    assert_ne!(
+        weight_bits(&whole),
+        weight_bits(&exact),
+        "bf16 rounding changes H"
+    );
+    // Each block's input rounded to 8 significant bits moves the layer losses little.
+    approx::assert_relative_eq!(
+        report.summed_layer_loss(),
+        exact_report.summed_layer_loss(),
+        max_relative = 0.05
+    );
+
+    // Killed after block 0: the checkpoint keeps the hidden states in bf16.
+    let checkpoint = RunCheckpoint::new(
+        dir.join("checkpoint"),
+        run_fingerprint("tiny", &s, &calibration),
+    );
+    let mut gptq = gptq_format(spec, false);
+    let mut feed = common::Feed {
+        checkpoint: Some(&checkpoint),
+        fail_after: Some(0),
+        ..common::Feed::new(&mut gptq)
+    };
+    let mut killed = tiny_model(6);
+    quantize_model(&mut killed, &calibration, &s, &mut feed).unwrap_err();
+    let hidden =
+        magr::llama_io::stored_tensors(&dir.join("checkpoint/hidden-0001.safetensors")).unwrap();
+    assert!(hidden.values().all(|t| t.dtype() == Dtype::BF16));
+
+    let mut resumed = tiny_model(6);
+    let mut gptq = gptq_format(spec, false);
+    let state = checkpoint
+        .load(&mut resumed, &mut [&mut gptq])
+        .unwrap()
+        .unwrap();
+    assert!(
+        state
+            .hidden
+            .iter()
+            .all(|h| h.dtype() == candle_core::DType::BF16)
+    );
+    continue_quantize_model(&mut resumed, state, &s, &mut |_| {}).unwrap();
+    assert_eq!(weight_bits(&resumed), weight_bits(&whole));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -556,6 +556,7 @@ mod tests {
                 },
                 act_order: false,
                 true_sequential: false,
+                hidden_dtype: "f32".into(),
                 backend: "cpu".into(),
                 calibration_text: "c.txt".into(),
                 nsamples: 32,

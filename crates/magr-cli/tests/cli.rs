@@ -533,7 +533,7 @@ fn gguf_errors_carry_no_backtrace() {
 /// naming the lock, and touches nothing (the first run is this test, holding the lock
 /// as a run does).
 #[test]
-fn a_generated_model_quantizes_and_bad_shapes_are_named() {
+fn a_generated_model_quantizes_with_bf16_hidden_states_and_bad_shapes_are_named() {
     let dir = workspace("gen-model");
     let model = dir.join("generated");
     let (ok, err) = magr(&[
@@ -566,11 +566,16 @@ fn a_generated_model_quantizes_and_bad_shapes_are_named() {
     assert!(!other.exists());
 
     let out = dir.join("out");
-    let (ok, err) = quantize_tiny(&dir, &out, &[("--model", s(&model))]);
+    let (ok, err) = quantize_tiny(
+        &dir,
+        &out,
+        &[("--model", s(&model)), ("--hidden-dtype", "bf16")],
+    );
     assert!(ok, "{err}");
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     assert_eq!(report["pipeline"]["layers"].as_array().unwrap().len(), 14);
+    assert_eq!(report["settings"]["hidden_dtype"], "bf16");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

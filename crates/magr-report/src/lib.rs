@@ -221,6 +221,10 @@ pub struct SettingsRecord {
     pub act_order: bool,
     /// Inputs captured after the layers before them were quantized.
     pub true_sequential: bool,
+    /// The dtype of the calibration hidden states between blocks (`f32`, `bf16`;
+    /// `f32` in reports written before the option existed).
+    #[serde(default = "f32_name")]
+    pub hidden_dtype: String,
     /// Where the heavy work ran.
     pub backend: String,
     /// Calibration text.
@@ -241,6 +245,10 @@ impl SettingsRecord {
             &self.method.label,
         )
     }
+}
+
+fn f32_name() -> String {
+    "f32".into()
 }
 
 /// Everything `report.json` holds.
@@ -375,11 +383,12 @@ impl RunReport {
         let _ = writeln!(md, "- preprocessor: {}", s.preprocessor.describe());
         let _ = writeln!(
             md,
-            "- calibration: {} windows of {} tokens from `{}`, seed {}",
+            "- calibration: {} windows of {} tokens from `{}`, seed {}; hidden states in {}",
             s.nsamples,
             s.seqlen,
             s.calibration_text.display(),
-            s.seed
+            s.seed,
+            s.hidden_dtype
         );
         for (label, e) in [("float", &self.float), ("quantized", &self.quantized)] {
             if let Some(e) = e {
@@ -496,6 +505,7 @@ mod tests {
                 },
                 act_order: false,
                 true_sequential: false,
+                hidden_dtype: "f32".into(),
                 backend: "cpu".into(),
                 calibration_text: "c.txt".into(),
                 nsamples: 4,

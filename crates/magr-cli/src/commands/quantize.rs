@@ -13,8 +13,8 @@ use magr::prox_opt::Solver;
 use magr::quantizers::{GgmlBlockType, GridFit, GridSpec};
 use magr::run::{RunEvents, Staging, run_pipeline, write_outputs};
 use magr::{
-    Cpu, FORMATS, FormatContext, GgufPreset, METHODS, MethodOptions, OutputFormat, PREPROCESSORS,
-    PipelineSettings, PreprocessOptions, Progress, Windows,
+    Cpu, FORMATS, FormatContext, GgufPreset, HiddenDtype, METHODS, MethodOptions, OutputFormat,
+    PREPROCESSORS, PipelineSettings, PreprocessOptions, Progress, Windows,
 };
 
 use crate::args::{
@@ -27,6 +27,15 @@ enum HessianArg {
     All,
     /// The last window only (the reference code).
     Last,
+}
+
+/// The dtype of the calibration hidden states between blocks.
+#[derive(Clone, Copy, ValueEnum)]
+enum HiddenDtypeArg {
+    /// Exact (the reference semantics).
+    F32,
+    /// Half the memory; each block's input rounded to bfloat16.
+    Bf16,
 }
 
 /// MagR's solver.
@@ -198,6 +207,10 @@ pub struct QuantizeArgs {
     /// Calibration windows per forward batch.
     #[arg(long, default_value_t = 4)]
     batch: usize,
+    /// The dtype of the calibration hidden states kept between blocks
+    /// (nsamples x seqlen x hidden values: 4 GiB in f32 for 128 x 2048 on a 7B model).
+    #[arg(long, value_enum, default_value = "f32")]
+    hidden_dtype: HiddenDtypeArg,
     #[command(flatten)]
     par: ParArg,
     /// Also evaluate the model before quantizing.
@@ -339,6 +352,10 @@ fn settings(args: &QuantizeArgs) -> Result<PipelineSettings, Error> {
         act_order: args.act_order,
         true_sequential: args.true_sequential,
         batch: args.batch,
+        hidden_dtype: match args.hidden_dtype {
+            HiddenDtypeArg::F32 => HiddenDtype::F32,
+            HiddenDtypeArg::Bf16 => HiddenDtype::Bf16,
+        },
         par: args.par.par(),
         backend: Arc::new(Cpu),
     })
