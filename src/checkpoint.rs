@@ -13,6 +13,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Tensor};
+use llama_io::stored::Encoding;
 use llama_io::{LinearKind, Model, NamedTensor, TensorData};
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
@@ -224,10 +225,10 @@ impl RunCheckpoint {
             let tensor = stored
                 .remove(&name)
                 .ok_or_else(|| output_error(&path, format!("no tensor {name}")))?;
-            if tensor.dtype() != Dtype::F32 {
+            if tensor.encoding() != Encoding::Safetensors(Dtype::F32) {
                 return Err(output_error(
                     &path,
-                    format!("{name} is {:?}, expected F32", tensor.dtype()),
+                    format!("{name} is {:?}, expected F32", tensor.encoding()),
                 ));
             }
             model.set_linear_stored(block, kind, tensor)?;
@@ -316,9 +317,14 @@ impl RunCheckpoint {
             match batches.remove(&name) {
                 // In the run's hidden dtype, which the file keeps (bf16 widens to f32
                 // and back exactly).
-                Some(t) if matches!(t.dtype(), Dtype::F32 | Dtype::BF16) => {
-                    let dtype = match t.dtype() {
-                        Dtype::BF16 => DType::BF16,
+                Some(t)
+                    if matches!(
+                        t.encoding(),
+                        Encoding::Safetensors(Dtype::F32 | Dtype::BF16)
+                    ) =>
+                {
+                    let dtype = match t.encoding() {
+                        Encoding::Safetensors(Dtype::BF16) => DType::BF16,
                         _ => DType::F32,
                     };
                     let shape = t.shape().to_vec();

@@ -368,9 +368,12 @@ fn bf16_hidden_states_resume_to_the_same_bytes_and_stay_near_f32() {
     };
     let mut killed = tiny_model(6);
     quantize_model(&mut killed, &calibration, &s, &mut feed).unwrap_err();
-    let hidden =
-        magr::llama_io::stored_tensors(&dir.join("checkpoint/hidden-0001.safetensors")).unwrap();
-    assert!(hidden.values().all(|t| t.dtype() == Dtype::BF16));
+    let hidden = llama_io::stored_tensors(&dir.join("checkpoint/hidden-0001.safetensors")).unwrap();
+    assert!(
+        hidden
+            .values()
+            .all(|t| t.encoding() == llama_io::stored::Encoding::Safetensors(Dtype::BF16))
+    );
 
     let mut resumed = tiny_model(6);
     let mut gptq = gptq_format(spec, false);

@@ -12,98 +12,25 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
-use candle_core::Device;
 use candle_core::quantized::gguf_file::{Content, Value};
 
 pub use crate::gguf_header::{READABLE_TYPES, ggml_type_id, ggml_type_name};
+pub use crate::qk_order::{permute_qk, permute_qk_rows, unpermute_qk, unpermute_qk_rows};
 
 use crate::config::LlamaConfig;
-use crate::error::{CandleMessage, LlamaIoError, Result};
+use crate::error::{LlamaIoError, Result};
 use crate::gguf_header::{read_content, readable_list};
 use crate::linear::LinearKind;
-use crate::model::{HostTensor, Model, SourceTensor, unexpected_tensor};
+use crate::model::{Model, SourceTensor, unexpected_tensor};
 use crate::names::{TensorRole, missing_before_sizing};
+use crate::stored::StoredTensor;
 use crate::tokenizer::TokenizerSource;
-
-/// Hugging Face row order from GGUF row order for a `rows x cols` row-major Q or K
-/// weight with `n_heads` heads (see the module docs).
-pub fn unpermute_qk(data: &[f32], rows: usize, cols: usize, n_heads: usize) -> Result<Vec<f32>> {
-    reorder_qk(data, rows, cols, n_heads, true)
-}
-
-/// GGUF row order from Hugging Face row order: the inverse of [`unpermute_qk`].
-pub fn permute_qk(data: &[f32], rows: usize, cols: usize, n_heads: usize) -> Result<Vec<f32>> {
-    reorder_qk(data, rows, cols, n_heads, false)
-}
-
-/// GGUF row order from Hugging Face row order for encoded rows: `data` holds `rows`
-/// rows of `row_bytes` bytes each (for a block type, one row is the
-/// `in / block_size` blocks of one output channel), moved whole as
-/// [`permute_qk`] moves f32 rows.
-pub fn permute_qk_rows(
-    data: &[u8],
-    rows: usize,
-    row_bytes: usize,
-    n_heads: usize,
-) -> Result<Vec<u8>> {
-    reorder_qk(data, rows, row_bytes, n_heads, false)
-}
-
-/// Hugging Face row order from GGUF row order for encoded rows: the inverse of
-/// [`permute_qk_rows`].
-pub fn unpermute_qk_rows(
-    data: &[u8],
-    rows: usize,
-    row_bytes: usize,
-    n_heads: usize,
-) -> Result<Vec<u8>> {
-    reorder_qk(data, rows, row_bytes, n_heads, true)
-}
-
-fn reorder_qk<T: Copy + Default>(
-    data: &[T],
-    rows: usize,
-    cols: usize,
-    n_heads: usize,
-    to_hf: bool,
-) -> Result<Vec<T>> {
-    if n_heads == 0 || !rows.is_multiple_of(n_heads) || !(rows / n_heads).is_multiple_of(2) {
-        return Err(LlamaIoError::InvalidArgument(format!(
-            "{rows} rows cannot be split into {n_heads} heads of even width"
-        )));
-    }
-    if data.len() != rows * cols {
-        return Err(LlamaIoError::InvalidArgument(format!(
-            "{} values for a {rows} x {cols} weight",
-            data.len()
-        )));
-    }
-    let head_dim = rows / n_heads;
-    let half = head_dim / 2;
-    let mut out = vec![T::default(); data.len()];
-    for head in 0..n_heads {
-        for s in 0..2 {
-            for j in 0..half {
-                let hf_row = head * head_dim + s * half + j;
-                let gguf_row = head * head_dim + 2 * j + s;
-                let (dst, src) = if to_hf {
-                    (hf_row, gguf_row)
-                } else {
-                    (gguf_row, hf_row)
-                };
-                out[dst * cols..(dst + 1) * cols]
-                    .copy_from_slice(&data[src * cols..(src + 1) * cols]);
-            }
-        }
-    }
-    Ok(out)
-}
 
 /// Reads a llama GGUF file into a [`Model`] (module docs).
 pub(crate) fn read_gguf(path: &Path) -> Result<Model> {
-    let format = |msg: String| LlamaIoError::format(path, msg);
-    let (content, mut reader) = read_content(path)?;
+    let (content, _) = read_content(path)?;
     let config = config_from_gguf(&content, path)?;
     let present = |role: TensorRole| content.tensor_infos.contains_key(&role.gguf_name());
     if let Some(role) = missing_before_sizing(&config, content.tensor_infos.len(), present) {
@@ -138,36 +65,40 @@ pub(crate) fn read_gguf(path: &Path) -> Result<Model> {
         }
     }
 
+    // Every tensor stays in the file (read when used); the Q/K rows are put back
+    // into the Hugging Face order as they are read.
+    let file = std::fs::File::open(path).map_err(|source| LlamaIoError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let file = (Arc::new(file), Arc::new(path.to_path_buf()));
     let mut tensors = HashMap::with_capacity(gguf_names.len());
     let mut source_dtypes = HashMap::with_capacity(gguf_names.len());
     for gguf_name in gguf_names {
         let info = &content.tensor_infos[gguf_name];
         let role = roles[gguf_name];
         source_dtypes.insert(role.hf_name(), info.ggml_dtype);
-        let data = content
-            .tensor(&mut reader, gguf_name, &Device::Cpu)
-            .and_then(|q| q.dequantize(&Device::Cpu))
-            .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
-            .map_err(|e| format(format!("tensor `{gguf_name}`: {}", CandleMessage(&e))))?;
         let shape = info.shape.dims().to_vec();
-        let data = match role {
+        let qk_heads = match role {
             // A wrong shape is left alone here and reported by the model builder.
-            TensorRole::Linear(_, LinearKind::Q | LinearKind::K)
-                if shape == role.shape(&config) =>
-            {
-                let heads = if matches!(role, TensorRole::Linear(_, LinearKind::Q)) {
-                    config.num_attention_heads
-                } else {
-                    config.num_key_value_heads
-                };
-                unpermute_qk(&data, shape[0], shape[1], heads)?
+            TensorRole::Linear(_, LinearKind::Q) if shape == role.shape(&config) => {
+                Some(config.num_attention_heads)
             }
-            _ => data,
+            TensorRole::Linear(_, LinearKind::K) if shape == role.shape(&config) => {
+                Some(config.num_key_value_heads)
+            }
+            _ => None,
         };
-        tensors.insert(
-            gguf_name.clone(),
-            SourceTensor::Host(HostTensor { shape, data }),
+        let offset = content.tensor_data_offset + info.offset;
+        let stored = StoredTensor::ggml(
+            (Arc::clone(&file.0), Arc::clone(&file.1)),
+            gguf_name,
+            shape,
+            info.ggml_dtype,
+            offset,
+            qk_heads,
         );
+        tensors.insert(gguf_name.clone(), SourceTensor::Stored(stored));
     }
 
     let tokenizer = if content.metadata.contains_key("tokenizer.ggml.tokens") {

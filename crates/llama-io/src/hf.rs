@@ -18,7 +18,7 @@ use crate::config::LlamaConfig;
 use crate::error::{LlamaIoError, Result};
 use crate::model::{Model, SourceTensor};
 use crate::names::TensorRole;
-use crate::stored::bytes_to_f32;
+use crate::stored::{Encoding, bytes_to_f32};
 use crate::tokenizer::TokenizerSource;
 
 const CONFIG: &str = "config.json";
@@ -188,9 +188,9 @@ fn read_safetensors(
                 msg: format!("tensor `{name}` appears twice"),
             });
         }
-        let dtype = match tensor.dtype() {
-            Dtype::F16 => GgmlDType::F16,
-            Dtype::BF16 => GgmlDType::BF16,
+        let dtype = match tensor.encoding() {
+            Encoding::Safetensors(Dtype::F16) => GgmlDType::F16,
+            Encoding::Safetensors(Dtype::BF16) => GgmlDType::BF16,
             _ => GgmlDType::F32,
         };
         dtypes.insert(name.clone(), dtype);

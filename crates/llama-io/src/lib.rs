@@ -5,7 +5,9 @@
 // "Module order" lists what each one uses).
 // Foundations.
 pub mod error;
-// Float tensors left in their safetensors files (uses error).
+// GGUF's Q/K row order (uses error).
+mod qk_order;
+// Tensors left in their safetensors or GGUF files (uses error, qk_order).
 pub mod stored;
 // Host views of tensors; rayon loops that follow a `Par`.
 mod host;

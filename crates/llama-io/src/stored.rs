@@ -1,8 +1,9 @@
-//! [`StoredTensor`]: a float tensor left in its safetensors file, in its stored dtype,
-//! and turned into f32 each time it is asked for. This is how a model larger than the
-//! memory is held: only the block being worked on is ever in f32.
+//! [`StoredTensor`]: a tensor left in its file (safetensors F32/F16/BF16, or any GGML
+//! type of a GGUF file) in its stored encoding, and turned into f32 each time it is
+//! asked for. This is how a model larger than the memory is held: only the block being
+//! worked on is ever in f32.
 //!
-//! Uses [`crate::error`] only.
+//! Uses `error`, `qk_order`.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -10,21 +11,38 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use candle_core::Device;
+use candle_core::quantized::GgmlDType;
+use candle_core::quantized::ggml_file::qtensor_from_ggml;
 use safetensors::{Dtype, SafeTensors};
 
-use crate::error::{LlamaIoError, Result};
+use crate::error::{CandleMessage, LlamaIoError, Result};
+use crate::qk_order::unpermute_qk;
 
-/// A float tensor (F32, F16 or BF16) inside an open safetensors file. The file stays
-/// open, so the tensor can be read after the file was renamed or removed.
+/// How a [`StoredTensor`]'s bytes encode its values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// A safetensors dtype (read as floats: F32, F16, BF16).
+    Safetensors(Dtype),
+    /// A GGML type of a GGUF file (any type candle dequantizes).
+    Ggml(GgmlDType),
+}
+
+/// A tensor inside an open file. The file stays open, so the tensor can be read after
+/// the file was renamed or removed.
 #[derive(Debug, Clone)]
 pub struct StoredTensor {
     file: Arc<File>,
     path: Arc<PathBuf>,
     name: String,
+    /// Shape, outermost first (PyTorch order).
     shape: Vec<usize>,
-    dtype: Dtype,
+    encoding: Encoding,
     /// Byte offset of the first value in the file.
     offset: u64,
+    /// Heads of a GGUF Q or K weight, whose rows are in llama.cpp's RoPE order and are
+    /// put back into the Hugging Face order when read.
+    qk_heads: Option<usize>,
 }
 
 impl StoredTensor {
@@ -43,9 +61,9 @@ impl StoredTensor {
         self.len() == 0
     }
 
-    /// The safetensors dtype the values are stored in.
-    pub fn dtype(&self) -> Dtype {
-        self.dtype
+    /// How the values are stored.
+    pub fn encoding(&self) -> Encoding {
+        self.encoding
     }
 
     /// The file.
@@ -58,29 +76,62 @@ impl StoredTensor {
         &self.name
     }
 
-    /// Reads the values and converts them to f32 (exact for every stored dtype).
+    /// A tensor of the GGUF file `path` (open as `file`): `shape` in PyTorch order,
+    /// values of type `dtype` from byte `offset`; `qk_heads` for a Q or K weight whose
+    /// rows are put back into the Hugging Face order when read. Nothing is read here.
+    pub(crate) fn ggml(
+        (file, path): (Arc<File>, Arc<PathBuf>),
+        name: &str,
+        shape: Vec<usize>,
+        dtype: GgmlDType,
+        offset: u64,
+        qk_heads: Option<usize>,
+    ) -> Self {
+        StoredTensor {
+            file,
+            path,
+            name: name.to_string(),
+            shape,
+            encoding: Encoding::Ggml(dtype),
+            offset,
+            qk_heads,
+        }
+    }
+
+    /// Reads the values and converts them to f32 (exact for the float dtypes; GGML
+    /// block types by candle's dequantization, llama.cpp's formulas).
     ///
     /// # Errors
-    /// A failed read ([`LlamaIoError::Io`]), a dtype other than F32, F16 and BF16
-    /// ([`LlamaIoError::Unsupported`]) or a non-finite value
-    /// ([`LlamaIoError::Format`]), naming the file and the tensor.
+    /// A failed read ([`LlamaIoError::Io`]), a safetensors dtype other than F32, F16 and
+    /// BF16 ([`LlamaIoError::Unsupported`]), blocks candle cannot decode or a
+    /// non-finite value ([`LlamaIoError::Format`]), naming the file and the tensor.
     pub fn read(&self) -> Result<Vec<f32>> {
-        let mut bytes = vec![0u8; self.len() * self.dtype.bitsize() / 8];
-        self.file
-            .read_exact_at(&mut bytes, self.offset)
-            .map_err(|source| LlamaIoError::Io {
-                path: self.path.to_path_buf(),
-                source,
-            })?;
-        let values = bytes_to_f32(self.dtype, &bytes).ok_or_else(|| {
-            LlamaIoError::unsupported(
-                &self.path,
-                format!(
-                    "tensor `{}` has dtype {:?}; only F32, F16 and BF16 are supported",
-                    self.name, self.dtype
-                ),
-            )
-        })?;
+        let unsupported = |msg: String| LlamaIoError::unsupported(&self.path, msg);
+        let format = |msg: String| LlamaIoError::format(&self.path, msg);
+        let values = match self.encoding {
+            Encoding::Safetensors(dtype) => {
+                let bytes = self.bytes(self.len() * dtype.bitsize() / 8)?;
+                bytes_to_f32(dtype, &bytes).ok_or_else(|| {
+                    unsupported(format!(
+                        "tensor `{}` has dtype {dtype:?}; only F32, F16 and BF16 are supported",
+                        self.name
+                    ))
+                })?
+            }
+            Encoding::Ggml(dtype) => {
+                let bytes = self.bytes(self.len() / dtype.block_size() * dtype.type_size())?;
+                let values = qtensor_from_ggml(dtype, &bytes, self.shape.clone(), &Device::Cpu)
+                    .and_then(|q| q.dequantize(&Device::Cpu))
+                    .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
+                    .map_err(|e| {
+                        format(format!("tensor `{}`: {}", self.name, CandleMessage(&e)))
+                    })?;
+                match self.qk_heads {
+                    Some(heads) => unpermute_qk(&values, self.shape[0], self.shape[1], heads)?,
+                    None => values,
+                }
+            }
+        };
         if values.iter().all(|x| x.is_finite()) {
             Ok(values)
         } else {
@@ -92,6 +143,20 @@ impl StoredTensor {
                 ),
             ))
         }
+    }
+}
+
+impl StoredTensor {
+    /// `len` bytes from the tensor's offset.
+    fn bytes(&self, len: usize) -> Result<Vec<u8>> {
+        let mut bytes = vec![0u8; len];
+        self.file
+            .read_exact_at(&mut bytes, self.offset)
+            .map_err(|source| LlamaIoError::Io {
+                path: self.path.to_path_buf(),
+                source,
+            })?;
+        Ok(bytes)
     }
 }
 
@@ -125,8 +190,9 @@ pub fn stored_tensors(path: &Path) -> Result<HashMap<String, StoredTensor>> {
                 path: Arc::clone(&path),
                 name,
                 shape: info.shape.clone(),
-                dtype: info.dtype,
+                encoding: Encoding::Safetensors(info.dtype),
                 offset: data_start + info.data_offsets.0 as u64,
+                qk_heads: None,
             },
         );
     }
