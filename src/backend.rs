@@ -6,7 +6,8 @@
 //! never a kernel directly, so another backend (a GPU one behind a feature) is one
 //! implementation of [`ComputeBackend`] passed in [`crate::PipelineSettings`], with no
 //! change to the pipeline. [`Cpu`] (faer and rayon, with the run's explicit `Par`) is the
-//! only one today.
+//! default; [`crate::CandleBackend`] runs the same work in candle's tensor operations on
+//! any candle device.
 
 use std::fmt;
 
@@ -85,38 +86,7 @@ impl ComputeBackend for Cpu {
         windows: Windows,
         par: Par,
     ) -> Result<Vec<Mat<f32>>, PipelineError> {
-        let mut acc = XtxAccumulator::new(model.config(), par);
-        let mut wanted = |input: LinearInput, x: &Tensor| {
-            if inputs.contains(&input) {
-                acc.consume(input, x)
-            } else {
-                Ok(())
-            }
-        };
-        match windows {
-            Windows::Last => {
-                let h = hidden.last().ok_or_else(|| {
-                    PipelineError::Calibration("no calibration hidden states".into())
-                })?;
-                let rows = h.dim(0)?;
-                let last = h.narrow(0, rows - 1, 1)?.to_dtype(DType::F32)?;
-                model.run_block_capturing(block, &last, par, &mut wanted)?;
-            }
-            Windows::All => {
-                for h in hidden {
-                    model.run_block_capturing(block, &h.to_dtype(DType::F32)?, par, &mut wanted)?;
-                }
-            }
-        }
-        // Converted to f32 once per input, shared by the layers that read it.
-        Ok(inputs
-            .iter()
-            .map(|&input| {
-                let n = input.width(model.config());
-                let h = acc.take(input);
-                Mat::from_fn(n, n, |i, k| h[i * n + k] as f32)
-            })
-            .collect())
+        capture_hessians(model, block, hidden, inputs, windows, par)
     }
 
     fn magr(
@@ -135,4 +105,49 @@ impl ComputeBackend for Cpu {
     fn coordinate_descent<'a>(&'a self, cd: CoordinateDescent) -> Box<dyn Quantizer + 'a> {
         Box::new(cd)
     }
+}
+
+/// [`ComputeBackend::hessians`] on the model's device: the block's forward pass over the
+/// batches (each widened to f32) with an [`XtxAccumulator`] taking the wanted inputs
+/// (products by faer on the CPU, by candle elsewhere), then each `H` in f32.
+pub(crate) fn capture_hessians(
+    model: &Model,
+    block: usize,
+    hidden: &[Tensor],
+    inputs: &[LinearInput],
+    windows: Windows,
+    par: Par,
+) -> Result<Vec<Mat<f32>>, PipelineError> {
+    let mut acc = XtxAccumulator::new(model.config(), par);
+    let mut wanted = |input: LinearInput, x: &Tensor| {
+        if inputs.contains(&input) {
+            acc.consume(input, x)
+        } else {
+            Ok(())
+        }
+    };
+    match windows {
+        Windows::Last => {
+            let h = hidden
+                .last()
+                .ok_or_else(|| PipelineError::Calibration("no calibration hidden states".into()))?;
+            let rows = h.dim(0)?;
+            let last = h.narrow(0, rows - 1, 1)?.to_dtype(DType::F32)?;
+            model.run_block_capturing(block, &last, par, &mut wanted)?;
+        }
+        Windows::All => {
+            for h in hidden {
+                model.run_block_capturing(block, &h.to_dtype(DType::F32)?, par, &mut wanted)?;
+            }
+        }
+    }
+    // Converted to f32 once per input, shared by the layers that read it.
+    Ok(inputs
+        .iter()
+        .map(|&input| {
+            let n = input.width(model.config());
+            let h = acc.take(input);
+            Mat::from_fn(n, n, |i, k| h[i * n + k] as f32)
+        })
+        .collect())
 }

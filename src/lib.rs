@@ -10,7 +10,7 @@
 //! - [`Method`] ([`METHODS`]: RTN, OPTQ, OPTQ + coordinate descent): builds the quantizer;
 //! - [`OutputFormat`] ([`FORMATS`]: fake-quant, GPTQ): receives each quantized layer,
 //!   writes its directory, saves and restores its state for `--resume`;
-//! - [`ComputeBackend`] ([`Cpu`]): where the heavy per-layer work runs.
+//! - [`ComputeBackend`] ([`Cpu`], [`CandleBackend`]): where the heavy per-layer work runs.
 //!
 //! [`run`] holds the logic of a `magr quantize` run around the pipeline (staged output
 //! directory, checkpoints, writing the outputs); [`RunCheckpoint`] saves each finished
@@ -18,6 +18,7 @@
 //! re-exported.
 
 mod backend;
+mod candle_backend;
 mod checkpoint;
 mod error;
 mod gguf_preset;
@@ -29,6 +30,7 @@ mod registry;
 pub mod run;
 
 pub use backend::{ComputeBackend, Cpu, Windows};
+pub use candle_backend::CandleBackend;
 pub use checkpoint::{RunCheckpoint, run_fingerprint};
 pub use error::PipelineError;
 pub use gguf_preset::GgufPreset;

@@ -57,7 +57,7 @@ pub use gguf_writer::{EncodedLinear, GgufFloat, GgufLinears, GgufOptions, check_
 pub use hf::{DirExtras, NamedTensor, TensorData, WeightDtype, write_hf_dir, write_hf_dir_with};
 pub use inspect::{Inventory, TensorSummary, inspect};
 pub use linear::{LinearInput, LinearKind};
-pub use model::{HostTensor, Model};
+pub use model::{HostTensor, Model, NamedValues};
 pub use names::TensorRole;
 pub use perplexity::{PerplexityReport, perplexity, perplexity_from, sample_calibration};
 pub use stored::{StoredTensor, stored_tensors};

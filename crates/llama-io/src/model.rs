@@ -32,6 +32,9 @@ pub struct HostTensor {
     pub data: Vec<f32>,
 }
 
+/// A tensor as [`Model::hf_tensors`] lists it: Hugging Face name, shape, values.
+pub type NamedValues<'a> = (String, Vec<usize>, Cow<'a, [f32]>);
+
 /// A tensor as a reader hands it over: values in memory, or left in its file.
 pub(crate) enum SourceTensor {
     Host(HostTensor),
@@ -388,7 +391,7 @@ impl Model {
     ///
     /// # Errors
     /// A stored weight that cannot be read.
-    pub fn hf_tensors(&self) -> Result<Vec<(String, Vec<usize>, Cow<'_, [f32]>)>> {
+    pub fn hf_tensors(&self) -> Result<Vec<NamedValues<'_>>> {
         TensorRole::all(&self.config)
             .into_iter()
             .map(|role| Ok((role.hf_name(), role.shape(&self.config), self.tensor(role)?)))

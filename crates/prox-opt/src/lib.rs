@@ -12,8 +12,8 @@ mod traits;
 pub use eigen::{EigenEstimate, largest_eigenvalue};
 pub use error::ProxError;
 pub use magr::{
-    FISTA_ITERATIONS, FISTA_OBJECTIVE_TOL, Grouping, MagrOptions, MagrReport, Solver,
-    column_max_abs, magr,
+    FISTA_ITERATIONS, FISTA_OBJECTIVE_TOL, Grouping, MagrOptions, MagrProblem, MagrReport, Solved,
+    Solver, column_max_abs, magr, magr_solved_by,
 };
 pub use prox::{BoxConstraint, L1Norm, LinfNorm};
 pub use quadratic::{LAMBDA_MAX_TOLERANCE, Quadratic};

@@ -148,6 +148,68 @@ pub fn magr(
     h: MatRef<'_, f32>,
     options: &MagrOptions,
 ) -> Result<(Mat<f32>, MagrReport), ProxError> {
+    magr_solved_by(w0, h, options, |problem, w| {
+        let stop = StoppingRule::objective(options.iterations, options.objective_tol);
+        let (record_trace, par) = (options.record_trace, options.par);
+        let report = match options.solver {
+            Solver::Plain => ProximalGradient {
+                stop,
+                record_trace,
+                par,
+            }
+            .solve(problem.smooth, problem.prox, w),
+            Solver::Fista => Fista {
+                stop,
+                record_trace,
+                par,
+            }
+            .solve(problem.smooth, problem.prox, w),
+        };
+        Ok(Solved {
+            iterations: report.iterations,
+            objective: Some(report.objective),
+            trace: report.trace,
+        })
+    })
+}
+
+/// MagR's problem as [`magr_solved_by`] hands it to a solver: `F = smooth + prox` with
+/// `smooth = 1/2 tr((W - W0)^T H (W - W0))` (Lipschitz constant `lambda_max`) and
+/// `prox = alpha lambda_max sum ||w_group||_inf`.
+pub struct MagrProblem<'a> {
+    /// The quadratic, holding `H`, `W0` and `lambda_max`.
+    pub smooth: &'a Quadratic<'a>,
+    /// The penalty.
+    pub prox: &'a LinfNorm,
+    /// `lambda_max(H)` (positive: a zero `H` never reaches a solver).
+    pub lambda_max: f64,
+}
+
+/// What a solver of [`magr_solved_by`] reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Solved {
+    /// Iterations run.
+    pub iterations: usize,
+    /// The objective at the result, if the solver computed it (otherwise it is
+    /// computed on the host from the result).
+    pub objective: Option<f64>,
+    /// Objective at the start and after each iteration, if the solver recorded it.
+    pub trace: Option<Vec<f64>>,
+}
+
+/// [`magr`] with the iterations run by `solve`, which starts from `W = W0` in `w` and
+/// leaves its result there (another device's solver, for instance): the checks,
+/// `lambda_max`, the zero-`H` case and the report (objectives and errors computed here,
+/// on the host) are [`magr`]'s.
+///
+/// # Errors
+/// As [`magr`], and `solve`'s.
+pub fn magr_solved_by(
+    w0: MatRef<'_, f32>,
+    h: MatRef<'_, f32>,
+    options: &MagrOptions,
+    solve: impl FnOnce(&MagrProblem<'_>, &mut Mat<f32>) -> Result<Solved, ProxError>,
+) -> Result<(Mat<f32>, MagrReport), ProxError> {
     let start = Instant::now();
     let rows = w0.nrows();
     check_shape("H", h, rows, rows)?;
@@ -182,33 +244,26 @@ pub fn magr(
             "H is zero (no calibration signal reaches this layer): W0 returned unchanged".into(),
         );
         let obj = crate::Prox::value(&g, w0);
-        (0, obj, obj, options.record_trace.then(|| vec![obj]))
+        (0, obj, Some(obj), options.record_trace.then(|| vec![obj]))
     } else {
         let objective_before = crate::Prox::value(&g, w0); // f(W0) = 0
-        let stop = StoppingRule::objective(options.iterations, options.objective_tol);
-        let (record_trace, par) = (options.record_trace, options.par);
-        let report = match options.solver {
-            Solver::Plain => ProximalGradient {
-                stop,
-                record_trace,
-                par,
-            }
-            .solve(&f, &g, &mut w),
-            Solver::Fista => Fista {
-                stop,
-                record_trace,
-                par,
-            }
-            .solve(&f, &g, &mut w),
+        let problem = MagrProblem {
+            smooth: &f,
+            prox: &g,
+            lambda_max,
         };
+        let solved = solve(&problem, &mut w)?;
+        check_finite("W (MagR's result)", w.as_ref())?;
         (
-            report.iterations,
+            solved.iterations,
             objective_before,
-            report.objective,
-            report.trace,
+            solved.objective,
+            solved.trace,
         )
     };
-    let output_error = f.column_errors(w.as_ref(), options.par).iter().sum();
+    let output_error: f64 = f.column_errors(w.as_ref(), options.par).iter().sum();
+    let objective_after =
+        objective_after.unwrap_or_else(|| output_error / 2.0 + crate::Prox::value(&g, w.as_ref()));
     let report = MagrReport {
         lambda_max,
         iterations,

@@ -1,0 +1,157 @@
+//! [`CandleBackend`]: the compute backend written once in candle's tensor operations, so
+//! that the same code runs on any candle device (the CPU here, in every test run; CUDA
+//! in a build with the `cuda` feature).
+//!
+//! On the device: `H = X^T X` (the forward pass and the products run where the model's
+//! device is) and MagR's iterations (the product `(W - W0) H`, then the prox of
+//! `alpha ||.||_inf` per column or group: `w = clamp(v, -tau, tau)` with `tau` the l1
+//! projection threshold of `v` at radius `alpha`, 0 when `||v||_1 <= alpha`, found by a
+//! sort and a cumulative sum in f64, as `l1-projection`'s sort method). `lambda_max`
+//! (Lanczos), the checks and the report are [`prox_opt::magr_solved_by`]'s on the host.
+//! OPTQ and coordinate descent still run on the host (faer).
+
+use candle_core::{D, DType, Device, Tensor};
+use faer::{Mat, MatRef, Par};
+use llama_io::{LinearInput, Model};
+use prox_opt::{MagrOptions, MagrReport, ProxError, Solved, Solver};
+use quantizers::{CoordinateDescent, Optq, Quantizer};
+
+use crate::backend::{ComputeBackend, Windows, capture_hessians};
+use crate::error::PipelineError;
+
+/// The candle backend on `device`.
+#[derive(Debug, Clone)]
+pub struct CandleBackend {
+    device: Device,
+}
+
+impl CandleBackend {
+    /// The backend on `device` (the model's forward pass runs on the model's device).
+    pub fn new(device: Device) -> Self {
+        CandleBackend { device }
+    }
+}
+
+impl ComputeBackend for CandleBackend {
+    fn name(&self) -> &'static str {
+        if self.device.is_cuda() {
+            "candle-cuda"
+        } else {
+            "candle-cpu"
+        }
+    }
+
+    fn hessians(
+        &self,
+        model: &Model,
+        block: usize,
+        hidden: &[Tensor],
+        inputs: &[LinearInput],
+        windows: Windows,
+        par: Par,
+    ) -> Result<Vec<Mat<f32>>, PipelineError> {
+        capture_hessians(model, block, hidden, inputs, windows, par)
+    }
+
+    fn magr(
+        &self,
+        w0: MatRef<'_, f32>,
+        h: MatRef<'_, f32>,
+        options: &MagrOptions,
+    ) -> Result<(Mat<f32>, MagrReport), PipelineError> {
+        if options.solver != Solver::Plain || options.objective_tol > 0.0 || options.record_trace {
+            return Err(PipelineError::Settings(format!(
+                "the {} backend runs MagR's plain solver with a fixed number of iterations \
+                 only (no FISTA, objective test or trace yet)",
+                self.name()
+            )));
+        }
+        let group_rows = match options.grouping {
+            prox_opt::Grouping::PerChannel => None,
+            prox_opt::Grouping::PerGroup(g) => Some(g),
+        };
+        let device = &self.device;
+        Ok(prox_opt::magr_solved_by(w0, h, options, |problem, w| {
+            let device_error =
+                |e: candle_core::Error| ProxError::Parameter(format!("MagR on {device:?}: {e}"));
+            let result = (|| {
+                // Column-major `W` (in x out) is `out x in` row-major; `H` is symmetric.
+                let w0_t = to_device(w0, device)?;
+                let h_t = to_device(h, device)?;
+                let step = 1.0 / problem.lambda_max;
+                let mut w_t = w0_t.clone();
+                for _ in 0..options.iterations {
+                    let gradient = (&w_t - &w0_t)?.matmul(&h_t)?;
+                    let v = (&w_t - gradient.affine(step, 0.0)?)?;
+                    w_t = prox_linf(&v, options.alpha, group_rows)?;
+                }
+                let values = w_t.flatten_all()?.to_vec1::<f32>()?;
+                let rows = w0.nrows();
+                for (j, column) in values.chunks_exact(rows).enumerate() {
+                    w.col_mut(j)
+                        .iter_mut()
+                        .zip(column)
+                        .for_each(|(x, &y)| *x = y);
+                }
+                Ok(())
+            })();
+            result.map_err(device_error)?;
+            Ok(Solved {
+                iterations: options.iterations,
+                objective: None,
+                trace: None,
+            })
+        })?)
+    }
+
+    fn optq<'a>(&'a self, optq: Optq) -> Box<dyn Quantizer + 'a> {
+        Box::new(optq)
+    }
+
+    fn coordinate_descent<'a>(&'a self, cd: CoordinateDescent) -> Box<dyn Quantizer + 'a> {
+        Box::new(cd)
+    }
+}
+
+/// `m` (column-major) as a row-major `ncols x nrows` tensor on `device`.
+fn to_device(m: MatRef<'_, f32>, device: &Device) -> candle_core::Result<Tensor> {
+    let mut data = Vec::with_capacity(m.nrows() * m.ncols());
+    for j in 0..m.ncols() {
+        data.extend(m.col(j).iter().copied());
+    }
+    Tensor::from_vec(data, (m.ncols(), m.nrows()), device)
+}
+
+/// `prox_{alpha ||.||_inf}` of each row of `v` (one output channel), or of each run of
+/// `group_rows` entries of a row (the last one shorter when it does not divide the row).
+fn prox_linf(v: &Tensor, alpha: f64, group_rows: Option<usize>) -> candle_core::Result<Tensor> {
+    let (rows, len) = v.dims2()?;
+    let g = group_rows.unwrap_or(len).min(len);
+    let whole = len / g * g;
+    let mut parts = Vec::with_capacity(2);
+    if whole > 0 {
+        let main = v.narrow(1, 0, whole)?.reshape((rows * (whole / g), g))?;
+        parts.push(prox_linf_rows(&main, alpha)?.reshape((rows, whole))?);
+    }
+    if whole < len {
+        parts.push(prox_linf_rows(&v.narrow(1, whole, len - whole)?, alpha)?);
+    }
+    Tensor::cat(&parts, 1)
+}
+
+/// `prox_{alpha ||.||_inf}` of each row of `v`: `v - P(v)` with `P` the projection onto
+/// the l1 ball of radius `alpha`, i.e. `clamp(v, -tau, tau)` with `tau >= 0` solving
+/// `sum_i max(|v_i| - tau, 0) = alpha` (0 when `||v||_1 <= alpha`). With `u` the sorted
+/// magnitudes and `s_j` their prefix sums, `rho` is the number of `j` with
+/// `u_j > (s_j - alpha) / j` and `tau = (s_rho - alpha) / rho` (in f64).
+fn prox_linf_rows(v: &Tensor, alpha: f64) -> candle_core::Result<Tensor> {
+    let len = v.dim(1)?;
+    let (sorted, _) = v.abs()?.to_dtype(DType::F64)?.sort_last_dim(false)?;
+    let sums = sorted.cumsum(1)?;
+    let j = Tensor::arange(1.0f64, (len + 1) as f64, v.device())?.unsqueeze(0)?;
+    let active = sorted.gt(&sums.affine(1.0, -alpha)?.broadcast_div(&j)?)?;
+    let rho = active.to_dtype(DType::F64)?.sum_keepdim(D::Minus1)?;
+    let s_rho = sums.gather(&rho.affine(1.0, -1.0)?.to_dtype(DType::U32)?, 1)?;
+    let tau = ((s_rho.affine(1.0, -alpha)? / rho)?.clamp(0.0, f64::MAX)?).to_dtype(v.dtype())?;
+    v.broadcast_minimum(&tau)?.broadcast_maximum(&tau.neg()?)
+}
