@@ -52,6 +52,7 @@ pub use preprocess::{
 };
 
 pub use atomic_fs;
+pub use candle_core;
 pub use l1_projection;
 pub use llama_io;
 pub use magr_report;

@@ -7,19 +7,65 @@ use std::time::Instant;
 use clap::Args;
 use faer::Par;
 use indicatif::{ProgressBar, ProgressStyle};
+use magr::candle_core::Device;
 use magr::llama_io::{Model, data};
 use magr::magr_report::Evaluation;
 
 /// The error of a subcommand, printed as `magr: error: ...`.
 pub type Error = Box<dyn std::error::Error>;
 
-/// `--model`.
+/// `--model` and `--device`.
 #[derive(Args)]
 pub struct ModelArg {
     /// A Hugging Face directory or a .gguf file [default: the fetched SmolLM2 GGUF,
     /// see `cargo xtask fetch`, or MAGR_MODEL].
     #[arg(long)]
     model: Option<PathBuf>,
+    /// Where the forward pass and the heavy work run: `cpu` (faer), or `cuda` / `cuda:N`
+    /// (candle on GPU N; needs a build with the `cuda` feature).
+    #[arg(long, default_value = "cpu", value_parser = device_name)]
+    device: DeviceName,
+}
+
+/// A `--device` value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceName {
+    /// The CPU, with faer.
+    Cpu,
+    /// GPU N, with candle.
+    Cuda(usize),
+}
+
+fn device_name(text: &str) -> Result<DeviceName, String> {
+    match text {
+        "cpu" => Ok(DeviceName::Cpu),
+        "cuda" => Ok(DeviceName::Cuda(0)),
+        _ => text
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse().ok())
+            .map(DeviceName::Cuda)
+            .ok_or_else(|| "expected cpu, cuda or cuda:N".to_string()),
+    }
+}
+
+impl ModelArg {
+    /// The GPU of `--device`, opened (`None` for the CPU).
+    ///
+    /// # Errors
+    /// A GPU that cannot be opened, or a build without the `cuda` feature, named.
+    pub fn gpu(&self) -> Result<Option<Device>, Error> {
+        match self.device {
+            DeviceName::Cpu => Ok(None),
+            DeviceName::Cuda(n) => Device::new_cuda(n).map(Some).map_err(|e| match e {
+                magr::candle_core::Error::NotCompiledWithCudaSupport => format!(
+                    "--device cuda:{n}: this magr was built without the `cuda` feature \
+                     (`cargo build --release -p magr-cli --features cuda`, with CUDA's nvcc)"
+                )
+                .into(),
+                e => format!("--device cuda:{n}: {e}").into(),
+            }),
+        }
+    }
 }
 
 /// The evaluation text and its windows.
@@ -82,14 +128,22 @@ pub fn bar(quiet: bool, len: u64, label: &str) -> ProgressBar {
     bar
 }
 
-/// The model of `--model` (or the default one) and its path, with a log line.
-pub fn load_model(arg: &ModelArg, quiet: bool) -> Result<(Model, PathBuf), Error> {
+/// The model of `--model` (or the default one) and its path, with a log line; its forward
+/// pass runs on `gpu` when given.
+pub fn load_model(
+    arg: &ModelArg,
+    gpu: Option<&Device>,
+    quiet: bool,
+) -> Result<(Model, PathBuf), Error> {
     let path = match &arg.model {
         Some(p) => p.clone(),
         None => data::default_model_path()?,
     };
     let start = Instant::now();
-    let model = Model::load(&path)?;
+    let mut model = Model::load(&path)?;
+    if let Some(gpu) = gpu {
+        model.set_device(gpu.clone());
+    }
     let c = model.config();
     log(
         quiet,

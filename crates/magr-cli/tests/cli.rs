@@ -25,6 +25,16 @@ fn bad_flags_are_named_errors() {
     assert!(!ok && err.contains("sgd"), "{err}");
     let (ok, err) = magr(&["quantize", "--beta", "1.5"]);
     assert!(!ok && err.contains("beta"), "{err}");
+    let (ok, err) = magr(&["quantize", "--device", "gpu"]);
+    assert!(!ok && err.contains("cuda:N"), "{err}");
+    // The tests build without the `cuda` feature: a GPU is refused before any work.
+    for command in ["quantize", "eval"] {
+        let (ok, err) = magr(&[command, "--device", "cuda:1"]);
+        assert!(
+            !ok && err.contains("cuda:1") && err.contains("`cuda` feature"),
+            "{err}"
+        );
+    }
 }
 
 #[test]

@@ -22,7 +22,8 @@ pub struct EvalArgs {
 
 /// Evaluates the model, prints the result line, writes the JSON report if asked.
 pub fn run(args: &EvalArgs, quiet: bool) -> Result<(), Error> {
-    let (model, _) = load_model(&args.model, quiet)?;
+    let gpu = args.model.gpu()?;
+    let (model, _) = load_model(&args.model, gpu.as_ref(), quiet)?;
     let text = eval_tokens(&model, &args.eval)?.ok_or("--eval-windows 0: nothing to evaluate")?;
     let evaluation = evaluate(&model, &text, &args.eval, args.par.par(), "model", quiet)?;
     if let Some(path) = &args.report {

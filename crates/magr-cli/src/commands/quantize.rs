@@ -7,14 +7,15 @@ use std::time::Instant;
 use clap::builder::{PossibleValue, PossibleValuesParser};
 use clap::{Args, ValueEnum};
 use indicatif::ProgressBar;
+use magr::candle_core::Device;
 use magr::llama_io::{self, GgufFloat, LinearKind, WeightDtype, data};
 use magr::magr_report::RunReport;
 use magr::prox_opt::Solver;
 use magr::quantizers::{GgmlBlockType, GridFit, GridSpec};
 use magr::run::{RunEvents, Staging, run_pipeline, write_outputs};
 use magr::{
-    Cpu, FORMATS, FormatContext, GgufPreset, HiddenDtype, METHODS, MethodOptions, OutputFormat,
-    PREPROCESSORS, PipelineSettings, PreprocessOptions, Progress, Windows,
+    CandleBackend, Cpu, FORMATS, FormatContext, GgufPreset, HiddenDtype, METHODS, MethodOptions,
+    OutputFormat, PREPROCESSORS, PipelineSettings, PreprocessOptions, Progress, Windows,
 };
 
 use crate::args::{
@@ -245,8 +246,10 @@ pub struct QuantizeArgs {
 /// Checks every flag, stages the output, runs, and renames the output into place.
 pub fn run(args: &QuantizeArgs, quiet: bool) -> Result<(), Error> {
     let total = Instant::now();
-    // Settings first: a bad flag fails before anything is loaded.
-    let settings = settings(args)?;
+    // Settings first: a bad flag (or a GPU that cannot be opened) fails before anything
+    // is loaded.
+    let gpu = args.model.gpu()?;
+    let settings = settings(args, gpu.as_ref())?;
     let format_names = args
         .formats
         .clone()
@@ -269,7 +272,7 @@ pub fn run(args: &QuantizeArgs, quiet: bool) -> Result<(), Error> {
         args,
         quiet,
         total,
-        &settings,
+        (&settings, gpu.as_ref()),
         staging.as_ref(),
         &mut formats,
     ) {
@@ -285,8 +288,8 @@ pub fn run(args: &QuantizeArgs, quiet: bool) -> Result<(), Error> {
     Ok(())
 }
 
-/// The pipeline's settings from the flags.
-fn settings(args: &QuantizeArgs) -> Result<PipelineSettings, Error> {
+/// The pipeline's settings from the flags; the heavy work on `gpu` when given.
+fn settings(args: &QuantizeArgs, gpu: Option<&Device>) -> Result<PipelineSettings, Error> {
     let (spec, gguf_preset) = match (&args.gguf_type, args.beta) {
         (Some(name), _) => {
             if args.act_order {
@@ -357,7 +360,10 @@ fn settings(args: &QuantizeArgs) -> Result<PipelineSettings, Error> {
             HiddenDtypeArg::Bf16 => HiddenDtype::Bf16,
         },
         par: args.par.par(),
-        backend: Arc::new(Cpu),
+        backend: match gpu {
+            None => Arc::new(Cpu),
+            Some(device) => Arc::new(CandleBackend::new(device.clone())),
+        },
     })
 }
 
@@ -434,12 +440,12 @@ fn quantize_into(
     args: &QuantizeArgs,
     quiet: bool,
     total: Instant,
-    settings: &PipelineSettings,
+    (settings, gpu): (&PipelineSettings, Option<&Device>),
     staging: Option<&Staging>,
     formats: &mut [Box<dyn OutputFormat>],
 ) -> Result<(), Error> {
     let format_names: Vec<String> = formats.iter().map(|f| f.name().to_string()).collect();
-    let (mut model, model_path) = load_model(&args.model, quiet)?;
+    let (mut model, model_path) = load_model(&args.model, gpu, quiet)?;
     // Every layer and window length checked against the model before any long work.
     settings.check(model.config(), args.seqlen)?;
     if args.eval.windows > 0 {
