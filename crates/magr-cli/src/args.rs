@@ -7,7 +7,7 @@ use std::time::Instant;
 use clap::Args;
 use faer::Par;
 use indicatif::{ProgressBar, ProgressStyle};
-use magr::candle_core::Device;
+use magr::candle_core::{self, Device};
 use magr::llama_io::{Model, data};
 use magr::magr_report::Evaluation;
 
@@ -57,7 +57,7 @@ impl ModelArg {
         match self.device {
             DeviceName::Cpu => Ok(None),
             DeviceName::Cuda(n) => Device::new_cuda(n).map(Some).map_err(|e| match e {
-                magr::candle_core::Error::NotCompiledWithCudaSupport => format!(
+                candle_core::Error::NotCompiledWithCudaSupport => format!(
                     "--device cuda:{n}: this magr was built without the `cuda` feature \
                      (`cargo build --release -p magr-cli --features cuda`, with CUDA's nvcc)"
                 )
