@@ -5,8 +5,8 @@
 //! On the device: `H = X^T X` (the forward pass and the products run where the model's
 //! device is) and MagR's iterations (the product `(W - W0) H`, then the prox of
 //! `alpha ||.||_inf` per column or group: `w = clamp(v, -tau, tau)` with `tau` the l1
-//! projection threshold of `v` at radius `alpha`, 0 when `||v||_1 <= alpha`, found by a
-//! sort and a cumulative sum in f64, as `l1-projection`'s sort method). `lambda_max`
+//! projection threshold of `v` at radius `alpha`, 0 when `||v||_1 <= alpha`, bracketed
+//! by bisection and then solved exactly on its active set, in f64). `lambda_max`
 //! (Lanczos), the checks and the report are [`prox_opt::magr_solved_by`]'s on the host.
 //! OPTQ and coordinate descent still run on the host (faer).
 
@@ -139,19 +139,34 @@ fn prox_linf(v: &Tensor, alpha: f64, group_rows: Option<usize>) -> candle_core::
     Tensor::cat(&parts, 1)
 }
 
+/// Bisection steps of [`prox_linf_rows`]: the bracket of `tau` shrinks to `2^-60` of
+/// the row's largest magnitude, below f64's resolution of the sum that decides it.
+const BISECTION_STEPS: usize = 60;
+
 /// `prox_{alpha ||.||_inf}` of each row of `v`: `v - P(v)` with `P` the projection onto
 /// the l1 ball of radius `alpha`, i.e. `clamp(v, -tau, tau)` with `tau >= 0` solving
-/// `sum_i max(|v_i| - tau, 0) = alpha` (0 when `||v||_1 <= alpha`). With `u` the sorted
-/// magnitudes and `s_j` their prefix sums, `rho` is the number of `j` with
-/// `u_j > (s_j - alpha) / j` and `tau = (s_rho - alpha) / rho` (in f64).
+/// `sum_i max(|v_i| - tau, 0) = alpha` (0 when `||v||_1 <= alpha`). `tau` is bracketed
+/// by bisection (elementwise operations and row sums only: no sort, which candle's CUDA
+/// kernel limits to short rows), then computed exactly from the active set
+/// `{i : |v_i| > lo}` as `(sum_active |v_i| - alpha) / |active|`, all in f64.
 fn prox_linf_rows(v: &Tensor, alpha: f64) -> candle_core::Result<Tensor> {
-    let len = v.dim(1)?;
-    let (sorted, _) = v.abs()?.to_dtype(DType::F64)?.sort_last_dim(false)?;
-    let sums = sorted.cumsum(1)?;
-    let j = Tensor::arange(1.0f64, (len + 1) as f64, v.device())?.unsqueeze(0)?;
-    let active = sorted.gt(&sums.affine(1.0, -alpha)?.broadcast_div(&j)?)?;
-    let rho = active.to_dtype(DType::F64)?.sum_keepdim(D::Minus1)?;
-    let s_rho = sums.gather(&rho.affine(1.0, -1.0)?.to_dtype(DType::U32)?, 1)?;
-    let tau = ((s_rho.affine(1.0, -alpha)? / rho)?.clamp(0.0, f64::MAX)?).to_dtype(v.dtype())?;
+    let a = v.abs()?.to_dtype(DType::F64)?;
+    let mut lo = a.zeros_like()?.narrow(1, 0, 1)?.contiguous()?;
+    let mut hi = a.max_keepdim(D::Minus1)?;
+    for _ in 0..BISECTION_STEPS {
+        let mid = ((&lo + &hi)? * 0.5)?;
+        let above = a
+            .broadcast_sub(&mid)?
+            .relu()?
+            .sum_keepdim(D::Minus1)?
+            .gt(alpha)?;
+        lo = above.where_cond(&mid, &lo)?;
+        hi = above.where_cond(&hi, &mid)?;
+    }
+    let active = a.broadcast_gt(&lo)?.to_dtype(DType::F64)?;
+    let count = active.sum_keepdim(D::Minus1)?.clamp(1.0, f64::MAX)?;
+    let sum = (&a * &active)?.sum_keepdim(D::Minus1)?;
+    let tau = (sum.affine(1.0, -alpha)? / count)?.clamp(0.0, f64::MAX)?;
+    let tau = tau.to_dtype(v.dtype())?;
     v.broadcast_minimum(&tau)?.broadcast_maximum(&tau.neg()?)
 }

@@ -83,6 +83,12 @@ commands:
            load every format of `magr quantize --out DIR` runs with transformers and GPTQModel
            (pinned, installed once into a virtual environment in the cache, about 6 GB), compare
            each layer with fake-quant/ and perplexity on 4 windows, apply vLLM's rules; a table
+  build-cuda
+           the `magr` binary with `--device cuda` for the H200 machine (../shared/design/cuda.md):
+           CUDA 13.0's nvcc and libraries from pinned PyPI wheels into the cache (1.2 GB), a link
+           folder with a link-only libcuda stub, `--features cuda` with CUDA_COMPUTE_CAP=90 into
+           target/cuda (candle's kernels: about 12 min on 2 cores, once), then
+           target/cuda-dist/: magr.xz, run.sh and gpu-check.sh (at most 60 MiB)
   help     print this message";
 
 fn main() -> ExitCode {
@@ -97,6 +103,7 @@ fn main() -> ExitCode {
         Some("quantize") => quantize(&rest),
         Some("kills") => kills(&rest),
         Some("check-loaders") => check_loaders(&rest),
+        Some("build-cuda") => build_cuda().map(|dir| println!("{}", dir.display())),
         Some("fuzz") => fuzz(&rest),
         Some("help" | "-h" | "--help") => {
             println!("{USAGE}");
@@ -555,6 +562,121 @@ const LOADER_PINS: &[&str] = &[
     "tokenizers==0.23.3",
     "gguf==0.19.0",
 ];
+
+/// CUDA 13.0's compiler and libraries from PyPI: the versions torch 2.11+cu130 pins
+/// (nvcc must be 13.0.x for the H200 machine's driver 580; `cuda.md`).
+const CUDA_PINS: &[&str] = &[
+    "nvidia-cuda-nvcc==13.0.88",
+    "nvidia-cuda-crt==13.0.88",
+    "nvidia-nvvm==13.0.88",
+    "nvidia-cuda-cccl==13.0.85",
+    "nvidia-cuda-runtime==13.0.96",
+    "nvidia-cublas==13.1.0.3",
+    "nvidia-curand==10.4.0.35",
+    "nvidia-cuda-nvrtc==13.0.88",
+];
+
+/// Where the GPU machine keeps the CUDA 13 libraries (its torch venv, `cuda.md`): the
+/// binary's run-time search path.
+const GPU_CUDA_LIB: &str = "/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cu13/lib";
+
+/// The most a transfer to the GPU machine takes.
+const DIST_LIMIT: u64 = 60 << 20;
+
+/// `build-cuda`: `cuda.md`'s recipe, then the folder to copy to the GPU machine.
+fn build_cuda() -> Result<PathBuf, String> {
+    let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    let python = venv("cuda-13.0", CUDA_PINS)?;
+    let driver_rs = package_dir("cudarc")?.join("src/driver/sys/mod.rs");
+    let link = cache_dir()?.join("cuda-link");
+    let line = python_step(
+        OsStr::new("python3"),
+        include_str!("cuda_build.py"),
+        &[OsStr::new(&python), link.as_os_str(), driver_rs.as_os_str()],
+        "preparing the CUDA link folder",
+    )?;
+    let (cu13, link) = line
+        .split_once(' ')
+        .ok_or_else(|| format!("unexpected output of cuda_build.py: {line}"))?;
+    let path = format!("{cu13}/bin:{}", std::env::var("PATH").unwrap_or_default());
+    let rustflags =
+        format!("-C link-arg=-Wl,-rpath-link,{cu13}/lib -C link-arg=-Wl,-rpath,{GPU_CUDA_LIB}");
+    let jobs = std::thread::available_parallelism().map_or(2, usize::from);
+    let target = root.join("target/cuda");
+    cargo_with_env(
+        &[
+            "build",
+            "--release",
+            "-p",
+            "magr-cli",
+            "--features",
+            "cuda",
+            "--target-dir",
+            table::path_str(&target)?,
+        ],
+        &[
+            ("PATH", OsStr::new(&path)),
+            ("CUDA_COMPUTE_CAP", OsStr::new("90")),
+            ("CUDAFORGE_THREADS", OsStr::new(&jobs.to_string())),
+            ("LIBRARY_PATH", OsStr::new(link)),
+            ("RUSTFLAGS", OsStr::new(&rustflags)),
+        ],
+    )?;
+    let dist = root.join("target/cuda-dist");
+    std::fs::create_dir_all(&dist).map_err(|e| format!("{}: {e}", dist.display()))?;
+    let compressed = std::fs::File::create(dist.join("magr.xz"))
+        .map_err(|e| format!("{}: {e}", dist.display()))?;
+    let status = Command::new("xz")
+        .args(["-9", "-T0", "-c"])
+        .arg(target.join("release/magr"))
+        .stdout(compressed)
+        .status()
+        .map_err(|e| format!("could not run xz: {e}"))?;
+    if !status.success() {
+        return Err(format!("xz failed ({status})"));
+    }
+    for script in ["run.sh", "gpu-check.sh"] {
+        std::fs::copy(root.join("scripts").join(script), dist.join(script))
+            .map_err(|e| format!("scripts/{script}: {e}"))?;
+    }
+    let bytes: u64 = std::fs::read_dir(&dist)
+        .map_err(|e| format!("{}: {e}", dist.display()))?
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    if bytes > DIST_LIMIT {
+        return Err(format!(
+            "{} holds {bytes} bytes, more than a transfer takes ({DIST_LIMIT})",
+            dist.display()
+        ));
+    }
+    Ok(dist)
+}
+
+/// The source directory of the dependency `name` (from `cargo metadata`, which fetches
+/// it), for the CUDA link stub's list of driver functions.
+fn package_dir(name: &str) -> Result<PathBuf, String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    let output = Command::new(&cargo)
+        .args(["metadata", "--format-version", "1", "--all-features"])
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("could not run {cargo} metadata: {e}"))?;
+    let metadata: serde_json::Value =
+        serde_json::from_slice(&output.stdout).map_err(|e| format!("cargo metadata: {e}"))?;
+    metadata["packages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == name)
+        .and_then(|p| {
+            Path::new(p["manifest_path"].as_str()?)
+                .parent()
+                .map(Path::to_path_buf)
+        })
+        .ok_or_else(|| format!("cargo metadata lists no package {name}"))
+}
 
 /// What `scripts/gptq_check.py` needs (CI runs it on the tiny model's checkpoints).
 const NUMPY_PINS: &[&str] = &["numpy==2.4.6", "safetensors==0.8.0"];
