@@ -38,6 +38,9 @@ pub trait ComputeBackend: fmt::Debug + Send + Sync {
     /// order, from the block as `model` holds it now, over the calibration hidden states
     /// `hidden` (one tensor `[batch, seqlen, hidden]` per batch) or only their `windows`.
     ///
+    /// The default runs the block's forward pass on the model's device with an
+    /// [`XtxAccumulator`] (products by faer on the CPU, by candle elsewhere).
+    ///
     /// # Errors
     /// Errors of the forward pass.
     fn hessians(
@@ -48,7 +51,9 @@ pub trait ComputeBackend: fmt::Debug + Send + Sync {
         inputs: &[LinearInput],
         windows: Windows,
         par: Par,
-    ) -> Result<Vec<Mat<f32>>, PipelineError>;
+    ) -> Result<Vec<Mat<f32>>, PipelineError> {
+        capture_hessians(model, block, hidden, inputs, windows, par)
+    }
 
     /// MagR on one layer ([`prox_opt::magr`]'s contract).
     ///
@@ -77,18 +82,6 @@ impl ComputeBackend for Cpu {
         "cpu"
     }
 
-    fn hessians(
-        &self,
-        model: &Model,
-        block: usize,
-        hidden: &[Tensor],
-        inputs: &[LinearInput],
-        windows: Windows,
-        par: Par,
-    ) -> Result<Vec<Mat<f32>>, PipelineError> {
-        capture_hessians(model, block, hidden, inputs, windows, par)
-    }
-
     fn magr(
         &self,
         w0: MatRef<'_, f32>,
@@ -107,10 +100,10 @@ impl ComputeBackend for Cpu {
     }
 }
 
-/// [`ComputeBackend::hessians`] on the model's device: the block's forward pass over the
-/// batches (each widened to f32) with an [`XtxAccumulator`] taking the wanted inputs
-/// (products by faer on the CPU, by candle elsewhere), then each `H` in f32.
-pub(crate) fn capture_hessians(
+/// [`ComputeBackend::hessians`]' default: the block's forward pass over the batches (each
+/// widened to f32) with an [`XtxAccumulator`] taking the wanted inputs, then each `H` in
+/// f32.
+fn capture_hessians(
     model: &Model,
     block: usize,
     hidden: &[Tensor],

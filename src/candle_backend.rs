@@ -11,12 +11,11 @@
 //! OPTQ and coordinate descent still run on the host (faer).
 
 use candle_core::{D, DType, Device, Tensor};
-use faer::{Mat, MatRef, Par};
-use llama_io::{LinearInput, Model};
+use faer::{Mat, MatRef};
 use prox_opt::{MagrOptions, MagrReport, ProxError, Solved, Solver};
 use quantizers::{CoordinateDescent, Optq, Quantizer};
 
-use crate::backend::{ComputeBackend, Windows, capture_hessians};
+use crate::backend::ComputeBackend;
 use crate::error::PipelineError;
 
 /// The candle backend on `device`.
@@ -39,18 +38,6 @@ impl ComputeBackend for CandleBackend {
         } else {
             "candle-cpu"
         }
-    }
-
-    fn hessians(
-        &self,
-        model: &Model,
-        block: usize,
-        hidden: &[Tensor],
-        inputs: &[LinearInput],
-        windows: Windows,
-        par: Par,
-    ) -> Result<Vec<Mat<f32>>, PipelineError> {
-        capture_hessians(model, block, hidden, inputs, windows, par)
     }
 
     fn magr(
