@@ -59,8 +59,11 @@ impl ComputeBackend for CandleBackend {
         };
         let device = &self.device;
         Ok(prox_opt::magr_solved_by(w0, h, options, |problem, w| {
-            let device_error =
-                |e: candle_core::Error| ProxError::Parameter(format!("MagR on {device:?}: {e}"));
+            // The message without candle's backtrace.
+            let device_error = |e: candle_core::Error| {
+                let e = llama_io::LlamaIoError::from(e);
+                ProxError::Parameter(format!("MagR on {device:?}: {e}"))
+            };
             let result = (|| {
                 // Column-major `W` (in x out) is `out x in` row-major; `H` is symmetric.
                 let w0_t = to_device(w0, device)?;

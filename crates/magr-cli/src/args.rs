@@ -62,7 +62,12 @@ impl ModelArg {
                      (`cargo build --release -p magr-cli --features cuda`, with CUDA's nvcc)"
                 )
                 .into(),
-                e => format!("--device cuda:{n}: {e}").into(),
+                // Without candle's backtrace (the message alone).
+                e => format!(
+                    "--device cuda:{n}: {}",
+                    magr::llama_io::LlamaIoError::from(e)
+                )
+                .into(),
             }),
         }
     }
