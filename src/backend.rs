@@ -38,8 +38,9 @@ pub trait ComputeBackend: fmt::Debug + Send + Sync {
     /// order, from the block as `model` holds it now, over the calibration hidden states
     /// `hidden` (one tensor `[batch, seqlen, hidden]` per batch) or only their `windows`.
     ///
-    /// The default runs the block's forward pass on the model's device with an
-    /// [`XtxAccumulator`] (products by faer on the CPU, by candle elsewhere).
+    /// The default runs the block's forward pass on the model's device over the batches
+    /// (each widened to f32) with an [`XtxAccumulator`] taking the wanted inputs
+    /// (products by faer on the CPU, by candle elsewhere), then gives each `H` in f32.
     ///
     /// # Errors
     /// Errors of the forward pass.
@@ -52,7 +53,38 @@ pub trait ComputeBackend: fmt::Debug + Send + Sync {
         windows: Windows,
         par: Par,
     ) -> Result<Vec<Mat<f32>>, PipelineError> {
-        capture_hessians(model, block, hidden, inputs, windows, par)
+        let mut acc = XtxAccumulator::new(model.config(), par);
+        let mut wanted = |input: LinearInput, x: &Tensor| {
+            if inputs.contains(&input) {
+                acc.consume(input, x)
+            } else {
+                Ok(())
+            }
+        };
+        match windows {
+            Windows::Last => {
+                let h = hidden.last().ok_or_else(|| {
+                    PipelineError::Calibration("no calibration hidden states".into())
+                })?;
+                let rows = h.dim(0)?;
+                let last = h.narrow(0, rows - 1, 1)?.to_dtype(DType::F32)?;
+                model.run_block_capturing(block, &last, par, &mut wanted)?;
+            }
+            Windows::All => {
+                for h in hidden {
+                    model.run_block_capturing(block, &h.to_dtype(DType::F32)?, par, &mut wanted)?;
+                }
+            }
+        }
+        // Converted to f32 once per input, shared by the layers that read it.
+        Ok(inputs
+            .iter()
+            .map(|&input| {
+                let n = input.width(model.config());
+                let h = acc.take(input);
+                Mat::from_fn(n, n, |i, k| h[i * n + k] as f32)
+            })
+            .collect())
     }
 
     /// MagR on one layer ([`prox_opt::magr`]'s contract).
@@ -98,49 +130,4 @@ impl ComputeBackend for Cpu {
     fn coordinate_descent<'a>(&'a self, cd: CoordinateDescent) -> Box<dyn Quantizer + 'a> {
         Box::new(cd)
     }
-}
-
-/// [`ComputeBackend::hessians`]' default: the block's forward pass over the batches (each
-/// widened to f32) with an [`XtxAccumulator`] taking the wanted inputs, then each `H` in
-/// f32.
-fn capture_hessians(
-    model: &Model,
-    block: usize,
-    hidden: &[Tensor],
-    inputs: &[LinearInput],
-    windows: Windows,
-    par: Par,
-) -> Result<Vec<Mat<f32>>, PipelineError> {
-    let mut acc = XtxAccumulator::new(model.config(), par);
-    let mut wanted = |input: LinearInput, x: &Tensor| {
-        if inputs.contains(&input) {
-            acc.consume(input, x)
-        } else {
-            Ok(())
-        }
-    };
-    match windows {
-        Windows::Last => {
-            let h = hidden
-                .last()
-                .ok_or_else(|| PipelineError::Calibration("no calibration hidden states".into()))?;
-            let rows = h.dim(0)?;
-            let last = h.narrow(0, rows - 1, 1)?.to_dtype(DType::F32)?;
-            model.run_block_capturing(block, &last, par, &mut wanted)?;
-        }
-        Windows::All => {
-            for h in hidden {
-                model.run_block_capturing(block, &h.to_dtype(DType::F32)?, par, &mut wanted)?;
-            }
-        }
-    }
-    // Converted to f32 once per input, shared by the layers that read it.
-    Ok(inputs
-        .iter()
-        .map(|&input| {
-            let n = input.width(model.config());
-            let h = acc.take(input);
-            Mat::from_fn(n, n, |i, k| h[i * n + k] as f32)
-        })
-        .collect())
 }
