@@ -2,8 +2,8 @@
 //! configuration and (optionally) its tokenizer.
 //!
 //! Every weight lives in its own contiguous `Vec<f32>`, except the linear layers of a
-//! model read from safetensors, which stay in their file in the stored dtype
-//! ([`StoredTensor`]) until they are changed, so that a model larger than the memory is
+//! model read from a file (safetensors or GGUF), which stay there in their stored
+//! encoding ([`StoredTensor`]) until they are changed or read in, so that a model larger than the memory is
 //! only ever in f32 one layer at a time. A linear layer's values are the PyTorch weight
 //! `(out x in)` row-major, which is the paper's `W` (`in x out`) column-major, so a
 //! caller can view them as a matrix without a copy.
@@ -87,8 +87,9 @@ pub(crate) struct BlockWeights {
     pub(crate) linears: [TensorValues; 7],
 }
 
-/// A Llama model held in f32 on the host, in the Hugging Face layout (RoPE
-/// `rotate_half`, PyTorch `(out x in)` weights), whatever file it came from.
+/// A Llama model seen in f32 on the host, in the Hugging Face layout (RoPE
+/// `rotate_half`, PyTorch `(out x in)` weights), whatever file it came from; its linear
+/// weights in memory or read from their file when used (module docs).
 #[derive(Clone)]
 pub struct Model {
     pub(crate) config: LlamaConfig,
