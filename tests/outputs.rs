@@ -523,6 +523,7 @@ fn a_format_defined_outside_the_library_is_written_and_resumed() {
         quantized: None,
         pipeline,
         seconds_total: model.num_blocks() as f64,
+        peak_rss_bytes: None,
     };
 
     // Uninterrupted.

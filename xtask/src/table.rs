@@ -591,6 +591,7 @@ mod tests {
                 calibration: [32, 2048],
             },
             seconds_total: 10.0,
+            peak_rss_bytes: None,
         }
     }
 

@@ -230,3 +230,12 @@ pub fn evaluate(
     );
     Ok(e)
 }
+
+/// The peak resident memory of this process so far (`VmHWM` of `/proc/self/status`),
+/// where the system tells it.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}

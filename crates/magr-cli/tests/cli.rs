@@ -586,6 +586,8 @@ fn a_generated_model_quantizes_with_bf16_hidden_states_and_bad_shapes_are_named(
         serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     assert_eq!(report["pipeline"]["layers"].as_array().unwrap().len(), 14);
     assert_eq!(report["settings"]["hidden_dtype"], "bf16");
+    // This process's peak memory (Linux), which a real run's tens of MB exceed.
+    assert!(report["peak_rss_bytes"].as_u64().unwrap() > 10 << 20);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -268,6 +268,10 @@ pub struct RunReport {
     pub pipeline: PipelineReport,
     /// Seconds of the whole run.
     pub seconds_total: f64,
+    /// Peak resident memory of the process when the report was made (after the
+    /// evaluation, before the outputs are written), where the system tells it (Linux).
+    #[serde(default)]
+    pub peak_rss_bytes: Option<u64>,
 }
 
 impl RunReport {
@@ -412,8 +416,17 @@ impl RunReport {
         let t = &self.pipeline.seconds;
         let _ = writeln!(
             md,
-            "- seconds: embed {:.1}, capture {:.1}, {pre} {:.1}, quantizer {:.1}, propagate {:.1}; total run {:.1}\n",
-            t.embed, t.capture, t.preprocess, t.quantize, t.propagate, self.seconds_total
+            "- seconds: embed {:.1}, capture {:.1}, {pre} {:.1}, quantizer {:.1}, propagate {:.1}; total run {:.1}{}\n",
+            t.embed,
+            t.capture,
+            t.preprocess,
+            t.quantize,
+            t.propagate,
+            self.seconds_total,
+            self.peak_rss_bytes.map_or(String::new(), |b| format!(
+                "; peak memory {:.2} GiB",
+                b as f64 / f64::from(1u32 << 30)
+            ))
         );
         let warnings: Vec<String> = self
             .pipeline
@@ -536,6 +549,7 @@ mod tests {
                 ..PipelineReport::default()
             },
             seconds_total: 1.0,
+            peak_rss_bytes: Some(3 << 30),
         }
     }
 
@@ -564,6 +578,7 @@ mod tests {
         ));
         assert!(!md.contains("OptqCd"));
         assert!(md.contains("- grid: 3 bits, groups of 64, asymmetric, beta 0.95"));
+        assert!(md.contains("; peak memory 3.00 GiB"), "{md}");
         assert!(!md.contains("loaders"));
         assert_eq!(report().label(), "MagR+OPTQ+CD w3 g64");
     }

@@ -20,6 +20,7 @@ use magr::{
 
 use crate::args::{
     Error, EvalTextArgs, ModelArg, ParArg, bar, eval_tokens, evaluate, load_model, log,
+    peak_rss_bytes,
 };
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -543,6 +544,7 @@ fn quantize_into(
             quantized,
             pipeline: report,
             seconds_total: total.elapsed().as_secs_f64(),
+            peak_rss_bytes: peak_rss_bytes(),
         };
         for note in write_outputs(staging.partial(), &model, formats, &run)? {
             log(quiet, &note);
