@@ -8,12 +8,17 @@
 //! projection threshold of `v` at radius `alpha`, 0 when `||v||_1 <= alpha`, bracketed
 //! by bisection and then solved exactly on its active set, in f64). `lambda_max`
 //! (Lanczos), the checks and the report are [`prox_opt::magr_solved_by`]'s on the host.
-//! OPTQ and coordinate descent still run on the host (faer).
+//! OPTQ with grids per channel runs its column loop and lazy block products on the
+//! device ([`Optq::quantize_swept_by`]: grids, order, the factor `U` (f64 Cholesky) and
+//! the result on the host); OPTQ with groups or GGUF grids and coordinate descent run on
+//! the host (faer).
 
 use candle_core::{D, DType, Device, Tensor};
 use faer::{Mat, MatRef};
 use prox_opt::{MagrOptions, MagrReport, ProxError, Solved, Solver};
-use quantizers::{CoordinateDescent, Optq, Quantizer};
+use quantizers::{
+    CoordinateDescent, LayerProblem, Optq, OptqSweep, QuantError, QuantizedLinear, Quantizer,
+};
 
 use crate::backend::ComputeBackend;
 use crate::error::PipelineError;
@@ -95,12 +100,97 @@ impl ComputeBackend for CandleBackend {
     }
 
     fn optq<'a>(&'a self, optq: Optq) -> Box<dyn Quantizer + 'a> {
-        Box::new(optq)
+        Box::new(DeviceOptq {
+            optq,
+            device: &self.device,
+        })
     }
 
     fn coordinate_descent<'a>(&'a self, cd: CoordinateDescent) -> Box<dyn Quantizer + 'a> {
         Box::new(cd)
     }
+}
+
+/// OPTQ with its column loop on the device ([`Optq::quantize_swept_by`]: grids, order,
+/// `U` and the result on the host).
+struct DeviceOptq<'a> {
+    optq: Optq,
+    device: &'a Device,
+}
+
+impl Quantizer for DeviceOptq<'_> {
+    fn quantize(&self, problem: &LayerProblem<'_>) -> Result<QuantizedLinear, QuantError> {
+        self.optq.quantize_swept_by(problem, |sweep| {
+            optq_sweep(&sweep, self.device).map_err(|e| {
+                let e = llama_io::LlamaIoError::from(e);
+                QuantError::Parameter(format!("OPTQ on {:?}: {e}", self.device))
+            })
+        })
+    }
+}
+
+/// OPTQ's column loop (the reference's, step by step): per block of columns, each column
+/// rounded onto its row's grid, its error `e = (x - q) / U_kk` spread over the block's
+/// later columns by row `k` of `U`, then the block's errors over the columns after it
+/// in one product. Returns the codes `m x n` row-major, in processing order.
+fn optq_sweep(s: &OptqSweep<'_>, device: &Device) -> candle_core::Result<Vec<u8>> {
+    let (m, n) = (s.weights.nrows(), s.weights.ncols());
+    let rows = |mat: &Mat<f32>| -> candle_core::Result<Tensor> {
+        let data: Vec<f32> = (0..mat.nrows())
+            .flat_map(|r| (0..mat.ncols()).map(move |c| mat[(r, c)]))
+            .collect();
+        Tensor::from_vec(data, (mat.nrows(), mat.ncols()), device)
+    };
+    let column = |f: &dyn Fn(&quantizers::Grid) -> f32| {
+        Tensor::from_vec(s.grids.iter().map(f).collect::<Vec<f32>>(), (m, 1), device)
+    };
+    let (scale, zero, maxq) = (
+        column(&|g| g.scale)?,
+        column(&|g| g.zero as f32)?,
+        column(&|g| g.maxq as f32)?,
+    );
+    let u = rows(&s.factor)?;
+    // The columns not yet quantized.
+    let mut rest = rows(&s.weights)?;
+    let mut codes = Vec::with_capacity(n);
+    let bs = s.block_size.max(1);
+    for i1 in (0..n).step_by(bs) {
+        let b = bs.min(n - i1);
+        let u_block = u.narrow(0, i1, b)?;
+        let mut block = rest.narrow(1, 0, b)?;
+        let mut errors = Vec::with_capacity(b);
+        for i in 0..b {
+            let x = block.narrow(1, i, 1)?;
+            let code = round_ties_even(&x.broadcast_div(&scale)?)?
+                .broadcast_add(&zero)?
+                .clamp(0f32, f32::MAX)?
+                .broadcast_minimum(&maxq)?;
+            let q = code.broadcast_sub(&zero)?.broadcast_mul(&scale)?;
+            let row = u_block.narrow(0, i, 1)?.narrow(1, i1, b)?;
+            let e = (x - q)?.broadcast_div(&row.narrow(1, i, 1)?)?;
+            // U is upper triangular: the columns before `i` are left as they are.
+            block = (block - e.broadcast_mul(&row)?)?;
+            codes.push(code);
+            errors.push(e);
+        }
+        if i1 + b < n {
+            let later = n - i1 - b;
+            let spread = Tensor::cat(&errors, 1)?.matmul(&u_block.narrow(1, i1 + b, later)?)?;
+            rest = (rest.narrow(1, b, later)? - spread)?;
+        }
+    }
+    let codes = Tensor::cat(&codes, 1)?.to_dtype(DType::U8)?;
+    codes.flatten_all()?.to_vec1::<u8>()
+}
+
+/// `round` with ties to even, as the reference quantizer rounds (candle's `round`
+/// takes ties away from zero).
+fn round_ties_even(y: &Tensor) -> candle_core::Result<Tensor> {
+    let r = y.round()?;
+    let tie = (&r - y)?.abs()?.eq(0.5f32)?;
+    let half = (&r * 0.5)?;
+    let odd = half.floor()?.ne(&half)?;
+    (tie * odd)?.where_cond(&(&r - y.sign()?)?, &r)
 }
 
 /// `m` (column-major) as a row-major `ncols x nrows` tensor on `device`.

@@ -10,7 +10,7 @@ use candle_core::Device;
 use common::{tiny_model, windows};
 use faer::{Mat, Par};
 use magr::prox_opt::{Grouping, MagrOptions};
-use magr::quantizers::GridSpec;
+use magr::quantizers::{GridSpec, LayerProblem, Optq, Quantizer};
 use magr::{CandleBackend, ComputeBackend, Cpu, PipelineSettings, quantize_model};
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng, rngs::StdRng};
@@ -79,6 +79,71 @@ proptest! {
                 <= 1e-5 * want.objective_after.abs().max(1e-12),
             "objective: candle {} faer {}", report.objective_after, want.objective_after
         );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(12))]
+
+    /// OPTQ's column loop on the device: the same codes as the host's loop but where the
+    /// lazy block product, summed in another order, moves a weight across a rounding
+    /// boundary (at most 1% of them here), and the layer loss within 1e-3 relative.
+    #[test]
+    fn candle_optq_matches_the_faer_optq(
+        inputs in 8usize..70,
+        outputs in 1usize..10,
+        bits in 2u32..5,
+        act_order in any::<bool>(),
+        block_size in prop_oneof![Just(128usize), 3usize..16],
+        seed in 0u64..1000,
+    ) {
+        let (w0, h) = layer(inputs, outputs, seed);
+        let optq = Optq {
+            act_order,
+            block_size,
+            par: Par::Seq,
+            ..Optq::new(GridSpec::reference(bits, None).unwrap())
+        };
+        let problem = LayerProblem::new(w0.as_ref(), h.as_ref());
+        let want = optq.quantize(&problem).unwrap();
+        let candle = CandleBackend::new(Device::Cpu);
+        let got = candle.optq(optq).quantize(&problem).unwrap();
+        let differ = (0..outputs)
+            .flat_map(|j| (0..inputs).map(move |i| (i, j)))
+            .filter(|&(i, j)| got.code(i, j) != want.code(i, j))
+            .count();
+        prop_assert!(differ * 100 <= inputs * outputs, "{differ} codes differ");
+        let (a, b) = (got.layer_loss(), want.layer_loss());
+        prop_assert!((a - b).abs() <= 1e-3 * b.max(1e-12), "loss: candle {a} faer {b}");
+    }
+}
+
+#[test]
+fn candle_optq_rounds_ties_to_even_as_the_host() {
+    // 4 bits over [0, 15] (or [-15, 0]): the grid's step is 1, and with `H = I` nothing
+    // is spread, so the weights on half steps are all ties.
+    let column = [0.0, 15.0, 0.5, 1.5, 2.5, 3.5, 4.5, 5.5];
+    let w0 = Mat::from_fn(8, 2, |i, j| column[i] * if j == 0 { 1.0 } else { -1.0 });
+    let h = Mat::<f32>::identity(8, 8);
+    let optq = Optq {
+        par: Par::Seq,
+        ..Optq::new(GridSpec::reference(4, None).unwrap())
+    };
+    let problem = LayerProblem::new(w0.as_ref(), h.as_ref());
+    let want = optq.quantize(&problem).unwrap();
+    let got = CandleBackend::new(Device::Cpu)
+        .optq(optq)
+        .quantize(&problem)
+        .unwrap();
+    for j in 0..2 {
+        for i in 0..8 {
+            assert_eq!(
+                got.code(i, j),
+                want.code(i, j),
+                "({i}, {j}): {}",
+                w0[(i, j)]
+            );
+        }
     }
 }
 

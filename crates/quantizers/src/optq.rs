@@ -72,8 +72,35 @@ impl Optq {
     }
 }
 
-impl Quantizer for Optq {
-    fn quantize(&self, problem: &LayerProblem<'_>) -> Result<QuantizedLinear, QuantError> {
+/// What [`Optq::quantize_swept_by`] hands the column loop (the sweep) for per-channel
+/// grids: everything OPTQ decides before its loop.
+pub struct OptqSweep<'a> {
+    /// The working weights, `out x in`: row `j` is output channel `j`, column `k` the
+    /// input processed at position `k` (act-order's permutation applied), dead inputs
+    /// zeroed.
+    pub weights: Mat<f32>,
+    /// `U` (`in x in`, upper triangular, in processing order): `H^{-1} = U^T U` for the
+    /// damped `H`, as the loop reads it (`e = (x - q) / U_kk`, row `k` spreads the error).
+    pub factor: Mat<f32>,
+    /// One grid per output channel.
+    pub grids: &'a [Grid],
+    /// Columns per lazy block update.
+    pub block_size: usize,
+}
+
+/// What every form of OPTQ's loop starts from.
+struct Prepared {
+    /// Per input: `H_ii = 0` (calibration never activates it).
+    dead: Vec<bool>,
+    /// `perm[k]`: the input processed at position `k`.
+    perm: Vec<usize>,
+    /// `U`, in processing order.
+    u: Mat<f32>,
+}
+
+impl Optq {
+    /// The checks and the order shared by every form of the loop.
+    fn prepare(&self, problem: &LayerProblem<'_>) -> Result<Prepared, QuantError> {
         problem.validate()?;
         if self.block_size == 0 {
             return Err(QuantError::Parameter("block size must be positive".into()));
@@ -84,23 +111,92 @@ impl Quantizer for Optq {
                 self.damping
             )));
         }
-        let (w, h, spec) = (problem.weights, problem.hessian, self.spec);
+        let h = problem.hessian;
+        let n = h.nrows();
+        let dead: Vec<bool> = (0..n).map(|i| h[(i, i)] == 0.0).collect();
+        let diag = |i: usize| if dead[i] { 1.0 } else { h[(i, i)] as f64 };
+        // perm[k] = the input processed at position k.
+        let mut perm: Vec<usize> = (0..n).collect();
+        if self.act_order {
+            perm.sort_by(|&a, &b| diag(b).total_cmp(&diag(a)));
+        }
+        let damp = self.damping * (0..n).map(diag).sum::<f64>() / n as f64;
+        let u = inverse_cholesky_upper(h, &perm, &dead, damp, self.par)?;
+        Ok(Prepared { dead, perm, u })
+    }
+
+    /// [`Quantizer::quantize`] with the column loop run by `sweep` (on another device,
+    /// for instance), which returns the codes `out x in` row-major in processing order.
+    /// The grids (one per output channel, fitted as `quantize` fits them), the order,
+    /// `U` and the result are `quantize`'s; only grids per channel of the uniform family
+    /// take this path: others run `quantize` itself.
+    ///
+    /// # Errors
+    /// As [`Quantizer::quantize`], and `sweep`'s.
+    pub fn quantize_swept_by(
+        &self,
+        problem: &LayerProblem<'_>,
+        sweep: impl FnOnce(OptqSweep<'_>) -> Result<Vec<u8>, QuantError>,
+    ) -> Result<QuantizedLinear, QuantError> {
+        if self.spec.group_size().is_some() || self.spec.ggml_type().is_some() {
+            return self.quantize(problem);
+        }
+        let Prepared { dead, perm, u } = self.prepare(problem)?;
+        let (w, spec) = (problem.weights, self.spec);
         let (n, m) = (w.nrows(), w.ncols());
+        let grids: Vec<Grid> = (0..m).map(|j| spec.fit(w.col(j).iter().copied())).collect();
+        let weights = Mat::<f32>::from_fn(
+            m,
+            n,
+            |j, k| if dead[perm[k]] { 0.0 } else { w[(perm[k], j)] },
+        );
+        let swept = sweep(OptqSweep {
+            weights,
+            factor: u,
+            grids: &grids,
+            block_size: self.block_size.min(n),
+        })?;
+        if swept.len() != n * m {
+            return Err(QuantError::Parameter(format!(
+                "the sweep returned {} codes for {m} x {n}",
+                swept.len()
+            )));
+        }
+        let mut codes = vec![0u8; n * m];
+        for j in 0..m {
+            for (k, &input) in perm.iter().enumerate() {
+                codes[j * n + input] = swept[j * n + k];
+            }
+        }
+        Ok(QuantizedLinear::assemble(
+            spec,
+            codes,
+            grids,
+            vec![0; n],
+            problem,
+            self.par,
+        ))
+    }
+}
+
+impl Quantizer for Optq {
+    fn quantize(&self, problem: &LayerProblem<'_>) -> Result<QuantizedLinear, QuantError> {
+        let (w, h, spec) = (problem.weights, problem.hessian, self.spec);
         if let Some(ty) = spec.ggml_type()
             && self.act_order
             && !self.static_groups
         {
             return Err(QuantError::GgmlActOrder(ty));
         }
+        let Prepared { dead, perm, u } = self.prepare(problem)?;
+        let (n, m) = (w.nrows(), w.ncols());
         let (gs, groups) = (spec.group_rows(n)?, spec.groups(n)?);
         let span = spec.fit_span(n)?;
         let per_span = span / gs;
         let dynamic_groups = spec.group_size().is_some() && !self.static_groups;
 
-        let dead: Vec<bool> = (0..n).map(|i| h[(i, i)] == 0.0).collect();
         // The weights of a weighted GGUF fit: undamped H_ii, natural order.
         let fit_weights: Vec<f32> = (0..n).map(|i| h[(i, i)].max(0.0)).collect();
-        let diag = |i: usize| if dead[i] { 1.0 } else { h[(i, i)] as f64 };
         let weight = |i: usize, j: usize| if dead[i] { 0.0 } else { w[(i, j)] };
 
         // Grids, [g * m + j]. Per channel: the weights as given; static groups: the
@@ -125,11 +221,6 @@ impl Quantizer for Optq {
             }
         }
 
-        // perm[k] = the input processed at position k.
-        let mut perm: Vec<usize> = (0..n).collect();
-        if self.act_order {
-            perm.sort_by(|&a, &b| diag(b).total_cmp(&diag(a)));
-        }
         // Per channel gs = n, so both forms give group 0.
         let group_at = |k: usize| {
             if self.static_groups {
@@ -138,8 +229,6 @@ impl Quantizer for Optq {
                 k / gs
             }
         };
-        let damp = self.damping * (0..n).map(diag).sum::<f64>() / n as f64;
-        let u = inverse_cholesky_upper(h, &perm, &dead, damp, self.par)?;
 
         // Working weights, transposed and permuted: column k is input perm[k] across all
         // outputs, so every per-input step runs on contiguous memory.
