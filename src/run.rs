@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use faer::Par;
 use llama_io::{LinearKind, Model};
-use magr_report::{Evaluation, RunReport, magnitude_svg};
+use magr_report::{Evaluation, LayerHeldOut, ReferenceComparison, RunReport, magnitude_svg};
 use quantizers::QuantizedLinear;
 
 use crate::checkpoint::RunCheckpoint;
@@ -365,6 +365,64 @@ pub fn evaluate(
         ppl: report.ppl,
         seconds: report.seconds,
         tokens_per_second: report.tokens_per_second,
+        reference: None,
+    })
+}
+
+/// [`evaluate`] with `reference` (at `reference_path`, same shapes) run beside `model`
+/// on the same windows ([`llama_io::compare`]): the evaluation also gives the KL
+/// divergence from the reference, the top-1 agreement, the hidden-state error per block
+/// and each layer's loss per token on this text. `progress(done, total)` after each
+/// block and after the head.
+///
+/// # Errors
+/// As [`evaluate`]; models of different shapes.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_against(
+    model: &Model,
+    (reference, reference_path): (&Model, &Path),
+    text: &Path,
+    tokens: &[u32],
+    seqlen: usize,
+    (windows, first): (usize, usize),
+    par: Par,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Evaluation, PipelineError> {
+    let c = llama_io::compare(
+        model,
+        reference,
+        tokens,
+        seqlen,
+        Some(windows),
+        first,
+        par,
+        progress,
+    )?;
+    Ok(Evaluation {
+        text: text.to_path_buf(),
+        seqlen,
+        windows: c.windows,
+        first_scored: first,
+        tokens_scored: c.tokens_scored,
+        ppl: c.ppl,
+        seconds: c.seconds,
+        tokens_per_second: (c.windows * seqlen) as f64 / c.seconds,
+        reference: Some(ReferenceComparison {
+            model: reference_path.to_path_buf(),
+            ppl: c.reference_ppl,
+            mean_kl: c.mean_kl,
+            top1_agreement: c.top1_agreement,
+            block_error: c.block_error,
+            layers: c
+                .layers
+                .iter()
+                .map(|l| LayerHeldOut {
+                    block: l.block,
+                    layer: l.kind.hf_suffix().to_string(),
+                    loss_per_token: l.loss_per_token,
+                })
+                .collect(),
+        }),
     })
 }
 

@@ -530,6 +530,7 @@ mod tests {
             ppl,
             seconds: 150.0,
             tokens_per_second: 546.0,
+            reference: None,
         }
     }
 

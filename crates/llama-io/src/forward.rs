@@ -171,7 +171,7 @@ impl Model {
     /// `[.., out]`. On the CPU a faer product straight from the host weights (no
     /// copy into a tensor; faer is faster than candle's CPU matmul on these shapes),
     /// elsewhere candle's matmul on the device.
-    fn times_weight_t(
+    pub(crate) fn times_weight_t(
         &self,
         x: &Tensor,
         w: &[f32],

@@ -49,8 +49,11 @@ pub mod capture;
 mod forward;
 // (uses forward)
 pub mod perplexity;
+// (uses host, softmax, forward, perplexity)
+pub mod compare;
 
 pub use capture::{InputSink, XtxAccumulator, accumulate_xtx};
+pub use compare::{Comparison, LayerDivergence, compare};
 pub use config::LlamaConfig;
 pub use error::{LlamaIoError, Result};
 pub use gguf_writer::{EncodedLinear, GgufFloat, GgufLinears, GgufOptions, check_gguf, write_gguf};

@@ -25,7 +25,7 @@ use crate::softmax::max_and_exp_sum_by_vocab;
 
 /// Rows of logits (`rows x vocab`) formed at once when scoring a window; bounds the
 /// memory of the loss to `LOSS_ROWS * vocab` floats.
-const LOSS_ROWS: usize = 256;
+pub(crate) const LOSS_ROWS: usize = 256;
 
 /// The outcome of [`perplexity`].
 #[derive(Debug, Clone, PartialEq)]
@@ -75,25 +75,7 @@ pub fn perplexity_from(
     par: Par,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<PerplexityReport> {
-    if seqlen < 2 {
-        return Err(LlamaIoError::InvalidArgument(format!(
-            "perplexity window of {seqlen} tokens: at least 2 are needed"
-        )));
-    }
-    if first >= seqlen - 1 {
-        return Err(LlamaIoError::InvalidArgument(format!(
-            "perplexity window of {seqlen} tokens scored from position {first}: nothing to score"
-        )));
-    }
-    model.config().check_window(seqlen)?;
-    let available = tokens.len() / seqlen;
-    let windows = max_windows.map_or(available, |m| m.min(available));
-    if windows == 0 {
-        return Err(LlamaIoError::InvalidArgument(format!(
-            "perplexity needs at least one window: {} tokens, seqlen {seqlen}, max_windows {max_windows:?}",
-            tokens.len()
-        )));
-    }
+    let windows = scored_windows(model, tokens, seqlen, max_windows, first)?;
     let start = Instant::now();
     let mut window_nll = Vec::with_capacity(windows);
     for (w, window) in tokens.chunks_exact(seqlen).take(windows).enumerate() {
@@ -118,6 +100,41 @@ pub fn perplexity_from(
         tokens_per_second: (windows * seqlen) as f64 / seconds,
         window_nll,
     })
+}
+
+/// The number of windows that [`perplexity_from`] scores: the first `max_windows`
+/// (all when `None`) full windows of `seqlen` tokens.
+///
+/// # Errors
+/// `seqlen < 2`, `first >= seqlen - 1`, a window longer than the model takes, no full
+/// window.
+pub(crate) fn scored_windows(
+    model: &Model,
+    tokens: &[u32],
+    seqlen: usize,
+    max_windows: Option<usize>,
+    first: usize,
+) -> Result<usize> {
+    if seqlen < 2 {
+        return Err(LlamaIoError::InvalidArgument(format!(
+            "perplexity window of {seqlen} tokens: at least 2 are needed"
+        )));
+    }
+    if first >= seqlen - 1 {
+        return Err(LlamaIoError::InvalidArgument(format!(
+            "perplexity window of {seqlen} tokens scored from position {first}: nothing to score"
+        )));
+    }
+    model.config().check_window(seqlen)?;
+    let available = tokens.len() / seqlen;
+    let windows = max_windows.map_or(available, |m| m.min(available));
+    if windows == 0 {
+        return Err(LlamaIoError::InvalidArgument(format!(
+            "perplexity needs at least one window: {} tokens, seqlen {seqlen}, max_windows {max_windows:?}",
+            tokens.len()
+        )));
+    }
+    Ok(windows)
 }
 
 /// The running `(max, sum e^{z - max})` of each row over part of the vocabulary, and

@@ -1,5 +1,6 @@
-//! Vectorised pieces for the three exponential-heavy loops of an evaluation: the
-//! attention softmax, the SwiGLU activation and the cross-entropy of the logits.
+//! Vectorised pieces for the exponential-heavy loops of an evaluation: the attention
+//! softmax, the SwiGLU activation, the cross-entropy of the logits and the divergence
+//! of two models' next-token distributions.
 //!
 //! `exp` is Cephes' single-precision algorithm (range reduction by `ln 2` in two
 //! parts, a degree-6 polynomial, the exponent set by bit manipulation; relative
@@ -111,6 +112,53 @@ fn max_and_exp_sum_by_vocab_avx2(z: &[f32], max: &mut [f32], sum: &mut [f64]) {
     max_and_exp_sum_by_vocab_portable(z, max, sum)
 }
 
+/// Elements per block of the f32 lane sums of [`divergence_row_portable`], each block's
+/// sums then added in f64.
+const DIVERGENCE_BLOCK: usize = 256;
+
+/// For logit rows `z` (model) and `z_ref` (reference) of equal length:
+/// `(ln sum e^z, ln sum e^z', KL(softmax(z') || softmax(z)))`, with
+/// `KL = sum_v p_v (z'_v - z_v) + lse - lse'`, `p = softmax(z')`.
+#[inline(always)]
+fn divergence_row_portable(z: &[f32], z_ref: &[f32]) -> (f64, f64, f64) {
+    let (max, max_ref) = (max_portable(z), max_portable(z_ref));
+    let (mut s, mut s_ref, mut t) = (0.0f64, 0.0f64, 0.0f64);
+    for (b, b_ref) in z
+        .chunks(DIVERGENCE_BLOCK)
+        .zip(z_ref.chunks(DIVERGENCE_BLOCK))
+    {
+        let (mut a, mut a_ref, mut a_t) = ([0.0f32; LANES], [0.0f32; LANES], [0.0f32; LANES]);
+        let (c, c_ref) = (b.chunks_exact(LANES), b_ref.chunks_exact(LANES));
+        let tail = c.remainder().iter().zip(c_ref.remainder());
+        for (c, c_ref) in c.zip(c_ref) {
+            for i in 0..LANES {
+                let e_ref = exp(c_ref[i] - max_ref);
+                a[i] += exp(c[i] - max);
+                a_ref[i] += e_ref;
+                a_t[i] += e_ref * (c_ref[i] - c[i]);
+            }
+        }
+        for (&v, &v_ref) in tail {
+            let e_ref = exp(v_ref - max_ref);
+            s += f64::from(exp(v - max));
+            s_ref += f64::from(e_ref);
+            t += f64::from(e_ref * (v_ref - v));
+        }
+        s += a.iter().map(|&v| f64::from(v)).sum::<f64>();
+        s_ref += a_ref.iter().map(|&v| f64::from(v)).sum::<f64>();
+        t += a_t.iter().map(|&v| f64::from(v)).sum::<f64>();
+    }
+    let lse = f64::from(max) + s.ln();
+    let lse_ref = f64::from(max_ref) + s_ref.ln();
+    (lse, lse_ref, t / s_ref + lse - lse_ref)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn divergence_row_avx2(z: &[f32], z_ref: &[f32]) -> (f64, f64, f64) {
+    divergence_row_portable(z, z_ref)
+}
+
 /// `out[i] = silu(gate[i]) * up[i]` with `silu(x) = x / (1 + e^{-x})`.
 #[inline(always)]
 fn silu_mul_portable(gate: &[f32], up: &[f32], out: &mut [f32]) {
@@ -138,6 +186,18 @@ pub(crate) fn softmax_in_place(x: &mut [f32]) {
         return unsafe { softmax_in_place_avx2(x) };
     }
     softmax_in_place_portable(x)
+}
+
+/// For logit rows `z` (model) and `z_ref` (reference) of equal length, finite:
+/// `(logsumexp z, logsumexp z', KL(softmax(z') || softmax(z)))` (sums in f64 over
+/// blocks of f32 lanes).
+pub(crate) fn divergence_row(z: &[f32], z_ref: &[f32]) -> (f64, f64, f64) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU supports AVX2 and FMA, as checked just above.
+        return unsafe { divergence_row_avx2(z, z_ref) };
+    }
+    divergence_row_portable(z, z_ref)
 }
 
 /// `out = silu(gate) * up` elementwise, the SwiGLU activation (equal lengths).
@@ -178,6 +238,38 @@ mod tests {
         assert!(worst < 4e-7, "worst relative error {worst:e}");
         assert!(exp(-1000.0) < 2e-38 && exp(-1000.0) >= 0.0);
         assert_eq!(exp(0.0), 1.0);
+    }
+
+    proptest::proptest! {
+        /// The row divergence against f64 softmaxes, on rows longer than a block with a
+        /// ragged tail, logits up to +-40 and a reference near or far from the model.
+        #[test]
+        fn divergence_row_matches_f64(
+            z in proptest::collection::vec(-40.0f32..40.0, 1..700),
+            noise in proptest::collection::vec(-1.0f32..1.0, 700),
+            scale in proptest::prop_oneof![proptest::strategy::Just(0.0f32), 0.001f32..0.05, 0.5f32..8.0],
+        ) {
+            let z_ref: Vec<f32> = z.iter().zip(&noise).map(|(a, n)| a + scale * n).collect();
+            let lse = |v: &[f32]| {
+                let m = v.iter().map(|&x| f64::from(x)).fold(f64::NEG_INFINITY, f64::max);
+                m + v.iter().map(|&x| (f64::from(x) - m).exp()).sum::<f64>().ln()
+            };
+            let (l, l_ref) = (lse(&z), lse(&z_ref));
+            let kl: f64 = z.iter().zip(&z_ref).map(|(&a, &b)| {
+                let lp = f64::from(b) - l_ref;
+                lp.exp() * (lp - (f64::from(a) - l))
+            }).sum();
+            let (got, got_ref, got_kl) = divergence_row(&z, &z_ref);
+            proptest::prop_assert!((got - l).abs() <= 1e-6 * l.abs().max(1.0), "{got} vs {l}");
+            proptest::prop_assert!((got_ref - l_ref).abs() <= 1e-6 * l_ref.abs().max(1.0));
+            // KL is formed from terms of the size of the logit differences, each with
+            // f32's exp: 2e-6 absolute (far below the 1e-3 nats of interest) plus 1e-4
+            // relative.
+            proptest::prop_assert!((got_kl - kl).abs() <= 2e-6 + 1e-4 * kl, "KL {got_kl} vs {kl}");
+            if scale == 0.0 {
+                proptest::prop_assert_eq!(got_kl, 0.0);
+            }
+        }
     }
 
     #[test]

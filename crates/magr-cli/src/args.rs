@@ -92,6 +92,18 @@ pub struct EvalTextArgs {
     llama_cpp_protocol: bool,
 }
 
+impl EvalTextArgs {
+    /// The first scored position of each window: `seqlen / 2` with
+    /// `--llama-cpp-protocol`, else 0.
+    pub fn first_scored(&self) -> usize {
+        if self.llama_cpp_protocol {
+            self.seqlen / 2
+        } else {
+            0
+        }
+    }
+}
+
 /// `--threads`.
 #[derive(Args)]
 pub struct ParArg {
@@ -144,8 +156,18 @@ pub fn load_model(
         Some(p) => p.clone(),
         None => data::default_model_path()?,
     };
+    let model = load_model_at(&path, gpu, quiet)?;
+    Ok((model, path))
+}
+
+/// The model at `path`, with a log line; its forward pass runs on `gpu` when given.
+pub fn load_model_at(
+    path: &std::path::Path,
+    gpu: Option<&Device>,
+    quiet: bool,
+) -> Result<Model, Error> {
     let start = Instant::now();
-    let mut model = Model::load(&path)?;
+    let mut model = Model::load(path)?;
     if let Some(gpu) = gpu {
         model.set_device(gpu.clone());
     }
@@ -163,7 +185,7 @@ pub fn load_model(
             c.vocab_size
         ),
     );
-    Ok((model, path))
+    Ok(model)
 }
 
 /// The evaluation text's path and tokens, read and tokenized once per run; `None`
@@ -206,14 +228,7 @@ pub fn evaluate(
         path,
         tokens,
         args.seqlen,
-        (
-            args.windows,
-            if args.llama_cpp_protocol {
-                args.seqlen / 2
-            } else {
-                0
-            },
-        ),
+        (args.windows, args.first_scored()),
         par,
         &mut |done, _| bar.set_position(done as u64),
     )?;

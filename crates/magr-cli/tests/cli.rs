@@ -810,3 +810,83 @@ fn gptq_check_py_finds_the_fake_quant_weights_in_every_layout() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `magr eval --reference`: a quantized model against its float original, on the
+/// windows `magr quantize` evaluated, gives the perplexities the run reported, a
+/// positive divergence and a record per block and layer; models of other shapes are
+/// refused by name.
+#[test]
+fn eval_against_the_float_model() {
+    let dir = workspace("eval-reference");
+    let out = dir.join("out");
+    let (ok, err) = quantize_tiny(&dir, &out, &[("--bits", "3"), ("--eval-float", "")]);
+    assert!(ok, "{err}");
+    let run: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let json = dir.join("eval.json");
+    let eval_args = |model: &Path, reference: &Path| {
+        vec![
+            "eval".to_string(),
+            "--quiet".into(),
+            "--model".into(),
+            s(model).into(),
+            "--reference".into(),
+            s(reference).into(),
+            "--eval-text".into(),
+            s(&dir.join("eval.txt")).into(),
+            "--eval-seqlen".into(),
+            "32".into(),
+            "--eval-windows".into(),
+            "4".into(),
+            "--report".into(),
+            s(&json).into(),
+        ]
+    };
+    let args = eval_args(&out.join("fake-quant"), &dir.join("model"));
+    let (ok, err) = magr(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(ok, "{err}");
+    let e: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let close = |a: &serde_json::Value, b: &serde_json::Value| {
+        let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
+        (a - b).abs() <= 1e-6 * b
+    };
+    // The float model's perplexity as the run gave it; the written model's (its weights
+    // stored in f16) as `magr eval` gives it alone.
+    assert!(
+        close(&e["reference"]["ppl"], &run["float"]["ppl"]),
+        "{e} vs {run}"
+    );
+    let alone = dir.join("alone.json");
+    let mut args_alone = args.clone();
+    args_alone.splice(4..6, []);
+    *args_alone.last_mut().unwrap() = s(&alone).into();
+    let (ok, err) = magr(&args_alone.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(ok, "{err}");
+    let alone: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&alone).unwrap()).unwrap();
+    assert!(alone.get("reference").is_none());
+    assert!(close(&e["ppl"], &alone["ppl"]), "{e} vs {alone}");
+    assert!(e["reference"]["mean_kl"].as_f64().unwrap() > 0.0);
+    let agreement = e["reference"]["top1_agreement"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&agreement));
+    assert_eq!(e["reference"]["block_error"].as_array().unwrap().len(), 2);
+    let layers = e["reference"]["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 14);
+    assert_eq!(layers[13]["layer"], "down_proj");
+    assert!(
+        layers
+            .iter()
+            .all(|l| l["loss_per_token"].as_f64().unwrap() > 0.0)
+    );
+
+    let generated = dir.join("generated");
+    let (ok, err) = magr(&["gen-model", "--shape", "tiny", "--out", s(&generated)]);
+    assert!(ok, "{err}");
+    std::fs::remove_file(&json).unwrap();
+    let args = eval_args(&dir.join("model"), &generated);
+    let (ok, err) = magr(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!ok && err.contains("differ in"), "{err}");
+    assert!(!json.exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

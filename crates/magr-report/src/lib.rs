@@ -159,6 +159,40 @@ pub struct Evaluation {
     pub seconds: f64,
     /// Throughput.
     pub tokens_per_second: f64,
+    /// The model against a reference on the same windows (`magr eval --reference`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<ReferenceComparison>,
+}
+
+/// A model against a reference of the same shapes (its float original) on the
+/// evaluation windows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReferenceComparison {
+    /// The reference model.
+    pub model: PathBuf,
+    /// The reference's perplexity on the same positions.
+    pub ppl: f64,
+    /// Mean `KL(reference || model)` of the next-token distributions over the scored
+    /// positions, in nats.
+    pub mean_kl: f64,
+    /// Share of scored positions where both rank the same token first.
+    pub top1_agreement: f64,
+    /// Per block, the mean over positions of `||h - h'|| / ||h'||` after it.
+    pub block_error: Vec<f64>,
+    /// Per linear layer, the mean over positions of `||x (W - W')^T||^2`, `x` the
+    /// model's own input: the layer loss per token on the evaluation text.
+    pub layers: Vec<LayerHeldOut>,
+}
+
+/// One layer's loss per token on the evaluation text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayerHeldOut {
+    /// Block index.
+    pub block: usize,
+    /// Hugging Face projection name (`q_proj` ...).
+    pub layer: String,
+    /// Mean over positions of `||x (W - W')^T||^2`.
+    pub loss_per_token: f64,
 }
 
 fn is_zero(n: &usize) -> bool {
