@@ -246,6 +246,57 @@ pub fn evaluate(
     Ok(e)
 }
 
+/// Evaluates `model` against `reference` (at `path`) on the same windows
+/// ([`magr::run::evaluate_against`]) with a progress bar, and prints the result lines.
+pub fn evaluate_against(
+    model: &Model,
+    (reference, path): (&Model, &std::path::Path),
+    (text_path, tokens): &(PathBuf, Vec<u32>),
+    args: &EvalTextArgs,
+    par: Par,
+    quiet: bool,
+) -> Result<Evaluation, Error> {
+    let bar = bar(quiet, model.num_blocks() as u64 + 1, "model and reference");
+    let e = magr::run::evaluate_against(
+        model,
+        (reference, path),
+        text_path,
+        tokens,
+        args.seqlen,
+        (args.windows, args.first_scored()),
+        par,
+        &mut |done, _| bar.set_position(done as u64),
+    )?;
+    bar.finish_and_clear();
+    let Some(r) = &e.reference else {
+        return Ok(e);
+    };
+    println!(
+        "model: ppl {:.4}, reference ppl {:.4} on {} ({} windows of {}, {} tokens scored), {:.1} s",
+        e.ppl,
+        r.ppl,
+        text_path.display(),
+        e.windows,
+        e.seqlen,
+        e.tokens_scored,
+        e.seconds
+    );
+    println!(
+        "model: KL(reference || model) {:.5} nats per token, top-1 agreement {:.2}%",
+        r.mean_kl,
+        100.0 * r.top1_agreement
+    );
+    if let (Some(first), Some(last)) = (r.block_error.first(), r.block_error.last()) {
+        let total: f64 = r.layers.iter().map(|l| l.loss_per_token).sum();
+        println!(
+            "model: hidden-state error {first:.4} after block 0, {last:.4} after block {}; \
+             summed layer loss per token {total:.4e} (per block and layer in the JSON report)",
+            r.block_error.len() - 1
+        );
+    }
+    Ok(e)
+}
+
 /// The peak resident memory of this process so far (`VmHWM` of `/proc/self/status`),
 /// where the system tells it.
 pub fn peak_rss_bytes() -> Option<u64> {

@@ -443,6 +443,16 @@ fn ignored_options_and_overlong_windows_are_refused() {
             "`none`",
         ),
         (&["--no-magr", "--alpha", "0.01"][..], "--alpha", "`none`"),
+        (
+            &["--eval-reference", "--eval-windows", "0"][..],
+            "--eval-reference",
+            "--eval-windows is 0",
+        ),
+        (
+            &["--eval-float", "--eval-windows", "0"][..],
+            "--eval-float",
+            "--eval-windows is 0",
+        ),
     ] {
         let mut all = vec!["quantize"];
         all.extend(args);
@@ -819,7 +829,15 @@ fn gptq_check_py_finds_the_fake_quant_weights_in_every_layout() {
 fn eval_against_the_float_model() {
     let dir = workspace("eval-reference");
     let out = dir.join("out");
-    let (ok, err) = quantize_tiny(&dir, &out, &[("--bits", "3"), ("--eval-float", "")]);
+    let (ok, err) = quantize_tiny(
+        &dir,
+        &out,
+        &[
+            ("--bits", "3"),
+            ("--eval-float", ""),
+            ("--eval-reference", ""),
+        ],
+    );
     assert!(ok, "{err}");
     let run: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
@@ -857,6 +875,11 @@ fn eval_against_the_float_model() {
         close(&e["reference"]["ppl"], &run["float"]["ppl"]),
         "{e} vs {run}"
     );
+    // `quantize --eval-reference` compared the quantized weights held in f32.
+    let q = &run["quantized"]["reference"];
+    assert!(close(&q["ppl"], &run["float"]["ppl"]), "{run}");
+    assert_eq!(q["layers"].as_array().unwrap().len(), 14);
+    assert!(q["mean_kl"].as_f64().unwrap() > 0.0);
     let alone = dir.join("alone.json");
     let mut args_alone = args.clone();
     args_alone.splice(4..6, []);

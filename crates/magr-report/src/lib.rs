@@ -439,6 +439,15 @@ impl RunReport {
                     e.tokens_scored,
                     e.text.display()
                 );
+                if let Some(r) = &e.reference {
+                    let _ = writeln!(
+                        md,
+                        "- against the float model on the same windows: KL divergence **{:.5}** nats per token, top-1 agreement {:.2}%, float perplexity {:.4}",
+                        r.mean_kl,
+                        100.0 * r.top1_agreement,
+                        r.ppl
+                    );
+                }
             }
         }
         if s.preprocessor.name != "none" {
@@ -615,6 +624,45 @@ mod tests {
         assert!(md.contains("; peak memory 3.00 GiB"), "{md}");
         assert!(!md.contains("loaders"));
         assert_eq!(report().label(), "MagR+OPTQ+CD w3 g64");
+    }
+
+    /// An evaluation against the float model shows its divergence, and round-trips.
+    #[test]
+    fn the_comparison_with_the_float_model_is_shown_and_round_trips() {
+        let mut r = report();
+        r.quantized = Some(Evaluation {
+            text: "wiki.test.raw".into(),
+            seqlen: 32,
+            windows: 4,
+            first_scored: 0,
+            tokens_scored: 124,
+            ppl: 30.5,
+            seconds: 1.0,
+            tokens_per_second: 128.0,
+            reference: Some(ReferenceComparison {
+                model: "m.gguf".into(),
+                ppl: 20.25,
+                mean_kl: 0.123456,
+                top1_agreement: 0.75,
+                block_error: vec![0.1, 0.2],
+                layers: vec![LayerHeldOut {
+                    block: 0,
+                    layer: "q_proj".into(),
+                    loss_per_token: 1.5,
+                }],
+            }),
+        });
+        let md = r.markdown();
+        assert!(md.contains("- quantized perplexity: **30.5000**"), "{md}");
+        assert!(
+            md.contains("KL divergence **0.12346** nats per token, top-1 agreement 75.00%, float perplexity 20.2500"),
+            "{md}"
+        );
+        let text = serde_json::to_string(&r).unwrap();
+        assert_eq!(serde_json::from_str::<RunReport>(&text).unwrap(), r);
+        // Without a reference the field is absent, and an older report reads.
+        r.quantized.as_mut().unwrap().reference = None;
+        assert!(!serde_json::to_string(&r).unwrap().contains("reference"));
     }
 
     /// A GGUF run names its type or preset; a per-channel GPTQ checkpoint says how

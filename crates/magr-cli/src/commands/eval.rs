@@ -3,10 +3,10 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use magr::magr_report::Evaluation;
 
 use crate::args::{
-    Error, EvalTextArgs, ModelArg, ParArg, bar, eval_tokens, evaluate, load_model, load_model_at,
+    Error, EvalTextArgs, ModelArg, ParArg, eval_tokens, evaluate, evaluate_against, load_model,
+    load_model_at,
 };
 
 /// `magr eval`'s arguments.
@@ -41,54 +41,17 @@ pub fn run(args: &EvalArgs, quiet: bool) -> Result<(), Error> {
     let text = eval_tokens(&model, &args.eval)?.ok_or("--eval-windows 0: nothing to evaluate")?;
     let evaluation = match &reference {
         None => evaluate(&model, &text, &args.eval, args.par.par(), "model", quiet)?,
-        Some((reference, path)) => {
-            let blocks = model.num_blocks() as u64 + 1;
-            let bar = bar(quiet, blocks, "model and reference");
-            let e = magr::run::evaluate_against(
-                &model,
-                (reference, path),
-                &text.0,
-                &text.1,
-                args.eval.seqlen,
-                (args.eval.windows, args.eval.first_scored()),
-                args.par.par(),
-                &mut |done, _| bar.set_position(done as u64),
-            )?;
-            bar.finish_and_clear();
-            print_comparison(&e);
-            e
-        }
+        Some((reference, path)) => evaluate_against(
+            &model,
+            (reference, path),
+            &text,
+            &args.eval,
+            args.par.par(),
+            quiet,
+        )?,
     };
     if let Some(path) = &args.report {
         magr::atomic_fs::write(path, serde_json::to_string_pretty(&evaluation)?)?;
     }
     Ok(())
-}
-
-/// The result lines of an evaluation against a reference.
-fn print_comparison(e: &Evaluation) {
-    let Some(r) = &e.reference else { return };
-    println!(
-        "model: ppl {:.4}, reference ppl {:.4} on {} ({} windows of {}, {} tokens scored), {:.1} s",
-        e.ppl,
-        r.ppl,
-        e.text.display(),
-        e.windows,
-        e.seqlen,
-        e.tokens_scored,
-        e.seconds
-    );
-    println!(
-        "model: KL(reference || model) {:.5} nats per token, top-1 agreement {:.2}%",
-        r.mean_kl,
-        100.0 * r.top1_agreement
-    );
-    if let (Some(first), Some(last)) = (r.block_error.first(), r.block_error.last()) {
-        let total: f64 = r.layers.iter().map(|l| l.loss_per_token).sum();
-        println!(
-            "model: hidden-state error {first:.4} after block 0, {last:.4} after block {}; \
-             summed layer loss per token {total:.4e} (per block and layer in --report)",
-            r.block_error.len() - 1
-        );
-    }
 }

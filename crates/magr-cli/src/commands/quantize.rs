@@ -19,8 +19,8 @@ use magr::{
 };
 
 use crate::args::{
-    Error, EvalTextArgs, ModelArg, ParArg, bar, eval_tokens, evaluate, load_model, log,
-    peak_rss_bytes,
+    Error, EvalTextArgs, ModelArg, ParArg, bar, eval_tokens, evaluate, evaluate_against,
+    load_model, load_model_at, log, peak_rss_bytes,
 };
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -218,6 +218,14 @@ pub struct QuantizeArgs {
     /// Also evaluate the model before quantizing.
     #[arg(long)]
     eval_float: bool,
+    /// Evaluate the quantized model against the float model (read again from
+    /// `--model`) on the same windows: adds the KL divergence of the next-token
+    /// distributions, the top-1 agreement, the float perplexity and, in report.json's
+    /// `quantized.reference`, the hidden-state error per block and each layer's loss
+    /// per token on the evaluation text (`magr eval --reference`); about three times the
+    /// evaluation's time.
+    #[arg(long)]
+    eval_reference: bool,
     #[command(flatten)]
     eval: EvalTextArgs,
     /// Output directory: report.json, report.md and the formats asked for, each in its
@@ -260,6 +268,14 @@ pub fn run(args: &QuantizeArgs, quiet: bool) -> Result<(), Error> {
     }
     if args.resume && args.out.is_none() {
         return Err("--resume needs --out (the checkpoint lives in OUT.partial)".into());
+    }
+    if (args.eval_float || args.eval_reference) && args.eval.windows == 0 {
+        let flag = if args.eval_float {
+            "--eval-float"
+        } else {
+            "--eval-reference"
+        };
+        return Err(format!("{flag} needs an evaluation: --eval-windows is 0").into());
     }
     let mut formats = output_formats(args, &format_names, &settings)?;
     // The output's staging directory is made before anything is loaded: an unwritable
@@ -530,10 +546,28 @@ fn quantize_into(
         s.propagate,
         report.summed_layer_loss()
     );
-    let quantized = eval_text
-        .as_ref()
-        .map(|text| evaluate(&model, text, &args.eval, settings.par, &label, quiet))
-        .transpose()?;
+    let quantized = match &eval_text {
+        Some(text) if args.eval_reference => {
+            let reference = load_model_at(&model_path, gpu, quiet)?;
+            Some(evaluate_against(
+                &model,
+                (&reference, &model_path),
+                text,
+                &args.eval,
+                settings.par,
+                quiet,
+            )?)
+        }
+        Some(text) => Some(evaluate(
+            &model,
+            text,
+            &args.eval,
+            settings.par,
+            &label,
+            quiet,
+        )?),
+        None => None,
+    };
 
     if let Some(staging) = staging {
         let run = RunReport {
