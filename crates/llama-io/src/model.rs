@@ -171,7 +171,9 @@ impl Model {
                     path: source.to_path_buf(),
                     tensor: name.clone(),
                 })?;
-            check_tensor(&name, &role.shape(&config), tensor, source)
+            // Only linear weights stay in their file; the rest is kept from the check's read.
+            let keep = !matches!(role, TensorRole::Linear(..));
+            check_tensor(&name, &role.shape(&config), tensor, source, keep)
         };
         let embedding = take(TensorRole::Embedding)?.into_values()?;
         let mut blocks = Vec::with_capacity(config.num_hidden_layers);
@@ -442,12 +444,14 @@ impl std::fmt::Debug for Model {
 }
 
 /// Shape and finiteness check of one tensor read from `source` (a stored tensor is read
-/// once to check it); its values.
+/// once to check it); its values: a stored tensor stays in its file unless `keep`, where
+/// the values read for the check are kept.
 fn check_tensor(
     name: &str,
     expected: &[usize],
     tensor: SourceTensor,
     source: &Path,
+    keep: bool,
 ) -> Result<TensorValues> {
     if tensor.shape() != expected {
         return Err(LlamaIoError::Shape {
@@ -460,8 +464,12 @@ fn check_tensor(
     let tensor = match tensor {
         SourceTensor::Host(t) => t,
         SourceTensor::Stored(t) => {
-            t.read()?;
-            return Ok(TensorValues::Stored(t));
+            let values = t.read()?;
+            return Ok(if keep {
+                TensorValues::Resident(values)
+            } else {
+                TensorValues::Stored(t)
+            });
         }
     };
     if tensor.data.len() != expected.iter().product::<usize>() {
