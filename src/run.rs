@@ -341,12 +341,19 @@ pub fn write_outputs(
 
 /// The perplexity of `model` on `tokens` of the text at `text` (the first `windows`
 /// windows of `seqlen`, each scored from position `first`: 0 is the papers' protocol,
-/// `seqlen / 2` llama.cpp's), `progress(done, total)` after each window.
+/// `seqlen / 2` llama.cpp's). With a `reference` model of the same shapes (and its
+/// path), both run on the same windows ([`llama_io::compare`]) and the evaluation also
+/// gives the KL divergence from the reference, the top-1 agreement, the hidden-state
+/// error per block and each layer's loss per token on this text. `progress(done,
+/// total)` after each window (with a reference: after each block and the head).
 ///
 /// # Errors
-/// The forward pass's errors and a text shorter than one window.
+/// The forward pass's errors, a text shorter than one window, a reference of other
+/// shapes.
+#[allow(clippy::too_many_arguments)]
 pub fn evaluate(
     model: &Model,
+    reference: Option<(&Model, &Path)>,
     text: &Path,
     tokens: &[u32],
     seqlen: usize,
@@ -354,75 +361,42 @@ pub fn evaluate(
     par: Par,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Evaluation, PipelineError> {
-    let report =
-        llama_io::perplexity_from(model, tokens, seqlen, Some(windows), first, par, progress)?;
+    let max = Some(windows);
+    let (report, comparison) = match reference {
+        None => {
+            let r = llama_io::perplexity_from(model, tokens, seqlen, max, first, par, progress)?;
+            ((r.windows, r.tokens_scored, r.ppl, r.seconds), None)
+        }
+        Some((reference, path)) => {
+            let c = llama_io::compare(model, reference, tokens, seqlen, max, first, par, progress)?;
+            let report = (c.windows, c.tokens_scored, c.ppl, c.seconds);
+            let layers = c.layers.iter().map(|l| LayerHeldOut {
+                block: l.block,
+                layer: l.kind.hf_suffix().to_string(),
+                loss_per_token: l.loss_per_token,
+            });
+            let comparison = ReferenceComparison {
+                model: path.to_path_buf(),
+                ppl: c.reference_ppl,
+                mean_kl: c.mean_kl,
+                top1_agreement: c.top1_agreement,
+                layers: layers.collect(),
+                block_error: c.block_error,
+            };
+            (report, Some(comparison))
+        }
+    };
+    let (windows, tokens_scored, ppl, seconds) = report;
     Ok(Evaluation {
         text: text.to_path_buf(),
         seqlen,
-        windows: report.windows,
+        windows,
         first_scored: first,
-        tokens_scored: report.tokens_scored,
-        ppl: report.ppl,
-        seconds: report.seconds,
-        tokens_per_second: report.tokens_per_second,
-        reference: None,
-    })
-}
-
-/// [`evaluate`] with `reference` (at `reference_path`, same shapes) run beside `model`
-/// on the same windows ([`llama_io::compare`]): the evaluation also gives the KL
-/// divergence from the reference, the top-1 agreement, the hidden-state error per block
-/// and each layer's loss per token on this text. `progress(done, total)` after each
-/// block and after the head.
-///
-/// # Errors
-/// As [`evaluate`]; models of different shapes.
-#[allow(clippy::too_many_arguments)]
-pub fn evaluate_against(
-    model: &Model,
-    (reference, reference_path): (&Model, &Path),
-    text: &Path,
-    tokens: &[u32],
-    seqlen: usize,
-    (windows, first): (usize, usize),
-    par: Par,
-    progress: &mut dyn FnMut(usize, usize),
-) -> Result<Evaluation, PipelineError> {
-    let c = llama_io::compare(
-        model,
-        reference,
-        tokens,
-        seqlen,
-        Some(windows),
-        first,
-        par,
-        progress,
-    )?;
-    Ok(Evaluation {
-        text: text.to_path_buf(),
-        seqlen,
-        windows: c.windows,
-        first_scored: first,
-        tokens_scored: c.tokens_scored,
-        ppl: c.ppl,
-        seconds: c.seconds,
-        tokens_per_second: (c.windows * seqlen) as f64 / c.seconds,
-        reference: Some(ReferenceComparison {
-            model: reference_path.to_path_buf(),
-            ppl: c.reference_ppl,
-            mean_kl: c.mean_kl,
-            top1_agreement: c.top1_agreement,
-            block_error: c.block_error,
-            layers: c
-                .layers
-                .iter()
-                .map(|l| LayerHeldOut {
-                    block: l.block,
-                    layer: l.kind.hf_suffix().to_string(),
-                    loss_per_token: l.loss_per_token,
-                })
-                .collect(),
-        }),
+        tokens_scored,
+        ppl,
+        seconds,
+        tokens_per_second: (windows * seqlen) as f64 / seconds,
+        reference: comparison,
     })
 }
 

@@ -209,22 +209,24 @@ pub fn eval_tokens(
     Ok(Some((path, tokens)))
 }
 
-/// Evaluates `model` with a progress bar and prints the result line, labelled `label`.
+/// Evaluates `model` (against `reference` and its path, when given: [`magr::run::evaluate`])
+/// with a progress bar labelled `label`, and prints the result lines.
 pub fn evaluate(
     model: &Model,
+    reference: Option<(&Model, &std::path::Path)>,
     (path, tokens): &(PathBuf, Vec<u32>),
     args: &EvalTextArgs,
     par: Par,
-    label: &str,
-    quiet: bool,
+    (label, quiet): (&str, bool),
 ) -> Result<Evaluation, Error> {
-    let bar = bar(
-        quiet,
-        args.windows.min(tokens.len() / args.seqlen.max(1)) as u64,
-        label,
-    );
+    let steps = match reference {
+        None => args.windows.min(tokens.len() / args.seqlen.max(1)),
+        Some(_) => model.num_blocks() + 1,
+    };
+    let bar = bar(quiet, steps as u64, label);
     let e = magr::run::evaluate(
         model,
+        reference,
         path,
         tokens,
         args.seqlen,
@@ -233,8 +235,12 @@ pub fn evaluate(
         &mut |done, _| bar.set_position(done as u64),
     )?;
     bar.finish_and_clear();
+    let reference_ppl = e
+        .reference
+        .as_ref()
+        .map_or(String::new(), |r| format!(", reference ppl {:.4}", r.ppl));
     println!(
-        "{label}: ppl {:.4} on {} ({} windows of {}, {} tokens scored), {:.1} s, {:.1} tokens/s",
+        "{label}: ppl {:.4}{reference_ppl} on {} ({} windows of {}, {} tokens scored), {:.1} s, {:.1} tokens/s",
         e.ppl,
         path.display(),
         e.windows,
@@ -243,56 +249,20 @@ pub fn evaluate(
         e.seconds,
         e.tokens_per_second
     );
-    Ok(e)
-}
-
-/// Evaluates `model` against `reference` (at `path`) on the same windows
-/// ([`magr::run::evaluate_against`]) with a progress bar, and prints the result lines.
-pub fn evaluate_against(
-    model: &Model,
-    (reference, path): (&Model, &std::path::Path),
-    (text_path, tokens): &(PathBuf, Vec<u32>),
-    args: &EvalTextArgs,
-    par: Par,
-    quiet: bool,
-) -> Result<Evaluation, Error> {
-    let bar = bar(quiet, model.num_blocks() as u64 + 1, "model and reference");
-    let e = magr::run::evaluate_against(
-        model,
-        (reference, path),
-        text_path,
-        tokens,
-        args.seqlen,
-        (args.windows, args.first_scored()),
-        par,
-        &mut |done, _| bar.set_position(done as u64),
-    )?;
-    bar.finish_and_clear();
-    let Some(r) = &e.reference else {
-        return Ok(e);
-    };
-    println!(
-        "model: ppl {:.4}, reference ppl {:.4} on {} ({} windows of {}, {} tokens scored), {:.1} s",
-        e.ppl,
-        r.ppl,
-        text_path.display(),
-        e.windows,
-        e.seqlen,
-        e.tokens_scored,
-        e.seconds
-    );
-    println!(
-        "model: KL(reference || model) {:.5} nats per token, top-1 agreement {:.2}%",
-        r.mean_kl,
-        100.0 * r.top1_agreement
-    );
-    if let (Some(first), Some(last)) = (r.block_error.first(), r.block_error.last()) {
-        let total: f64 = r.layers.iter().map(|l| l.loss_per_token).sum();
+    if let Some(r) = &e.reference {
         println!(
-            "model: hidden-state error {first:.4} after block 0, {last:.4} after block {}; \
-             summed layer loss per token {total:.4e} (per block and layer in the JSON report)",
-            r.block_error.len() - 1
+            "{label}: KL(reference || model) {:.5} nats per token, top-1 agreement {:.2}%",
+            r.mean_kl,
+            100.0 * r.top1_agreement
         );
+        if let (Some(first), Some(last)) = (r.block_error.first(), r.block_error.last()) {
+            let total: f64 = r.layers.iter().map(|l| l.loss_per_token).sum();
+            println!(
+                "{label}: hidden-state error {first:.4} after block 0, {last:.4} after block {}; \
+                 summed layer loss per token {total:.4e} (per block and layer in the JSON report)",
+                r.block_error.len() - 1
+            );
+        }
     }
     Ok(e)
 }

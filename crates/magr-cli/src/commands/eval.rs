@@ -5,8 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use crate::args::{
-    Error, EvalTextArgs, ModelArg, ParArg, eval_tokens, evaluate, evaluate_against, load_model,
-    load_model_at,
+    Error, EvalTextArgs, ModelArg, ParArg, eval_tokens, evaluate, load_model, load_model_at,
 };
 
 /// `magr eval`'s arguments.
@@ -39,17 +38,15 @@ pub fn run(args: &EvalArgs, quiet: bool) -> Result<(), Error> {
         None => None,
     };
     let text = eval_tokens(&model, &args.eval)?.ok_or("--eval-windows 0: nothing to evaluate")?;
-    let evaluation = match &reference {
-        None => evaluate(&model, &text, &args.eval, args.par.par(), "model", quiet)?,
-        Some((reference, path)) => evaluate_against(
-            &model,
-            (reference, path),
-            &text,
-            &args.eval,
-            args.par.par(),
-            quiet,
-        )?,
-    };
+    let reference = reference.as_ref().map(|(m, p)| (m, p.as_path()));
+    let evaluation = evaluate(
+        &model,
+        reference,
+        &text,
+        &args.eval,
+        args.par.par(),
+        ("model", quiet),
+    )?;
     if let Some(path) = &args.report {
         magr::atomic_fs::write(path, serde_json::to_string_pretty(&evaluation)?)?;
     }

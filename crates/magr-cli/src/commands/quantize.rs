@@ -19,8 +19,8 @@ use magr::{
 };
 
 use crate::args::{
-    Error, EvalTextArgs, ModelArg, ParArg, bar, eval_tokens, evaluate, evaluate_against,
-    load_model, load_model_at, log, peak_rss_bytes,
+    Error, EvalTextArgs, ModelArg, ParArg, bar, eval_tokens, evaluate, load_model, load_model_at,
+    log, peak_rss_bytes,
 };
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -495,11 +495,11 @@ fn quantize_into(
     let float = match &eval_text {
         Some(text) if args.eval_float => Some(evaluate(
             &model,
+            None,
             text,
             &args.eval,
             settings.par,
-            "float",
-            quiet,
+            ("float", quiet),
         )?),
         _ => None,
     };
@@ -546,28 +546,18 @@ fn quantize_into(
         s.propagate,
         report.summed_layer_loss()
     );
-    let quantized = match &eval_text {
-        Some(text) if args.eval_reference => {
-            let reference = load_model_at(&model_path, gpu, quiet)?;
-            Some(evaluate_against(
-                &model,
-                (&reference, &model_path),
-                text,
-                &args.eval,
-                settings.par,
-                quiet,
-            )?)
-        }
-        Some(text) => Some(evaluate(
-            &model,
-            text,
-            &args.eval,
-            settings.par,
-            &label,
-            quiet,
-        )?),
-        None => None,
+    let reference = match &eval_text {
+        Some(_) if args.eval_reference => Some(load_model_at(&model_path, gpu, quiet)?),
+        _ => None,
     };
+    let quantized = eval_text
+        .as_ref()
+        .map(|text| {
+            let reference = reference.as_ref().map(|m| (m, model_path.as_path()));
+            let par = settings.par;
+            evaluate(&model, reference, text, &args.eval, par, (&label, quiet))
+        })
+        .transpose()?;
 
     if let Some(staging) = staging {
         let run = RunReport {
