@@ -17,5 +17,8 @@ pub use magr::{
 };
 pub use prox::{BoxConstraint, L1Norm, LinfNorm};
 pub use quadratic::{LAMBDA_MAX_TOLERANCE, Quadratic};
-pub use solver::{Fista, OBJECTIVE_CHECK_EVERY, ProximalGradient, SolveReport, StoppingRule};
+pub use solver::{
+    Fista, MomentumSchedule, OBJECTIVE_CHECK_EVERY, ObjectiveTest, ProximalGradient, SolveReport,
+    StoppingRule,
+};
 pub use traits::{Prox, Smooth};

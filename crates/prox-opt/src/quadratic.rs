@@ -4,9 +4,10 @@ use std::cell::RefCell;
 
 use faer::reborrow::{Reborrow, ReborrowMut};
 use faer::{Accum, Mat, MatMut, MatRef, Par, linalg::matmul::matmul, unzip, zip};
+use rayon::prelude::*;
 
 use crate::error::{check_finite, check_shape};
-use crate::prox::for_each_column_block;
+use crate::prox::{BLOCK_COLS, for_each_column_block};
 use crate::{ProxError, Smooth, largest_eigenvalue};
 
 /// Relative tolerance of the Lanczos estimate of `lambda_max(H)` used by [`Quadratic::new`].
@@ -97,10 +98,7 @@ impl Smooth for Quadratic<'_> {
 
     fn value_and_gradient(&self, x: MatRef<'_, f32>, mut grad: MatMut<'_, f32>, par: Par) -> f64 {
         self.gradient(x, grad.rb_mut(), par);
-        let diff = self.diff.borrow();
-        let mut acc = 0.0f64;
-        zip!(diff.as_ref(), grad.rb()).for_each(|unzip!(d, g)| acc += *d as f64 * *g as f64);
-        0.5 * acc
+        0.5 * dot(self.diff.borrow().as_ref(), grad.rb(), par)
     }
 
     fn gradient(&self, x: MatRef<'_, f32>, grad: MatMut<'_, f32>, par: Par) {
@@ -117,4 +115,26 @@ impl Smooth for Quadratic<'_> {
     fn lipschitz(&self) -> f64 {
         self.lipschitz
     }
+}
+
+/// `<a, b>` in f64, summed by blocks of [`BLOCK_COLS`] columns (in parallel under
+/// `Par::Rayon`) and then over the blocks in order, so the result does not depend on `par`.
+fn dot(a: MatRef<'_, f32>, b: MatRef<'_, f32>, par: Par) -> f64 {
+    let block = |j0: usize| {
+        let cols = BLOCK_COLS.min(a.ncols() - j0);
+        let mut acc = 0.0f64;
+        zip!(a.subcols(j0, cols), b.subcols(j0, cols))
+            .for_each(|unzip!(x, y)| acc += f64::from(*x) * f64::from(*y));
+        acc
+    };
+    let starts = (0..a.ncols()).step_by(BLOCK_COLS);
+    let partial: Vec<f64> = match par {
+        Par::Seq => starts.map(block).collect(),
+        Par::Rayon(_) => starts
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .map(block)
+            .collect(),
+    };
+    partial.iter().sum()
 }

@@ -1,10 +1,10 @@
 //! Proximal gradient (fixed step `1/L`) and FISTA with adaptive restart.
 
 use faer::reborrow::ReborrowMut;
-use faer::{Mat, MatRef, Par, unzip, zip};
+use faer::{Mat, MatMut, MatRef, Par, unzip, zip};
 
 use crate::prox::for_each_column_block;
-use crate::{Prox, Smooth};
+use crate::{Prox, Quadratic, Smooth};
 
 /// When to stop: after `max_iterations`, or earlier once the relative change
 /// `||x_{k+1} - x_k||_F / ||x_k||_F` falls to `rel_tol`, or once the objective fell by at
@@ -45,26 +45,68 @@ impl StoppingRule {
     }
 
     /// Whether the objective test runs after iteration `k` (counting from 1).
-    fn objective_due(&self, k: usize) -> bool {
+    pub fn objective_due(&self, k: usize) -> bool {
         self.objective_tol > 0.0 && k.is_multiple_of(OBJECTIVE_CHECK_EVERY)
     }
 }
 
-/// The objective test of a [`StoppingRule`]: `F` at its last evaluation.
-#[derive(Debug, Default)]
-struct ObjectiveTest {
+/// The objective test of a [`StoppingRule`], fed `F(x_k)` as a solver goes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ObjectiveTest {
     last: Option<f64>,
 }
 
 impl ObjectiveTest {
-    /// Whether `F(x_k) = value` ends the solve: it fell by at most `tol * |F|` since the
-    /// last evaluation (or rose: the method stalls).
-    fn stops(&mut self, value: f64, tol: f64) -> bool {
+    /// A test whose first comparison is against `F(x_0) = start`.
+    pub fn from_start(start: f64) -> Self {
+        Self { last: Some(start) }
+    }
+
+    /// Whether `F(x_k) = value`, after `k` iterations, ends the solve: at
+    /// a check of `rule` (every [`OBJECTIVE_CHECK_EVERY`] iterations), `F` fell by at most
+    /// `objective_tol * |F|` since the previous check (or rose: the method stalls).
+    pub fn stops(&mut self, rule: &StoppingRule, k: usize, value: f64) -> bool {
+        if !rule.objective_due(k) {
+            return false;
+        }
         let stop = self
             .last
-            .is_some_and(|last| last - value <= tol * value.abs());
+            .is_some_and(|last| last - value <= rule.objective_tol * value.abs());
         self.last = Some(value);
         stop
+    }
+}
+
+/// FISTA's momentum weights: `beta_k = (t_k - 1) / t_{k+1}` with
+/// `t_{k+1} = (1 + sqrt(1 + 4 t_k^2)) / 2` from `t_0 = 1` (so `beta_0 = 0`); a restart
+/// goes back to `t = 1`.
+#[derive(Debug, Clone, Copy)]
+pub struct MomentumSchedule {
+    t: f64,
+    beta: f64,
+}
+
+impl Default for MomentumSchedule {
+    fn default() -> Self {
+        Self { t: 1.0, beta: 0.0 }
+    }
+}
+
+impl MomentumSchedule {
+    /// The weight of `x_k - x_{k-1}` in the next extrapolated point.
+    pub fn beta(&self) -> f64 {
+        self.beta
+    }
+
+    /// After an iteration: back to `beta = 0` on a restart, else one step further.
+    pub fn advance(&mut self, restart: bool) {
+        if restart {
+            *self = Self::default();
+        } else {
+            let t_next = 0.5 * (1.0 + (1.0 + 4.0 * self.t * self.t).sqrt());
+            self.beta = (self.t - 1.0) / t_next;
+            self.t = t_next;
+        }
     }
 }
 
@@ -99,16 +141,22 @@ pub struct ProximalGradient {
     pub par: Par,
 }
 
-/// FISTA (Beck and Teboulle 2009) with the gradient-based adaptive restart of
-/// O'Donoghue and Candes (2015): momentum is reset whenever
-/// `<y_k - x_{k+1}, x_{k+1} - x_k> > 0`, which needs no extra product.
-/// Recording the trace costs one extra product per iteration (`F` at `x_k`, not at the
-/// extrapolated point `y_k` where the gradient is taken).
+/// FISTA (Beck and Teboulle 2009) for a quadratic `f`, made monotone by the
+/// function-value restart of O'Donoghue and Candes (2015).
+///
+/// Step `z = prox_{g/L}(y - grad f(y) / L)` at the extrapolated point
+/// `y = x_k + beta_k (x_k - x_{k-1})`. Since `f` is quadratic its gradient is affine, so
+/// `grad f(y) = grad f(x_k) + beta_k (grad f(x_k) - grad f(x_{k-1}))` needs no product:
+/// an iteration pays one product, `grad f(z) = H (z - W0)`, which also gives `F(z)`
+/// exactly. If `F(z) > F(x_k)` the momentum overshot: `z` is replaced by the plain
+/// step from `x_k` (one more product; that step never raises `F`, see
+/// [`ProximalGradient`]) and the momentum restarts, so `F(x_k)` never increases. The
+/// trace is free.
 #[derive(Debug, Clone, Copy)]
 pub struct Fista {
     /// Stopping rule.
     pub stop: StoppingRule,
-    /// Record the objective after every iteration (one extra product each).
+    /// Record the objective after every iteration (free: `F(x_k)` is known).
     pub record_trace: bool,
     /// Parallelism of the products and of the prox.
     pub par: Par,
@@ -188,14 +236,13 @@ impl ProximalGradient {
         if lipschitz > 0.0 {
             let step = 1.0 / lipschitz;
             for k in 0..self.stop.max_iterations {
-                let due = self.stop.objective_due(k);
-                if trace.is_some() || due {
+                if trace.is_some() || self.stop.objective_due(k) {
                     let fx = f.value_and_gradient(x.as_ref(), grad.as_mut(), self.par);
                     let value = fx + g.value(x.as_ref());
                     if let Some(t) = trace.as_mut() {
                         t.push(value);
                     }
-                    if due && test.stops(value, self.stop.objective_tol) {
+                    if test.stops(&self.stop, k, value) {
                         report.converged = true;
                         break;
                     }
@@ -223,56 +270,53 @@ impl ProximalGradient {
 impl Fista {
     /// Minimises `f + g` from the starting point `x`, which is overwritten by the result.
     /// A constant `f` (`L = 0`) leaves `x` unchanged with zero iterations.
-    pub fn solve(&self, f: &impl Smooth, g: &impl Prox, x: &mut Mat<f32>) -> SolveReport {
+    pub fn solve(&self, f: &Quadratic<'_>, g: &impl Prox, x: &mut Mat<f32>) -> SolveReport {
         let (rows, cols) = f.shape();
+        let par = self.par;
         let mut grad = Mat::<f32>::zeros(rows, cols);
-        let mut prev = x.clone();
-        let mut y = x.clone();
-        let mut trace = self.record_trace.then(Vec::new);
+        let mut value = objective(f, g, x.as_ref(), &mut grad, par);
+        let mut trace = self.record_trace.then(|| vec![value]);
         let mut report = SolveReport::default();
-        let mut test = ObjectiveTest::default();
         let lipschitz = f.lipschitz();
         if lipschitz > 0.0 {
             let step = 1.0 / lipschitz;
-            if trace.is_some() || self.stop.objective_tol > 0.0 {
-                let value = objective(f, g, x.as_ref(), &mut grad, self.par);
-                test.last = Some(value);
+            let mut test = ObjectiveTest::from_start(value);
+            let (mut prev, mut grad_prev) = (x.clone(), grad.clone());
+            let (mut z, mut grad_z) = (Mat::<f32>::zeros(rows, cols), Mat::zeros(rows, cols));
+            let mut schedule = MomentumSchedule::default();
+            for _ in 0..self.stop.max_iterations {
+                let beta = schedule.beta() as f32;
+                let momentum = Momentum {
+                    x: x.as_ref(),
+                    prev: prev.as_ref(),
+                    beta,
+                };
+                momentum.step(&mut z, grad.as_ref(), grad_prev.as_ref(), step, g, par);
+                let mut value_z = objective(f, g, z.as_ref(), &mut grad_z, par);
+                let restart = beta != 0.0 && value_z > value;
+                if restart {
+                    let plain = Momentum {
+                        beta: 0.0,
+                        ..momentum
+                    };
+                    plain.step(&mut z, grad.as_ref(), grad_prev.as_ref(), step, g, par);
+                    value_z = objective(f, g, z.as_ref(), &mut grad_z, par);
+                }
+                // x_{k-1} <- x_k <- z; the oldest buffers become the next scratch.
+                std::mem::swap(&mut prev, x);
+                std::mem::swap(x, &mut z);
+                std::mem::swap(&mut grad_prev, &mut grad);
+                std::mem::swap(&mut grad, &mut grad_z);
+                value = value_z;
+                report.iterations += 1;
+                report.restarts += usize::from(restart);
+                schedule.advance(restart);
                 if let Some(t) = trace.as_mut() {
                     t.push(value);
                 }
-            }
-            let mut t_k = 1.0f64;
-            for _ in 0..self.stop.max_iterations {
-                f.gradient(y.as_ref(), grad.as_mut(), self.par);
-                std::mem::swap(&mut prev, x);
-                proximal_step(x, y.as_ref(), &grad, step, g, self.par);
-                report.iterations += 1;
-                // Restart test <y - x, x - prev> > 0, then the extrapolation into y.
-                let mut s = 0.0f64;
-                zip!(y.as_ref(), x.as_ref(), prev.as_ref()).for_each(|unzip!(y, x, p)| {
-                    s += (*y as f64 - *x as f64) * (*x as f64 - *p as f64);
-                });
-                if s > 0.0 {
-                    report.restarts += 1;
-                    t_k = 1.0;
-                    y.copy_from(x.as_ref());
-                } else {
-                    let t_next = 0.5 * (1.0 + (1.0 + 4.0 * t_k * t_k).sqrt());
-                    let beta = ((t_k - 1.0) / t_next) as f32;
-                    zip!(y.as_mut(), x.as_ref(), prev.as_ref())
-                        .for_each(|unzip!(y, x, p)| *y = *x + beta * (*x - *p));
-                    t_k = t_next;
-                }
-                let due = self.stop.objective_due(report.iterations);
-                if trace.is_some() || due {
-                    let value = objective(f, g, x.as_ref(), &mut grad, self.par);
-                    if let Some(t) = trace.as_mut() {
-                        t.push(value);
-                    }
-                    if due && test.stops(value, self.stop.objective_tol) {
-                        report.converged = true;
-                        break;
-                    }
+                if test.stops(&self.stop, report.iterations, value) {
+                    report.converged = true;
+                    break;
                 }
                 if converged(&self.stop, x, &prev) {
                     report.converged = true;
@@ -280,11 +324,59 @@ impl Fista {
                 }
             }
         }
-        report.objective = objective(f, g, x.as_ref(), &mut grad, self.par);
-        if let Some(t) = trace.as_mut().filter(|t| t.is_empty()) {
-            t.push(report.objective);
-        }
+        report.objective = value;
         report.trace = trace;
         report
+    }
+}
+
+/// FISTA's extrapolated point `y = x + beta (x - prev)`, never stored: formed entry by
+/// entry where it is read.
+#[derive(Clone, Copy)]
+struct Momentum<'a> {
+    x: MatRef<'a, f32>,
+    prev: MatRef<'a, f32>,
+    beta: f32,
+}
+
+impl Momentum<'_> {
+    /// `z <- prox_{step g}(y - step grad f(y))` with
+    /// `grad f(y) = grad + beta (grad - grad_prev)` (`f` quadratic), column block by
+    /// column block for a column-separable `g`, as [`proximal_step`].
+    fn step(
+        &self,
+        z: &mut Mat<f32>,
+        grad: MatRef<'_, f32>,
+        grad_prev: MatRef<'_, f32>,
+        step: f64,
+        g: &impl Prox,
+        par: Par,
+    ) {
+        let (s, b) = (step as f32, self.beta);
+        let (x, prev) = (self.x, self.prev);
+        let fill = |j0: usize, block: MatMut<'_, f32>| {
+            let cols = block.ncols();
+            zip!(
+                block,
+                x.subcols(j0, cols),
+                prev.subcols(j0, cols),
+                grad.subcols(j0, cols),
+                grad_prev.subcols(j0, cols)
+            )
+            .for_each(|unzip!(z, x, p, g, gp)| {
+                let y = *x + b * (*x - *p);
+                let gy = *g + b * (*g - *gp);
+                *z = y - s * gy;
+            });
+        };
+        if g.is_column_separable() {
+            for_each_column_block(z.as_mut(), par, |j0, mut block| {
+                fill(j0, block.rb_mut());
+                g.prox(block, step, Par::Seq);
+            });
+        } else {
+            fill(0, z.as_mut());
+            g.prox(z.as_mut(), step, par);
+        }
     }
 }

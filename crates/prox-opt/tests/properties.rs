@@ -568,3 +568,147 @@ proptest! {
         }
     }
 }
+
+/// Naive monotone FISTA in f64 for `f = 1/2 tr((W - W0)^T H (W - W0))` and
+/// `g = t ||.||_1`: the gradient taken at the extrapolated point by its own product,
+/// the momentum dropped (and the plain step from `x_k` taken) when the step raises `F`.
+/// Returns `F(x_k)` for `k = 0..=iterations` and the last iterate.
+fn naive_monotone_fista_l1(
+    h: &Mat<f32>,
+    w0: &Mat<f32>,
+    lipschitz: f64,
+    t: f64,
+    iterations: usize,
+) -> (Vec<f64>, Vec<Vec<f64>>) {
+    let (n, m) = (w0.nrows(), w0.ncols());
+    let w0: Vec<Vec<f64>> = (0..m).map(|j| col(w0, j)).collect();
+    let h = |i: usize, k: usize| h[(i, k)] as f64;
+    let gradient = |x: &[Vec<f64>]| -> Vec<Vec<f64>> {
+        (0..m)
+            .map(|j| {
+                (0..n)
+                    .map(|i| (0..n).map(|k| h(i, k) * (x[j][k] - w0[j][k])).sum())
+                    .collect()
+            })
+            .collect()
+    };
+    let value = |x: &[Vec<f64>]| -> f64 {
+        let g = gradient(x);
+        let mut f = 0.0;
+        for j in 0..m {
+            for i in 0..n {
+                f += 0.5 * (x[j][i] - w0[j][i]) * g[j][i] + t * x[j][i].abs();
+            }
+        }
+        f
+    };
+    let step_from = |y: &[Vec<f64>]| -> Vec<Vec<f64>> {
+        let g = gradient(y);
+        let s = t / lipschitz;
+        (0..m)
+            .map(|j| {
+                (0..n)
+                    .map(|i| {
+                        let v = y[j][i] - g[j][i] / lipschitz;
+                        v.signum() * (v.abs() - s).max(0.0)
+                    })
+                    .collect()
+            })
+            .collect()
+    };
+    let (mut x, mut prev) = (w0.clone(), w0.clone());
+    let mut trace = vec![value(&x)];
+    let (mut t_k, mut beta) = (1.0f64, 0.0f64);
+    for _ in 0..iterations {
+        let y: Vec<Vec<f64>> = (0..m)
+            .map(|j| {
+                (0..n)
+                    .map(|i| x[j][i] + beta * (x[j][i] - prev[j][i]))
+                    .collect()
+            })
+            .collect();
+        let mut z = step_from(&y);
+        let restart = beta != 0.0 && value(&z) > *trace.last().unwrap();
+        if restart {
+            z = step_from(&x);
+        }
+        prev = std::mem::replace(&mut x, z);
+        trace.push(value(&x));
+        if restart {
+            (t_k, beta) = (1.0, 0.0);
+        } else {
+            let t_next = 0.5 * (1.0 + (1.0 + 4.0 * t_k * t_k).sqrt());
+            beta = (t_k - 1.0) / t_next;
+            t_k = t_next;
+        }
+    }
+    (trace, x)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// FISTA never raises the objective (its trace is non-increasing up to f32 rounding
+    /// of the iterates), whatever the prox, also with a step `1/L` longer than
+    /// `1/lambda_max` (`L` down to 0.55 `lambda_max`, where plain steps still descend):
+    /// the function-value restart takes the plain step whenever momentum overshoots.
+    #[test]
+    fn fista_is_monotone(
+        seed in 0u64..1000,
+        n in 4usize..24,
+        m in 1usize..6,
+        rank in 1usize..4,
+        l_factor in 0.55f64..1.5,
+        prox in 0usize..3,
+    ) {
+        let (_, h) = features_and_hessian(40, n, rank, seed);
+        let w0 = random_weights(n, m, 0.5, seed + 7);
+        let lipschitz = l_factor * dense_lambda_max(h.as_ref());
+        let f = Quadratic::with_lipschitz(h.as_ref(), w0.as_ref(), lipschitz).unwrap();
+        let solver = Fista { stop: StoppingRule::iterations(80), record_trace: true, par: Par::Seq };
+        let mut w = w0.clone();
+        let report = match prox {
+            0 => solver.solve(&f, &LinfNorm { weight: 0.05 * lipschitz, group_rows: None }, &mut w),
+            1 => solver.solve(&f, &LinfNorm { weight: 0.02 * lipschitz, group_rows: Some(3) }, &mut w),
+            _ => solver.solve(&f, &L1Norm { weight: 0.01 * lipschitz }, &mut w),
+        };
+        let trace = report.trace.unwrap();
+        for k in 1..trace.len() {
+            prop_assert!(
+                trace[k] <= trace[k - 1] + 1e-5 * trace[k - 1].abs(),
+                "F rose at iteration {}: {} -> {}", k, trace[k - 1], trace[k]
+            );
+        }
+    }
+
+    /// FISTA's gradient at the extrapolated point, formed from the gradients at the last
+    /// two iterates (one product per iteration), gives the iterates and objectives of a
+    /// naive f64 monotone FISTA that takes every gradient by its own product.
+    #[test]
+    fn fista_matches_a_naive_f64_fista(
+        seed in 0u64..1000,
+        n in 3usize..12,
+        m in 1usize..4,
+        t_rel in 0.001f64..0.05,
+    ) {
+        let (_, h) = features_and_hessian(30, n, 2, seed);
+        let w0 = random_weights(n, m, 0.5, seed + 3);
+        let lipschitz = dense_lambda_max(h.as_ref());
+        let t = t_rel * lipschitz;
+        let f = Quadratic::with_lipschitz(h.as_ref(), w0.as_ref(), lipschitz).unwrap();
+        let mut w = w0.clone();
+        let report = Fista { stop: StoppingRule::iterations(25), record_trace: true, par: Par::Seq }
+            .solve(&f, &L1Norm { weight: t }, &mut w);
+        let (trace, x) = naive_monotone_fista_l1(&h, &w0, lipschitz, t, 25);
+        let scale = trace[0].abs().max(1e-6);
+        for (k, (a, b)) in report.trace.unwrap().iter().zip(&trace).enumerate() {
+            prop_assert!((a - b).abs() <= 1e-4 * scale, "F at {}: {} vs {}", k, a, b);
+        }
+        let max_w = (0..m).flat_map(|j| col(&w0, j)).fold(0.0f64, |a, v| a.max(v.abs()));
+        for j in 0..m {
+            for i in 0..n {
+                prop_assert!((w[(i, j)] as f64 - x[j][i]).abs() <= 1e-4 * max_w);
+            }
+        }
+    }
+}
