@@ -3,7 +3,8 @@
 //! in a build with the `cuda` feature).
 //!
 //! On the device: `H = X^T X` (the forward pass and the products run where the model's
-//! device is) and MagR's iterations (the product `(W - W0) H`, then the prox of
+//! device is) and MagR's iterations, plain or FISTA as on the host (one product
+//! `(W - W0) H` per iteration, which also gives the objective; the prox of
 //! `alpha ||.||_inf` per column or group: `w = clamp(v, -tau, tau)` with `tau` the l1
 //! projection threshold of `v` at radius `alpha`, 0 when `||v||_1 <= alpha`, bracketed
 //! by bisection and then solved exactly on its active set, in f64). `lambda_max`
@@ -15,7 +16,9 @@
 
 use candle_core::{D, DType, Device, Tensor};
 use faer::{Mat, MatRef};
-use prox_opt::{MagrOptions, MagrReport, ProxError, Solved, Solver};
+use prox_opt::{
+    MagrOptions, MagrReport, MomentumSchedule, ObjectiveTest, ProxError, Solved, Solver,
+};
 use quantizers::{
     CoordinateDescent, LayerProblem, Optq, OptqSweep, QuantError, QuantizedLinear, Quantizer,
 };
@@ -51,13 +54,6 @@ impl ComputeBackend for CandleBackend {
         h: MatRef<'_, f32>,
         options: &MagrOptions,
     ) -> Result<(Mat<f32>, MagrReport), PipelineError> {
-        if options.solver != Solver::Plain || options.objective_tol > 0.0 || options.record_trace {
-            return Err(PipelineError::Settings(format!(
-                "the {} backend runs MagR's plain solver with a fixed number of iterations \
-                 only (no FISTA, objective test or trace yet)",
-                self.name()
-            )));
-        }
         let group_rows = match options.grouping {
             prox_opt::Grouping::PerChannel => None,
             prox_opt::Grouping::PerGroup(g) => Some(g),
@@ -69,33 +65,26 @@ impl ComputeBackend for CandleBackend {
                 let e = llama_io::LlamaIoError::from(e);
                 ProxError::Parameter(format!("MagR on {device:?}: {e}"))
             };
-            let result = (|| {
-                // Column-major `W` (in x out) is `out x in` row-major; `H` is symmetric.
-                let w0_t = to_device(w0, device)?;
-                let h_t = to_device(h, device)?;
-                let step = 1.0 / problem.lambda_max;
-                let mut w_t = w0_t.clone();
-                for _ in 0..options.iterations {
-                    let gradient = (&w_t - &w0_t)?.matmul(&h_t)?;
-                    let v = (&w_t - gradient.affine(step, 0.0)?)?;
-                    w_t = prox_linf(&v, options.alpha, group_rows)?;
-                }
-                let values = w_t.flatten_all()?.to_vec1::<f32>()?;
-                let rows = w0.nrows();
-                for (j, column) in values.chunks_exact(rows).enumerate() {
-                    w.col_mut(j)
-                        .iter_mut()
-                        .zip(column)
-                        .for_each(|(x, &y)| *x = y);
-                }
-                Ok(())
-            })();
-            result.map_err(device_error)?;
-            Ok(Solved {
-                iterations: options.iterations,
-                objective: None,
-                trace: None,
-            })
+            let problem = DeviceMagr {
+                w0: to_device(w0, device).map_err(device_error)?,
+                h: to_device(h, device).map_err(device_error)?,
+                step: 1.0 / problem.lambda_max,
+                alpha: options.alpha,
+                weight: problem.prox.weight,
+                group_rows,
+            };
+            let (result, solved) = problem.solve(options).map_err(device_error)?;
+            let values = result
+                .flatten_all()
+                .and_then(|t| t.to_vec1::<f32>())
+                .map_err(device_error)?;
+            for (j, column) in values.chunks_exact(w0.nrows()).enumerate() {
+                w.col_mut(j)
+                    .iter_mut()
+                    .zip(column)
+                    .for_each(|(x, &y)| *x = y);
+            }
+            Ok(solved)
         })?)
     }
 
@@ -108,6 +97,97 @@ impl ComputeBackend for CandleBackend {
 
     fn coordinate_descent<'a>(&'a self, cd: CoordinateDescent) -> Box<dyn Quantizer + 'a> {
         Box::new(cd)
+    }
+}
+
+/// MagR's problem on the device: `W0` and `H` as row-major `out x in` and `in x in`
+/// tensors, the step `1/lambda_max`, the prox threshold `alpha` (that is, step times the
+/// penalty's weight `alpha lambda_max`) and the groups.
+struct DeviceMagr {
+    w0: Tensor,
+    h: Tensor,
+    step: f64,
+    alpha: f64,
+    weight: f64,
+    group_rows: Option<usize>,
+}
+
+/// An iterate with its gradient `(W - W0) H` and objective `F(W)`.
+struct Iterate {
+    w: Tensor,
+    gradient: Tensor,
+    value: f64,
+}
+
+impl DeviceMagr {
+    /// `W` with its gradient and objective (one product).
+    fn iterate(&self, w: Tensor) -> candle_core::Result<Iterate> {
+        let d = (&w - &self.w0)?;
+        let gradient = d.matmul(&self.h)?;
+        let f = (d.to_dtype(DType::F64)? * gradient.to_dtype(DType::F64)?)?
+            .sum_all()?
+            .to_scalar::<f64>()?;
+        let g = group_max_abs_sum(&w, self.group_rows)?;
+        Ok(Iterate {
+            value: 0.5 * f + self.weight * g,
+            w,
+            gradient,
+        })
+    }
+
+    /// The proximal step `prox(y - step grad f(y))` from `y` with gradient `gradient`.
+    fn step_from(&self, y: &Tensor, gradient: &Tensor) -> candle_core::Result<Tensor> {
+        prox_linf(
+            &(y - gradient.affine(self.step, 0.0)?)?,
+            self.alpha,
+            self.group_rows,
+        )
+    }
+
+    /// The solver of `options` from `W0`, as [`prox_opt::Fista`] (momentum, the
+    /// extrapolated gradient by linearity, the function-value restart with the plain
+    /// step) or [`prox_opt::ProximalGradient`] (no momentum), with their objective test.
+    fn solve(&self, options: &MagrOptions) -> candle_core::Result<(Tensor, Solved)> {
+        let stop = prox_opt::StoppingRule::objective(options.iterations, options.objective_tol);
+        let momentum = options.solver == Solver::Fista;
+        let mut x = self.iterate(self.w0.clone())?;
+        let mut prev: Option<Iterate> = None;
+        let mut trace = options.record_trace.then(|| vec![x.value]);
+        let mut test = ObjectiveTest::from_start(x.value);
+        let mut schedule = MomentumSchedule::default();
+        let mut iterations = 0;
+        while iterations < options.iterations {
+            let beta = schedule.beta();
+            let mut z = match (&prev, momentum && beta != 0.0) {
+                (Some(p), true) => {
+                    let y = (&x.w + ((&x.w - &p.w)? * beta)?)?;
+                    let gy = (&x.gradient + ((&x.gradient - &p.gradient)? * beta)?)?;
+                    self.iterate(self.step_from(&y, &gy)?)?
+                }
+                _ => self.iterate(self.step_from(&x.w, &x.gradient)?)?,
+            };
+            let restart = momentum && beta != 0.0 && z.value > x.value;
+            if restart {
+                z = self.iterate(self.step_from(&x.w, &x.gradient)?)?;
+            }
+            prev = Some(std::mem::replace(&mut x, z));
+            iterations += 1;
+            schedule.advance(restart);
+            if let Some(t) = trace.as_mut() {
+                t.push(x.value);
+            }
+            if test.stops(&stop, iterations, x.value) {
+                break;
+            }
+        }
+        Ok((
+            x.w,
+            Solved {
+                iterations,
+                objective: Some(x.value),
+                trace,
+            },
+        ))
     }
 }
 
@@ -202,21 +282,39 @@ fn to_device(m: MatRef<'_, f32>, device: &Device) -> candle_core::Result<Tensor>
     Tensor::from_vec(data, (m.ncols(), m.nrows()), device)
 }
 
-/// `prox_{alpha ||.||_inf}` of each row of `v` (one output channel), or of each run of
-/// `group_rows` entries of a row (the last one shorter when it does not divide the row).
-fn prox_linf(v: &Tensor, alpha: f64, group_rows: Option<usize>) -> candle_core::Result<Tensor> {
+/// The groups of the rows of `v` (one row per output channel) as the rows of 2-D
+/// tensors: each row whole (`group_rows` `None`), or its runs of `group_rows` entries,
+/// then, when that does not divide the row, each row's shorter last run.
+fn groups(v: &Tensor, group_rows: Option<usize>) -> candle_core::Result<Vec<Tensor>> {
     let (rows, len) = v.dims2()?;
     let g = group_rows.unwrap_or(len).min(len);
     let whole = len / g * g;
     let mut parts = Vec::with_capacity(2);
     if whole > 0 {
-        let main = v.narrow(1, 0, whole)?.reshape((rows * (whole / g), g))?;
-        parts.push(prox_linf_rows(&main, alpha)?.reshape((rows, whole))?);
+        parts.push(v.narrow(1, 0, whole)?.reshape((rows * (whole / g), g))?);
     }
     if whole < len {
-        parts.push(prox_linf_rows(&v.narrow(1, whole, len - whole)?, alpha)?);
+        parts.push(v.narrow(1, whole, len - whole)?);
     }
+    Ok(parts)
+}
+
+/// `prox_{alpha ||.||_inf}` of each group of `v` ([`groups`]).
+fn prox_linf(v: &Tensor, alpha: f64, group_rows: Option<usize>) -> candle_core::Result<Tensor> {
+    let rows = v.dim(0)?;
+    let parts = groups(v, group_rows)?
+        .iter()
+        .map(|part| prox_linf_rows(part, alpha)?.reshape((rows, ())))
+        .collect::<candle_core::Result<Vec<_>>>()?;
     Tensor::cat(&parts, 1)
+}
+
+/// `sum over groups of max |w|` ([`groups`]), in f64.
+fn group_max_abs_sum(w: &Tensor, group_rows: Option<usize>) -> candle_core::Result<f64> {
+    groups(w, group_rows)?.iter().try_fold(0.0, |sum, part| {
+        let max = part.abs()?.max(D::Minus1)?.to_dtype(DType::F64)?;
+        Ok(sum + max.sum_all()?.to_scalar::<f64>()?)
+    })
 }
 
 /// Bisection steps of [`prox_linf_rows`]: the bracket of `tau` shrinks to `2^-60` of

@@ -92,14 +92,14 @@ pub struct PipelineSettings {
 }
 
 impl PipelineSettings {
-    /// MagR (reference settings) + OPTQ on `spec`, natural order, batches of 4, on the
+    /// MagR (default settings: FISTA) + OPTQ on `spec`, natural order, batches of 4, on the
     /// CPU with `par`.
     pub fn new(spec: GridSpec, par: Par) -> Self {
         PipelineSettings {
             spec,
             gguf_preset: None,
             method: Arc::new(OptqMethod),
-            preprocessor: Arc::new(MagrSettings::reference(&spec)),
+            preprocessor: Arc::new(MagrSettings::fista(&spec)),
             act_order: false,
             true_sequential: false,
             batch: 4,

@@ -63,7 +63,7 @@ commands:
            Q2_K, Q3_K_S, Q3_K_M, Q4_K_M, Q5_K_M, Q6_K) against llama-quantize with and without an
            imatrix, judged by llama-perplexity and magr eval, into docs/results.md
   bench --seeds [--fresh]
-           RTN, MagR+RTN, OPTQ, MagR+OPTQ (200 plain MagR iterations and FISTA), MagR+OPTQ-dagger
+           RTN, MagR+RTN, OPTQ, MagR+OPTQ (MagR by FISTA, the default, and by 200 plain iterations), MagR+OPTQ-dagger
            at w4, w3 per channel, w3 and w2 with groups of 128, over calibration seeds 0, 1, 2:
            mean and spread of WikiText-2 and Lee-corpus perplexity, into docs/results.md
   bench --scale [--nsamples N] [--no-magr]

@@ -1,6 +1,6 @@
 //! Prints MagR's per-iteration time as a ratio to one `H W` product (its floor), the
 //! FISTA iterations needed to reach the objective of 200 plain iterations, and what FISTA as
-//! [`MagrOptions::fista`] sets it (at most 50 iterations, objective test) gives against
+//! [`MagrOptions::fista`] sets it (at most 40 iterations, objective test) gives against
 //! 200 plain iterations (objective, wall time, per channel and with groups of 128), for
 //! the SmolLM2 layer shapes and 4096 x 4096, with `H` from 2048 tokens of
 //! low-rank-plus-noise features.

@@ -74,6 +74,27 @@ impl<'a> Quadratic<'a> {
         self.w0
     }
 
+    /// `f(W)` and `grad f(W) = H D` (into `grad`) at `W = W0 + D` for a `D = diff` the
+    /// caller formed: one product, as [`Smooth::value_and_gradient`].
+    pub fn value_and_gradient_at_offset(
+        &self,
+        diff: MatRef<'_, f32>,
+        mut grad: MatMut<'_, f32>,
+        par: Par,
+    ) -> f64 {
+        self.product(diff, grad.rb_mut(), par);
+        0.5 * dot(diff, grad.rb(), par)
+    }
+
+    /// `grad <- H D`; zeros without the product when `D = 0` (a solve's start at `W0`).
+    fn product(&self, diff: MatRef<'_, f32>, mut grad: MatMut<'_, f32>, par: Par) {
+        if diff.col_iter().all(|c| c.iter().all(|&v| v == 0.0)) {
+            grad.fill(0.0);
+        } else {
+            matmul(grad, Accum::Replace, self.h, diff, 1.0, par);
+        }
+    }
+
     /// Per column `j`: `(w_j - w0_j)^T H (w_j - w0_j) = ||X (w_j - w0_j)||^2`, the output
     /// error of that channel (one product).
     pub fn column_errors(&self, x: MatRef<'_, f32>, par: Par) -> Vec<f64> {
@@ -109,7 +130,7 @@ impl Smooth for Quadratic<'_> {
             zip!(d, x.subcols(j0, cols), w0.subcols(j0, cols))
                 .for_each(|unzip!(d, a, b)| *d = *a - *b);
         });
-        matmul(grad, Accum::Replace, self.h, diff.as_ref(), 1.0, par);
+        self.product(diff.as_ref(), grad, par);
     }
 
     fn lipschitz(&self) -> f64 {
@@ -122,10 +143,19 @@ impl Smooth for Quadratic<'_> {
 fn dot(a: MatRef<'_, f32>, b: MatRef<'_, f32>, par: Par) -> f64 {
     let block = |j0: usize| {
         let cols = BLOCK_COLS.min(a.ncols() - j0);
-        let mut acc = 0.0f64;
-        zip!(a.subcols(j0, cols), b.subcols(j0, cols))
-            .for_each(|unzip!(x, y)| acc += f64::from(*x) * f64::from(*y));
-        acc
+        (j0..j0 + cols)
+            .map(
+                |j| match (a.col(j).try_as_col_major(), b.col(j).try_as_col_major()) {
+                    (Some(x), Some(y)) => dot_slices(x.as_slice(), y.as_slice()),
+                    _ => {
+                        let mut acc = 0.0f64;
+                        zip!(a.col(j), b.col(j))
+                            .for_each(|unzip!(x, y)| acc += f64::from(*x) * f64::from(*y));
+                        acc
+                    }
+                },
+            )
+            .sum::<f64>()
     };
     let starts = (0..a.ncols()).step_by(BLOCK_COLS);
     let partial: Vec<f64> = match par {
@@ -137,4 +167,21 @@ fn dot(a: MatRef<'_, f32>, b: MatRef<'_, f32>, par: Par) -> f64 {
             .collect(),
     };
     partial.iter().sum()
+}
+
+/// `<x, y>` of two slices of one length in f64, over 8 independent lanes (which the
+/// compiler vectorises; one running sum would wait on each addition).
+fn dot_slices(x: &[f32], y: &[f32]) -> f64 {
+    const LANES: usize = 8;
+    let (xs, ys) = (x.chunks_exact(LANES), y.chunks_exact(LANES));
+    let tail: f64 = (xs.remainder().iter().zip(ys.remainder()))
+        .map(|(a, b)| f64::from(*a) * f64::from(*b))
+        .sum();
+    let mut lanes = [0.0f64; LANES];
+    for (a, b) in xs.zip(ys) {
+        for k in 0..LANES {
+            lanes[k] += f64::from(a[k]) * f64::from(b[k]);
+        }
+    }
+    lanes.iter().sum::<f64>() + tail
 }

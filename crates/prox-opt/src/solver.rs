@@ -1,9 +1,9 @@
 //! Proximal gradient (fixed step `1/L`) and FISTA with adaptive restart.
 
-use faer::reborrow::ReborrowMut;
+use faer::reborrow::{Reborrow, ReborrowMut};
 use faer::{Mat, MatMut, MatRef, Par, unzip, zip};
 
-use crate::prox::for_each_column_block;
+use crate::prox::{for_each_column_block, for_each_column_block_pair};
 use crate::{Prox, Quadratic, Smooth};
 
 /// When to stop: after `max_iterations`, or earlier once the relative change
@@ -283,6 +283,7 @@ impl Fista {
             let mut test = ObjectiveTest::from_start(value);
             let (mut prev, mut grad_prev) = (x.clone(), grad.clone());
             let (mut z, mut grad_z) = (Mat::<f32>::zeros(rows, cols), Mat::zeros(rows, cols));
+            let mut diff = Mat::<f32>::zeros(rows, cols);
             let mut schedule = MomentumSchedule::default();
             for _ in 0..self.stop.max_iterations {
                 let beta = schedule.beta() as f32;
@@ -291,16 +292,20 @@ impl Fista {
                     prev: prev.as_ref(),
                     beta,
                 };
-                momentum.step(&mut z, grad.as_ref(), grad_prev.as_ref(), step, g, par);
-                let mut value_z = objective(f, g, z.as_ref(), &mut grad_z, par);
+                let mut step_from = |momentum: Momentum<'_>, z: &mut Mat<f32>| {
+                    let grads = (grad.as_ref(), grad_prev.as_ref());
+                    momentum.step(z, &mut diff, f.anchor(), grads, step, g, par);
+                    f.value_and_gradient_at_offset(diff.as_ref(), grad_z.as_mut(), par)
+                        + g.value(z.as_ref())
+                };
+                let mut value_z = step_from(momentum, &mut z);
                 let restart = beta != 0.0 && value_z > value;
                 if restart {
                     let plain = Momentum {
                         beta: 0.0,
                         ..momentum
                     };
-                    plain.step(&mut z, grad.as_ref(), grad_prev.as_ref(), step, g, par);
-                    value_z = objective(f, g, z.as_ref(), &mut grad_z, par);
+                    value_z = step_from(plain, &mut z);
                 }
                 // x_{k-1} <- x_k <- z; the oldest buffers become the next scratch.
                 std::mem::swap(&mut prev, x);
@@ -341,13 +346,16 @@ struct Momentum<'a> {
 
 impl Momentum<'_> {
     /// `z <- prox_{step g}(y - step grad f(y))` with
-    /// `grad f(y) = grad + beta (grad - grad_prev)` (`f` quadratic), column block by
-    /// column block for a column-separable `g`, as [`proximal_step`].
+    /// `grad f(y) = grad + beta (grad - grad_prev)` (`f` quadratic; `grads` =
+    /// `(grad, grad_prev)`), and `diff <- z - anchor`: column block by column block for a
+    /// column-separable `g` (each block still in cache), as [`proximal_step`].
+    #[allow(clippy::too_many_arguments)]
     fn step(
         &self,
         z: &mut Mat<f32>,
-        grad: MatRef<'_, f32>,
-        grad_prev: MatRef<'_, f32>,
+        diff: &mut Mat<f32>,
+        anchor: MatRef<'_, f32>,
+        (grad, grad_prev): (MatRef<'_, f32>, MatRef<'_, f32>),
         step: f64,
         g: &impl Prox,
         par: Par,
@@ -369,14 +377,20 @@ impl Momentum<'_> {
                 *z = y - s * gy;
             });
         };
+        let offset = |j0: usize, d: MatMut<'_, f32>, z: MatRef<'_, f32>| {
+            let cols = d.ncols();
+            zip!(d, z, anchor.subcols(j0, cols)).for_each(|unzip!(d, z, a)| *d = *z - *a);
+        };
         if g.is_column_separable() {
-            for_each_column_block(z.as_mut(), par, |j0, mut block| {
+            for_each_column_block_pair(z.as_mut(), diff.as_mut(), par, |j0, mut block, d| {
                 fill(j0, block.rb_mut());
-                g.prox(block, step, Par::Seq);
+                g.prox(block.rb_mut(), step, Par::Seq);
+                offset(j0, d, block.rb());
             });
         } else {
             fill(0, z.as_mut());
             g.prox(z.as_mut(), step, par);
+            offset(0, diff.as_mut(), z.as_ref());
         }
     }
 }
