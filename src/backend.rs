@@ -26,7 +26,13 @@ pub enum Windows {
     All,
     /// The last calibration window only (MagR's matrix in the reference code).
     Last,
+    /// Every [`HELD_OUT_EVERY`]-th window (the 4th, 8th, ...): the held-out part of the
+    /// calibration set; the others are the fitting part.
+    HeldOut,
 }
+
+/// One calibration window in this many is held out ([`Windows::HeldOut`]).
+pub const HELD_OUT_EVERY: usize = 4;
 
 /// The heavy per-layer operations of a run. Every result must be what the CPU
 /// implementation computes, up to the rounding of a different summation order.
@@ -69,6 +75,19 @@ pub trait ComputeBackend: fmt::Debug + Send + Sync {
                 let rows = h.dim(0)?;
                 let last = h.narrow(0, rows - 1, 1)?.to_dtype(DType::F32)?;
                 model.run_block_capturing(block, &last, par, &mut wanted)?;
+            }
+            Windows::HeldOut => {
+                let mut first = 0;
+                for h in hidden {
+                    let rows = h.dim(0)?;
+                    for i in
+                        (0..rows).filter(|i| (first + i) % HELD_OUT_EVERY == HELD_OUT_EVERY - 1)
+                    {
+                        let window = h.narrow(0, i, 1)?.to_dtype(DType::F32)?;
+                        model.run_block_capturing(block, &window, par, &mut wanted)?;
+                    }
+                    first += rows;
+                }
             }
             Windows::All => {
                 for h in hidden {

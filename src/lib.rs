@@ -29,7 +29,7 @@ mod preprocess;
 mod registry;
 pub mod run;
 
-pub use backend::{ComputeBackend, Cpu, Windows};
+pub use backend::{ComputeBackend, Cpu, HELD_OUT_EVERY, Windows};
 pub use candle_backend::CandleBackend;
 pub use checkpoint::{RunCheckpoint, run_fingerprint};
 pub use error::PipelineError;
@@ -47,8 +47,8 @@ pub use pipeline::{
     continue_quantize_model, quantize_model,
 };
 pub use preprocess::{
-    Identity, MagrSettings, PREPROCESSORS, PreprocessContext, PreprocessOptions, Preprocessed,
-    Preprocessor, PreprocessorEntry, preprocessor,
+    ALPHA_FACTORS, Alpha, Identity, MagrSettings, PREPROCESSORS, PreprocessContext,
+    PreprocessOptions, Preprocessed, Preprocessor, PreprocessorEntry, preprocessor,
 };
 
 pub use atomic_fs;

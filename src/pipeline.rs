@@ -22,17 +22,18 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{DType, Tensor};
-use faer::{MatRef, Par};
+use faer::{Mat, MatRef, Par};
 use llama_io::{LinearInput, LinearKind, LlamaConfig, Model};
-use quantizers::{GridSpec, LayerProblem, QuantizedLinear};
+use quantizers::{GridSpec, LayerProblem, QuantizedLinear, Quantizer};
 
-use crate::backend::{ComputeBackend, Cpu, Windows};
+use crate::backend::{ComputeBackend, Cpu, HELD_OUT_EVERY, Windows};
 use crate::error::PipelineError;
 use crate::gguf_preset::GgufPreset;
 use crate::method::{Method, OptqMethod, QuantizerContext};
 use crate::preprocess::{MagrSettings, PreprocessContext, Preprocessor};
 use magr_report::{
-    ComponentRecord, LayerRecord, MagnitudeHistogram, PipelineReport, SettingsRecord,
+    ChoiceScore, ComponentRecord, LayerChoice, LayerRecord, MagnitudeHistogram, PipelineReport,
+    SettingsRecord,
 };
 
 /// The dtype the calibration hidden states are kept in between blocks (each batch is
@@ -366,6 +367,22 @@ pub fn continue_quantize_model(
     }
     let backend = settings.backend.as_ref();
     let preprocess_windows = settings.preprocessor.windows();
+    let choices = settings.preprocessor.choices();
+    if !choices.is_empty() {
+        let windows: usize = state
+            .hidden
+            .iter()
+            .map(|h| h.dim(0))
+            .sum::<Result<_, _>>()?;
+        if windows < HELD_OUT_EVERY || preprocess_windows != Windows::All {
+            return Err(PipelineError::Settings(format!(
+                "choosing {}'s settings per layer needs its H from all windows and at least \
+                 {HELD_OUT_EVERY} calibration windows (one in {HELD_OUT_EVERY} is held out); \
+                 this run has {windows}",
+                settings.preprocessor
+            )));
+        }
+    }
     for block in state.next_block..blocks {
         observer.progress(Progress::Block { block, blocks });
         // The block's weights in f32 while it is worked on (read once from their file
@@ -387,15 +404,25 @@ pub fn continue_quantize_model(
                 Windows::All => None,
                 windows => Some(hessians(windows)?),
             };
+            let held_out = match choices.is_empty() {
+                true => None,
+                false => Some(hessians(Windows::HeldOut)?),
+            };
             report.seconds.capture += start.elapsed().as_secs_f64();
             for (n, &input) in inputs.iter().enumerate() {
                 for &kind in input.consumers() {
                     let h_preprocess = own.as_ref().map_or(&all[n], |h| &h[n]);
+                    let choice = held_out.as_ref().map(|h| Choice {
+                        choices: &choices,
+                        h_all: &all[n],
+                        h_held: &h[n],
+                    });
                     let record = quantize_layer(
                         model,
                         block,
                         kind,
                         (&all[n], h_preprocess),
+                        choice,
                         settings,
                         observer,
                     )
@@ -423,14 +450,71 @@ pub fn continue_quantize_model(
     Ok(state.report)
 }
 
+/// The preprocessor settings to choose among for a layer ([`Preprocessor::choices`]), with
+/// `H` of all calibration windows and of the held-out ones.
+struct Choice<'a> {
+    choices: &'a [Box<dyn Preprocessor>],
+    h_all: &'a Mat<f32>,
+    h_held: &'a Mat<f32>,
+}
+
+impl Choice<'_> {
+    /// Fits each choice (preprocessor, then the run's quantizer) with the `H` of the
+    /// windows not held out, `H_all - H_held`, and scores it by the held-out layer loss
+    /// `tr((W0 - Q)^T H_held (W0 - Q))`; returns the best (the first on a tie) and the
+    /// scores.
+    fn choose(
+        &self,
+        w0: MatRef<'_, f32>,
+        context: &PreprocessContext<'_>,
+        quantizer: &dyn Quantizer,
+    ) -> Result<(usize, LayerChoice), PipelineError> {
+        let h_fit = Mat::from_fn(self.h_all.nrows(), self.h_all.ncols(), |i, k| {
+            self.h_all[(i, k)] - self.h_held[(i, k)]
+        });
+        let mut tried = Vec::with_capacity(self.choices.len());
+        for choice in self.choices {
+            let preprocessed = choice.apply(w0, h_fit.as_ref(), context)?;
+            let weights = preprocessed.weights.as_ref().map_or(w0, |w| w.as_ref());
+            let problem = LayerProblem::new(weights, h_fit.as_ref()).with_original(w0);
+            let q = quantizer.quantize(&problem)?.into_dequantized();
+            let held_out_loss = quadratic_loss(w0, q.as_ref(), self.h_held.as_ref(), context.par);
+            tried.push(ChoiceScore {
+                parameters: choice.parameters(),
+                held_out_loss,
+            });
+        }
+        let chosen = (0..tried.len())
+            .min_by(|&a, &b| tried[a].held_out_loss.total_cmp(&tried[b].held_out_loss))
+            .ok_or_else(|| PipelineError::Settings("no settings to choose among".into()))?;
+        Ok((chosen, LayerChoice { tried, chosen }))
+    }
+}
+
+/// `tr((W0 - Q)^T H (W0 - Q))`, summed in f64 over the columns.
+fn quadratic_loss(w0: MatRef<'_, f32>, q: MatRef<'_, f32>, h: MatRef<'_, f32>, par: Par) -> f64 {
+    let d = Mat::from_fn(w0.nrows(), w0.ncols(), |i, j| w0[(i, j)] - q[(i, j)]);
+    let mut hd = Mat::<f32>::zeros(d.nrows(), d.ncols());
+    faer::linalg::matmul::matmul(hd.as_mut(), faer::Accum::Replace, h, d.as_ref(), 1.0, par);
+    (0..d.ncols())
+        .map(|j| {
+            (0..d.nrows())
+                .map(|i| f64::from(d[(i, j)]) * f64::from(hd[(i, j)]))
+                .sum::<f64>()
+        })
+        .sum()
+}
+
 /// Preprocesses and quantizes layer `kind` of `block` with `hessians` (the quantizer's,
 /// the preprocessor's), hands the result to `observer` and writes the dequantized
-/// weights into `model`.
+/// weights into `model`. With a `choice`, the preprocessor's settings for the layer are
+/// the one [`Choice::choose`] picks.
 fn quantize_layer(
     model: &mut Model,
     block: usize,
     kind: LinearKind,
-    (h, h_preprocess): (&faer::Mat<f32>, &faer::Mat<f32>),
+    (h, h_preprocess): (&Mat<f32>, &Mat<f32>),
+    choice: Option<Choice<'_>>,
     settings: &PipelineSettings,
     observer: &mut dyn PipelineObserver,
 ) -> Result<LayerRecord, PipelineError> {
@@ -442,15 +526,25 @@ fn quantize_layer(
 
     let backend = settings.backend.as_ref();
     let spec = settings.layer_spec(model.config(), block, kind)?;
-    let preprocessed = settings.preprocessor.apply(
-        w0.as_ref(),
-        h_preprocess.as_ref(),
-        &PreprocessContext {
-            spec,
-            par: settings.par,
-            backend,
-        },
-    )?;
+    let context = PreprocessContext {
+        spec,
+        par: settings.par,
+        backend,
+    };
+    let quantizer = settings.method.quantizer(&QuantizerContext {
+        spec,
+        act_order: settings.act_order,
+        par: settings.par,
+        backend,
+    });
+    let (preprocessor, layer_choice) = match choice {
+        None => (settings.preprocessor.as_ref(), None),
+        Some(choice) => {
+            let (best, record) = choice.choose(w0.as_ref(), &context, quantizer.as_ref())?;
+            (choice.choices[best].as_ref(), Some(record))
+        }
+    };
+    let preprocessed = preprocessor.apply(w0.as_ref(), h_preprocess.as_ref(), &context)?;
     for warning in preprocessed.record.iter().flat_map(|r| &r.warnings) {
         observer.warning(block, kind, warning);
     }
@@ -464,12 +558,6 @@ fn quantize_layer(
     let problem = LayerProblem::new(to_quantize.as_ref(), h.as_ref()).with_original(w0.as_ref());
 
     let start = Instant::now();
-    let quantizer = settings.method.quantizer(&QuantizerContext {
-        spec,
-        act_order: settings.act_order,
-        par: settings.par,
-        backend,
-    });
     let q: QuantizedLinear = quantizer.quantize(&problem)?;
     let quantize_seconds = start.elapsed().as_secs_f64();
     observer.layer_quantized(block, kind, &q)?;
@@ -490,6 +578,7 @@ fn quantize_layer(
         magnitudes,
         layer_loss,
         quantize_seconds,
+        choice: layer_choice,
     })
 }
 

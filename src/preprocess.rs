@@ -59,6 +59,14 @@ pub trait Preprocessor: fmt::Display + fmt::Debug + Send + Sync {
         Windows::All
     }
 
+    /// Settings to choose among layer by layer, by the held-out layer loss after
+    /// quantization (the pipeline fits each on the calibration windows not held out and
+    /// scores `tr((W0 - Q)^T H_held (W0 - Q))` on the held-out ones, [`Windows::HeldOut`]);
+    /// empty when there is nothing to choose, and then [`Preprocessor::apply`] runs as it is.
+    fn choices(&self) -> Vec<Box<dyn Preprocessor>> {
+        Vec::new()
+    }
+
     /// The weights to quantize for a layer with weights `w0` (in x out) and `H` (in x in).
     ///
     /// # Errors
@@ -77,7 +85,7 @@ pub trait Preprocessor: fmt::Display + fmt::Debug + Send + Sync {
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct PreprocessOptions {
     /// MagR's `alpha` (default: 1e-3 per channel, 1e-4 with groups).
-    pub alpha: Option<f64>,
+    pub alpha: Option<Alpha>,
     /// MagR's iterations at most (default: 200 plain, [`FISTA_ITERATIONS`] with FISTA).
     pub iterations: Option<usize>,
     /// MagR's solver (default: FISTA; plain is the reference's).
@@ -125,8 +133,14 @@ pub static PREPROCESSORS: &[PreprocessorEntry] = &[
                 Solver::Fista => MagrSettings::fista(spec),
                 Solver::Plain => MagrSettings::reference(spec),
             };
+            let (alpha, alpha_per_layer) = match o.alpha {
+                None => (defaults.alpha, false),
+                Some(Alpha::Value(a)) => (a, false),
+                Some(Alpha::PerLayer) => (defaults.alpha, true),
+            };
             Box::new(MagrSettings {
-                alpha: o.alpha.unwrap_or(defaults.alpha),
+                alpha,
+                alpha_per_layer,
                 iterations: o.iterations.unwrap_or(defaults.iterations),
                 windows: o.windows.unwrap_or(defaults.windows),
                 ..defaults
@@ -198,6 +212,20 @@ impl Preprocessor for Identity {
     }
 }
 
+/// MagR's `alpha` as the CLI takes it (`--alpha 1e-3`, `--alpha auto`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Alpha {
+    /// This value.
+    Value(f64),
+    /// Chosen per layer from [`ALPHA_FACTORS`] times the reference value by the held-out
+    /// layer loss ([`Preprocessor::choices`]).
+    PerLayer,
+}
+
+/// The alphas that `--alpha auto` tries on each layer, as multiples of the reference
+/// value (1e-3 per channel, 1e-4 per group); 0 leaves the layer as it is.
+pub const ALPHA_FACTORS: [f64; 6] = [0.0, 0.25, 0.5, 1.0, 2.0, 4.0];
+
 /// MagR (per channel, or per group when the grid has groups):
 /// `min_W 1/2 ||X (W - W0)||_F^2 + alpha lambda_max(H) sum ||w||_inf` by proximal
 /// gradient ([`prox_opt::magr`]).
@@ -205,6 +233,9 @@ impl Preprocessor for Identity {
 pub struct MagrSettings {
     /// Penalty `alpha` (reference: 1e-3 per channel, 1e-4 per group).
     pub alpha: f64,
+    /// Choose alpha per layer among [`ALPHA_FACTORS`] times `alpha` by the held-out layer
+    /// loss ([`Preprocessor::choices`]) instead of using `alpha` itself.
+    pub alpha_per_layer: bool,
     /// Iterations at most (reference: 200).
     pub iterations: usize,
     /// Plain proximal gradient (the reference) or FISTA with the objective test.
@@ -223,6 +254,7 @@ impl MagrSettings {
             } else {
                 1e-3
             },
+            alpha_per_layer: false,
             iterations: 200,
             solver: Solver::Plain,
             windows: Windows::All,
@@ -272,7 +304,11 @@ impl Preprocessor for MagrSettings {
 
     fn parameters(&self) -> Value {
         json!({
-            "alpha": self.alpha,
+            "alpha": if self.alpha_per_layer {
+                json!(format!("per layer: {ALPHA_FACTORS:?} x {}", self.alpha))
+            } else {
+                json!(self.alpha)
+            },
             "iterations": self.iterations,
             "solver": match self.solver {
                 Solver::Plain => "plain",
@@ -281,6 +317,7 @@ impl Preprocessor for MagrSettings {
             "hessian": match self.windows {
                 Windows::All => "all windows",
                 Windows::Last => "last window",
+                Windows::HeldOut => "held-out windows",
             },
         })
     }
@@ -289,12 +326,33 @@ impl Preprocessor for MagrSettings {
         self.windows
     }
 
+    fn choices(&self) -> Vec<Box<dyn Preprocessor>> {
+        if !self.alpha_per_layer {
+            return Vec::new();
+        }
+        ALPHA_FACTORS
+            .iter()
+            .map(|&f| -> Box<dyn Preprocessor> {
+                Box::new(MagrSettings {
+                    alpha: f * self.alpha,
+                    alpha_per_layer: false,
+                    ..*self
+                })
+            })
+            .collect()
+    }
+
     fn apply(
         &self,
         w0: MatRef<'_, f32>,
         h: MatRef<'_, f32>,
         context: &PreprocessContext<'_>,
     ) -> Result<Preprocessed, PipelineError> {
+        if self.alpha_per_layer {
+            return Err(PipelineError::Settings(
+                "MagR with alpha chosen per layer runs through its choices, not as it is".into(),
+            ));
+        }
         let options = self.options(&context.spec, context.par);
         let (w, r) = context.backend.magr(w0, h, &options)?;
         Ok(Preprocessed {
@@ -335,7 +393,7 @@ mod tests {
         let p = preprocessor("magr", &PreprocessOptions::default(), &grouped).unwrap();
         assert_eq!(p.parameters()["alpha"], 1e-4);
         let options = PreprocessOptions {
-            alpha: Some(0.5),
+            alpha: Some(Alpha::Value(0.5)),
             ..PreprocessOptions::default()
         };
         let p = preprocessor("magr", &options, &grouped).unwrap();
@@ -359,7 +417,7 @@ mod tests {
         let spec = GridSpec::reference(4, None).unwrap();
         let given = [
             PreprocessOptions {
-                alpha: Some(1e-3),
+                alpha: Some(Alpha::Value(1e-3)),
                 ..PreprocessOptions::default()
             },
             PreprocessOptions {

@@ -203,3 +203,147 @@ fn bad_calibration_and_settings_are_errors() {
     let out_of_vocab = vec![vec![400u32; 8]];
     assert!(quantize_model(&mut model, &out_of_vocab, &s, &mut |_| {}).is_err());
 }
+
+/// `--alpha auto`: each layer tries 0, 1/4, 1/2, 1, 2, 4 times the reference alpha, each
+/// fitted (MagR, then the quantizer; RTN here) on the `H` of the windows not held out and scored on the
+/// held-out ones (every 4th window: here windows 3 and 7, in the second and third batch
+/// of 3), and takes the smallest score. For block 0's layers (whose inputs are the float
+/// model's) every score is recomputed here from the captured inputs: `H` of the fitting
+/// windows summed in f64, the held-out loss as `sum_t ||x_t (W0 - Q)||^2` over the
+/// held-out tokens.
+#[test]
+fn alpha_auto_chooses_each_layer_by_the_held_out_loss() {
+    use magr::candle_core::Tensor;
+    use magr::llama_io::LinearInput;
+    use magr::quantizers::LayerProblem;
+    use magr::{ALPHA_FACTORS, Cpu, PreprocessContext, QuantizerContext};
+
+    let (count, len) = (8, 16);
+    let calibration = windows(count, len, 31);
+    let spec = GridSpec::reference(3, None).unwrap();
+    let magr = MagrSettings {
+        alpha_per_layer: true,
+        iterations: 20,
+        ..MagrSettings::fista(&spec)
+    };
+    // RTN: OPTQ's codes can flip under the rounding of another summation of `H`.
+    let s = settings(spec, Arc::new(RtnMethod), Some(magr));
+    let mut model = tiny_model(32);
+    let float = tiny_model(32);
+    let report = quantize_model(&mut model, &calibration, &s, &mut |_| {}).unwrap();
+    assert!(report.layers.iter().all(|l| l.choice.is_some()));
+
+    // Block 0's inputs, token rows in window order.
+    let mut inputs: Vec<(LinearInput, Vec<f32>, usize)> = Vec::new();
+    let hidden = float.embed(&calibration).unwrap();
+    let mut sink = |input: LinearInput, x: &Tensor| {
+        let width = x.dim(1)?;
+        inputs.push((input, x.flatten_all()?.to_vec1()?, width));
+        Ok(())
+    };
+    float
+        .run_block_capturing(0, &hidden, Par::Seq, &mut sink)
+        .unwrap();
+    let held = |token: usize| (token / len) % 4 == 3;
+    for record in report.layers.iter().filter(|l| l.block == 0) {
+        let kind = *LinearKind::ALL
+            .iter()
+            .find(|k| k.hf_suffix() == record.layer)
+            .unwrap();
+        let (x, width) = inputs
+            .iter()
+            .find(|(input, ..)| *input == kind.input())
+            .map(|(_, x, w)| (x, *w))
+            .unwrap();
+        let tokens = x.len() / width;
+        assert_eq!(tokens, count * len);
+        let h_fit = faer::Mat::<f32>::from_fn(width, width, |i, k| {
+            (0..tokens)
+                .filter(|&t| !held(t))
+                .map(|t| f64::from(x[t * width + i]) * f64::from(x[t * width + k]))
+                .sum::<f64>() as f32
+        });
+        let (outputs, n_in) = float.linear_shape(kind);
+        let w = float.linear_weight(0, kind).unwrap();
+        let w0 = faer::Mat::from_fn(n_in, outputs, |i, j| w[j * n_in + i]);
+        let context = PreprocessContext {
+            spec,
+            par: Par::Seq,
+            backend: &Cpu,
+        };
+        let quantizer = RtnMethod.quantizer(&QuantizerContext {
+            spec,
+            act_order: false,
+            par: Par::Seq,
+            backend: &Cpu,
+        });
+        let choice = record.choice.as_ref().unwrap();
+        assert_eq!(choice.tried.len(), ALPHA_FACTORS.len());
+        let mut losses = Vec::new();
+        for (factor, tried) in ALPHA_FACTORS.iter().zip(&choice.tried) {
+            let alpha = factor * magr.alpha;
+            assert_eq!(tried.parameters["alpha"], alpha);
+            let fixed = MagrSettings {
+                alpha,
+                alpha_per_layer: false,
+                ..magr
+            };
+            let pre = fixed.apply(w0.as_ref(), h_fit.as_ref(), &context).unwrap();
+            let weights = pre.weights.unwrap();
+            let problem =
+                LayerProblem::new(weights.as_ref(), h_fit.as_ref()).with_original(w0.as_ref());
+            let q = quantizer.quantize(&problem).unwrap().into_dequantized();
+            let loss: f64 = (0..tokens)
+                .filter(|&t| held(t))
+                .map(|t| {
+                    (0..outputs)
+                        .map(|j| {
+                            let e: f64 = (0..n_in)
+                                .map(|i| {
+                                    f64::from(x[t * width + i]) * f64::from(w0[(i, j)] - q[(i, j)])
+                                })
+                                .sum();
+                            e * e
+                        })
+                        .sum::<f64>()
+                })
+                .sum();
+            approx::assert_relative_eq!(tried.held_out_loss, loss, max_relative = 1e-4);
+            losses.push(loss);
+        }
+        let best = (0..losses.len())
+            .min_by(|&a, &b| {
+                choice.tried[a]
+                    .held_out_loss
+                    .total_cmp(&choice.tried[b].held_out_loss)
+            })
+            .unwrap();
+        assert_eq!(choice.chosen, best, "{}: {losses:?}", record.layer);
+    }
+}
+
+#[test]
+fn alpha_auto_needs_all_windows_for_magr_and_four_windows() {
+    let spec = GridSpec::reference(3, None).unwrap();
+    let auto = MagrSettings {
+        alpha_per_layer: true,
+        ..MagrSettings::fista(&spec)
+    };
+    for (windows_given, magr) in [
+        (3, auto),
+        (
+            8,
+            MagrSettings {
+                windows: Windows::Last,
+                ..auto
+            },
+        ),
+    ] {
+        let s = settings(spec, Arc::new(OptqMethod), Some(magr));
+        let mut model = tiny_model(33);
+        let e = quantize_model(&mut model, &windows(windows_given, 16, 1), &s, &mut |_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("held out") && e.contains("MagR"), "{e}");
+    }
+}

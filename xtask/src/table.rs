@@ -584,6 +584,7 @@ mod tests {
                     magnitudes: MagnitudeHistogram::new([1.0f32], [0.9f32], 1.0),
                     layer_loss: 1234.5,
                     quantize_seconds: 0.1,
+                    choice: None,
                 }],
                 seconds: StageSeconds {
                     preprocess: 2.0,

@@ -52,6 +52,31 @@ pub struct LayerRecord {
     pub layer_loss: f64,
     /// Seconds of the quantizer.
     pub quantize_seconds: f64,
+    /// The preprocessor's settings chosen for this layer by the held-out loss, when
+    /// the run chooses them per layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub choice: Option<LayerChoice>,
+}
+
+/// A per-layer choice among preprocessor settings: each fitted on the calibration
+/// windows not held out, scored on the held-out ones.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayerChoice {
+    /// Every setting tried with its held-out layer loss
+    /// `tr((W0 - Q)^T H_held (W0 - Q))`, in the order tried.
+    pub tried: Vec<ChoiceScore>,
+    /// Index into `tried` of the chosen setting (the smallest held-out loss; the first
+    /// on a tie).
+    pub chosen: usize,
+}
+
+/// One setting of a [`LayerChoice`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChoiceScore {
+    /// The preprocessor's parameters.
+    pub parameters: Value,
+    /// Its held-out layer loss.
+    pub held_out_loss: f64,
 }
 
 /// Counts of `|w|` of one layer in [`MagnitudeHistogram::BINS`] equal bins on
@@ -135,6 +160,44 @@ impl PipelineReport {
     /// The sum over every layer of its loss `tr((W0 - Q)^T H (W0 - Q))`.
     pub fn summed_layer_loss(&self) -> f64 {
         self.layers.iter().map(|l| l.layer_loss).sum()
+    }
+
+    /// For a run that chose the preprocessor's settings per layer: each chosen setting
+    /// (the parameters that differ among those tried, as `name value`) with the number
+    /// of layers that took it, in the order first tried; `None` for a run without choices.
+    pub fn chosen_settings(&self) -> Option<Vec<(String, usize)>> {
+        let mut counts: Vec<(String, usize)> = Vec::new();
+        let mut any = false;
+        for choice in self.layers.iter().filter_map(|l| l.choice.as_ref()) {
+            any = true;
+            let describe = |parameters: &Value| {
+                let Some(fields) = parameters.as_object() else {
+                    return parameters.to_string();
+                };
+                fields
+                    .iter()
+                    .filter(|(key, value)| {
+                        choice
+                            .tried
+                            .iter()
+                            .any(|t| t.parameters.get(*key) != Some(*value))
+                    })
+                    .map(|(key, value)| format!("{key} {value}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            for t in &choice.tried {
+                let setting = describe(&t.parameters);
+                if !counts.iter().any(|(s, _)| *s == setting) {
+                    counts.push((setting, 0));
+                }
+            }
+            let chosen = describe(&choice.tried[choice.chosen].parameters);
+            if let Some(entry) = counts.iter_mut().find(|(s, _)| *s == chosen) {
+                entry.1 += 1;
+            }
+        }
+        any.then_some(counts)
     }
 }
 
@@ -486,6 +549,17 @@ impl RunReport {
         if !warnings.is_empty() {
             let _ = writeln!(md, "Warnings:\n\n{}\n", warnings.join("\n"));
         }
+        if let Some(counts) = self.pipeline.chosen_settings() {
+            let list: Vec<String> = counts
+                .iter()
+                .map(|(setting, n)| format!("{setting}: {n}"))
+                .collect();
+            let _ = writeln!(
+                md,
+                "{pre} settings chosen per layer by the held-out layer loss (layers): {}\n",
+                list.join(", ")
+            );
+        }
         let _ = writeln!(
             md,
             "| block | layer | in x out | max abs before | max abs after {pre} | {pre} objective before -> after | layer loss |"
@@ -588,6 +662,7 @@ mod tests {
                     magnitudes: MagnitudeHistogram::new(w0, w, 3.0),
                     layer_loss: 2.0,
                     quantize_seconds: 0.2,
+                    choice: None,
                 }],
                 ..PipelineReport::default()
             },
@@ -608,6 +683,46 @@ mod tests {
             .unwrap()
             .remove("layer_loss");
         assert!(serde_json::from_value::<RunReport>(v).is_err());
+    }
+
+    #[test]
+    fn settings_chosen_per_layer_are_counted_by_what_differs() {
+        let mut r = report();
+        assert_eq!(r.pipeline.chosen_settings(), None);
+        assert!(!r.markdown().contains("chosen per layer"));
+        let tried = |alphas: &[f64], losses: &[f64]| -> Vec<ChoiceScore> {
+            alphas
+                .iter()
+                .zip(losses)
+                .map(|(&a, &l)| ChoiceScore {
+                    parameters: json!({"alpha": a, "iterations": 40}),
+                    held_out_loss: l,
+                })
+                .collect()
+        };
+        let first = r.pipeline.layers[0].clone();
+        r.pipeline.layers = vec![first.clone(), first.clone(), first];
+        for (layer, chosen) in r.pipeline.layers.iter_mut().zip([1, 1, 0]) {
+            layer.choice = Some(LayerChoice {
+                tried: tried(&[0.0, 0.001, 0.002], &[3.0, 1.0, 2.0]),
+                chosen,
+            });
+        }
+        assert_eq!(
+            r.pipeline.chosen_settings().unwrap(),
+            vec![
+                ("alpha 0.0".to_string(), 1),
+                ("alpha 0.001".to_string(), 2),
+                ("alpha 0.002".to_string(), 0)
+            ]
+        );
+        let md = r.markdown();
+        assert!(
+            md.contains("MagR settings chosen per layer by the held-out layer loss (layers): alpha 0.0: 1, alpha 0.001: 2, alpha 0.002: 0"),
+            "{md}"
+        );
+        let back: RunReport = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back, r);
     }
 
     #[test]

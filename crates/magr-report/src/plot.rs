@@ -159,6 +159,7 @@ mod tests {
             magnitudes: MagnitudeHistogram::new([0.5f32, 2.0], [0.5f32, 1.0], 2.0),
             layer_loss: 0.0,
             quantize_seconds: 0.0,
+            choice: None,
         }
     }
 
