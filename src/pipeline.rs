@@ -428,7 +428,8 @@ pub fn continue_quantize_model(
                     )
                     .map_err(|e| e.in_layer(block, kind))?;
                     report.seconds.preprocess +=
-                        record.preprocess.as_ref().map_or(0.0, |m| m.seconds);
+                        record.preprocess.as_ref().map_or(0.0, |m| m.seconds)
+                            + record.choice.as_ref().map_or(0.0, |c| c.seconds);
                     report.seconds.quantize += record.quantize_seconds;
                     report.layers.push(record);
                     observer.progress(Progress::Layer { block, kind });
@@ -469,6 +470,7 @@ impl Choice<'_> {
         context: &PreprocessContext<'_>,
         quantizer: &dyn Quantizer,
     ) -> Result<(usize, LayerChoice), PipelineError> {
+        let start = Instant::now();
         let h_fit = Mat::from_fn(self.h_all.nrows(), self.h_all.ncols(), |i, k| {
             self.h_all[(i, k)] - self.h_held[(i, k)]
         });
@@ -487,7 +489,15 @@ impl Choice<'_> {
         let chosen = (0..tried.len())
             .min_by(|&a, &b| tried[a].held_out_loss.total_cmp(&tried[b].held_out_loss))
             .ok_or_else(|| PipelineError::Settings("no settings to choose among".into()))?;
-        Ok((chosen, LayerChoice { tried, chosen }))
+        let seconds = start.elapsed().as_secs_f64();
+        Ok((
+            chosen,
+            LayerChoice {
+                tried,
+                chosen,
+                seconds,
+            },
+        ))
     }
 }
 

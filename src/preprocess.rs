@@ -224,7 +224,7 @@ pub enum Alpha {
 
 /// The alphas that `--alpha auto` tries on each layer, as multiples of the reference
 /// value (1e-3 per channel, 1e-4 per group); 0 leaves the layer as it is.
-pub const ALPHA_FACTORS: [f64; 6] = [0.0, 0.25, 0.5, 1.0, 2.0, 4.0];
+pub const ALPHA_FACTORS: [f64; 7] = [0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0];
 
 /// MagR (per channel, or per group when the grid has groups):
 /// `min_W 1/2 ||X (W - W0)||_F^2 + alpha lambda_max(H) sum ||w||_inf` by proximal

@@ -204,7 +204,7 @@ fn bad_calibration_and_settings_are_errors() {
     assert!(quantize_model(&mut model, &out_of_vocab, &s, &mut |_| {}).is_err());
 }
 
-/// `--alpha auto`: each layer tries 0, 1/4, 1/2, 1, 2, 4 times the reference alpha, each
+/// `--alpha auto`: each layer tries 0, 1/2, 1, 2, 4, 8, 16 times the reference alpha, each
 /// fitted (MagR, then the quantizer; RTN here) on the `H` of the windows not held out and scored on the
 /// held-out ones (every 4th window: here windows 3 and 7, in the second and third batch
 /// of 3), and takes the smallest score. For block 0's layers (whose inputs are the float

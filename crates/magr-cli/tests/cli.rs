@@ -27,7 +27,10 @@ fn bad_flags_are_named_errors() {
     assert!(!ok && err.contains("beta"), "{err}");
     for bad in ["-1", "nan", "often"] {
         let (ok, err) = magr(&["quantize", &format!("--alpha={bad}")]);
-        assert!(!ok && err.contains("--alpha") && err.contains("`auto`"), "{err}");
+        assert!(
+            !ok && err.contains("--alpha") && err.contains("`auto`"),
+            "{err}"
+        );
     }
     let (ok, err) = magr(&["quantize", "--device", "gpu"]);
     assert!(!ok && err.contains("cuda:N"), "{err}");

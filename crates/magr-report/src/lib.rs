@@ -68,6 +68,9 @@ pub struct LayerChoice {
     /// Index into `tried` of the chosen setting (the smallest held-out loss; the first
     /// on a tie).
     pub chosen: usize,
+    /// Wall time of fitting and scoring every setting (counted in the preprocessor's
+    /// stage time).
+    pub seconds: f64,
 }
 
 /// One setting of a [`LayerChoice`].
@@ -130,7 +133,8 @@ pub struct StageSeconds {
     pub embed: f64,
     /// Float forward passes that accumulate `H`.
     pub capture: f64,
-    /// The preprocessor.
+    /// The preprocessor (with the fitting and scoring of its settings when they are
+    /// chosen per layer).
     pub preprocess: f64,
     /// The quantizer.
     pub quantize: f64,
@@ -706,6 +710,7 @@ mod tests {
             layer.choice = Some(LayerChoice {
                 tried: tried(&[0.0, 0.001, 0.002], &[3.0, 1.0, 2.0]),
                 chosen,
+                seconds: 0.5,
             });
         }
         assert_eq!(

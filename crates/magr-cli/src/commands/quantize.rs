@@ -184,7 +184,7 @@ pub struct QuantizeArgs {
     #[arg(long)]
     no_magr: bool,
     /// MagR's alpha [default: 1e-3 per channel, 1e-4 with groups], or `auto`: per layer
-    /// the one of 0, 1/4, 1/2, 1, 2, 4 times the default with the smallest held-out layer
+    /// the one of 0, 1/2, 1, 2, 4, 8, 16 times the default with the smallest held-out layer
     /// loss after quantization (fitted on 3 of every 4 calibration windows, scored on the
     /// 4th; the chosen one is then fitted on all).
     #[arg(long, value_parser = parse_alpha)]
