@@ -649,7 +649,9 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
 
     /// FISTA never raises the objective (its trace is non-increasing up to f32 rounding
-    /// of the iterates), whatever the prox, also with a step `1/L` longer than
+    /// of the iterates: near convergence with `L` close to `lambda_max / 2` a plain step
+    /// can rise by ~1e-5 relative; 1e-4 allowed, where the old non-monotone FISTA rose by
+    /// 13%), whatever the prox, also with a step `1/L` longer than
     /// `1/lambda_max` (`L` down to 0.55 `lambda_max`, where plain steps still descend):
     /// the function-value restart takes the plain step whenever momentum overshoots.
     #[test]
@@ -675,15 +677,17 @@ proptest! {
         let trace = report.trace.unwrap();
         for k in 1..trace.len() {
             prop_assert!(
-                trace[k] <= trace[k - 1] + 1e-5 * trace[k - 1].abs(),
+                trace[k] <= trace[k - 1] + 1e-4 * trace[k - 1].abs(),
                 "F rose at iteration {}: {} -> {}", k, trace[k - 1], trace[k]
             );
         }
     }
 
     /// FISTA's gradient at the extrapolated point, formed from the gradients at the last
-    /// two iterates (one product per iteration), gives the iterates and objectives of a
-    /// naive f64 monotone FISTA that takes every gradient by its own product.
+    /// two iterates (one product per iteration), gives the objectives (1e-4 relative) and
+    /// iterates (1e-3 of max |W0|: f32 rounding grows along directions of little curvature,
+    /// where the objective hardly depends on W) of a naive f64 monotone FISTA that takes
+    /// every gradient by its own product.
     #[test]
     fn fista_matches_a_naive_f64_fista(
         seed in 0u64..1000,
@@ -707,7 +711,10 @@ proptest! {
         let max_w = (0..m).flat_map(|j| col(&w0, j)).fold(0.0f64, |a, v| a.max(v.abs()));
         for j in 0..m {
             for i in 0..n {
-                prop_assert!((w[(i, j)] as f64 - x[j][i]).abs() <= 1e-4 * max_w);
+                prop_assert!(
+                    (w[(i, j)] as f64 - x[j][i]).abs() <= 1e-3 * max_w,
+                    "W[{}, {}]: {} vs {} (max |W0| {})", i, j, w[(i, j)], x[j][i], max_w
+                );
             }
         }
     }
