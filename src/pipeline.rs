@@ -24,6 +24,7 @@ use std::time::Instant;
 use candle_core::{DType, Tensor};
 use faer::{Mat, MatRef, Par};
 use llama_io::{LinearInput, LinearKind, LlamaConfig, Model};
+use prox_opt::Quadratic;
 use quantizers::{GridSpec, LayerProblem, QuantizedLinear, Quantizer};
 
 use crate::backend::{ComputeBackend, Cpu, HELD_OUT_EVERY, Windows};
@@ -480,7 +481,11 @@ impl Choice<'_> {
             let weights = preprocessed.weights.as_ref().map_or(w0, |w| w.as_ref());
             let problem = LayerProblem::new(weights, h_fit.as_ref()).with_original(w0);
             let q = quantizer.quantize(&problem)?.into_dequantized();
-            let held_out_loss = quadratic_loss(w0, q.as_ref(), self.h_held.as_ref(), context.par);
+            // tr((Q - W0)^T H_held (Q - W0)), per column, by the quadratic MagR minimises.
+            let held_out_loss: f64 = Quadratic::with_lipschitz(self.h_held.as_ref(), w0, 0.0)?
+                .column_errors(q.as_ref(), context.par)
+                .iter()
+                .sum();
             tried.push(ChoiceScore {
                 parameters: choice.parameters(),
                 held_out_loss,
@@ -499,20 +504,6 @@ impl Choice<'_> {
             },
         ))
     }
-}
-
-/// `tr((W0 - Q)^T H (W0 - Q))`, summed in f64 over the columns.
-fn quadratic_loss(w0: MatRef<'_, f32>, q: MatRef<'_, f32>, h: MatRef<'_, f32>, par: Par) -> f64 {
-    let d = Mat::from_fn(w0.nrows(), w0.ncols(), |i, j| w0[(i, j)] - q[(i, j)]);
-    let mut hd = Mat::<f32>::zeros(d.nrows(), d.ncols());
-    faer::linalg::matmul::matmul(hd.as_mut(), faer::Accum::Replace, h, d.as_ref(), 1.0, par);
-    (0..d.ncols())
-        .map(|j| {
-            (0..d.nrows())
-                .map(|i| f64::from(d[(i, j)]) * f64::from(hd[(i, j)]))
-                .sum::<f64>()
-        })
-        .sum()
 }
 
 /// Preprocesses and quantizes layer `kind` of `block` with `hessians` (the quantizer's,
