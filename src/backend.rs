@@ -11,13 +11,14 @@
 
 use std::fmt;
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use faer::{Mat, MatRef, Par};
 use llama_io::{InputSink, LinearInput, Model, XtxAccumulator};
 use prox_opt::{MagrOptions, MagrReport};
 use quantizers::{CoordinateDescent, Optq, Quantizer};
 
 use crate::error::PipelineError;
+use crate::hidden::HiddenStates;
 
 /// Which calibration windows form an `H`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,7 +43,8 @@ pub trait ComputeBackend: fmt::Debug + Send + Sync {
 
     /// `H` (f32, in x in, exactly symmetric) of each of `inputs` of `block`, in that
     /// order, from the block as `model` holds it now, over the calibration hidden states
-    /// `hidden` (one tensor `[batch, seqlen, hidden]` per batch) or only their `windows`.
+    /// `hidden` (one tensor `[batch, seqlen, hidden]` per batch, read one batch at a
+    /// time) or only their `windows`.
     ///
     /// The default runs the block's forward pass on the model's device over the batches
     /// (each widened to f32) with an [`XtxAccumulator`] taking the wanted inputs
@@ -54,7 +56,7 @@ pub trait ComputeBackend: fmt::Debug + Send + Sync {
         &self,
         model: &Model,
         block: usize,
-        hidden: &[Tensor],
+        hidden: &HiddenStates,
         inputs: &[LinearInput],
         windows: Windows,
         par: Par,
@@ -67,31 +69,37 @@ pub trait ComputeBackend: fmt::Debug + Send + Sync {
                 Ok(())
             }
         };
+        let device = model.device();
         match windows {
             Windows::Last => {
-                let h = hidden.last().ok_or_else(|| {
+                let b = hidden.len().checked_sub(1).ok_or_else(|| {
                     PipelineError::Calibration("no calibration hidden states".into())
                 })?;
+                let h = hidden.batch_f32(b, device)?;
                 let rows = h.dim(0)?;
-                let last = h.narrow(0, rows - 1, 1)?.to_dtype(DType::F32)?;
+                let last = h.narrow(0, rows - 1, 1)?;
                 model.run_block_capturing(block, &last, par, &mut wanted)?;
             }
             Windows::HeldOut => {
                 let mut first = 0;
-                for h in hidden {
-                    let rows = h.dim(0)?;
-                    for i in
-                        (0..rows).filter(|i| (first + i) % HELD_OUT_EVERY == HELD_OUT_EVERY - 1)
-                    {
-                        let window = h.narrow(0, i, 1)?.to_dtype(DType::F32)?;
-                        model.run_block_capturing(block, &window, par, &mut wanted)?;
+                for b in 0..hidden.len() {
+                    let rows = hidden.windows_in(b)?;
+                    let held =
+                        (0..rows).filter(|i| (first + i) % HELD_OUT_EVERY == HELD_OUT_EVERY - 1);
+                    if held.clone().next().is_some() {
+                        let h = hidden.batch_f32(b, device)?;
+                        for i in held {
+                            let window = h.narrow(0, i, 1)?;
+                            model.run_block_capturing(block, &window, par, &mut wanted)?;
+                        }
                     }
                     first += rows;
                 }
             }
             Windows::All => {
-                for h in hidden {
-                    model.run_block_capturing(block, &h.to_dtype(DType::F32)?, par, &mut wanted)?;
+                for b in 0..hidden.len() {
+                    let h = hidden.batch_f32(b, device)?;
+                    model.run_block_capturing(block, &h, par, &mut wanted)?;
                 }
             }
         }

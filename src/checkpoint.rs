@@ -3,16 +3,16 @@
 //!
 //! Files, each written under a temporary name and renamed: `block-NNNN.safetensors` (the
 //! block's quantized weights in f32, and each output format's state under
-//! `{format}/...`), `hidden-NNNN.safetensors` (the calibration hidden states entering
-//! block NNNN) and, last, `state.json` (the run's fingerprint, the next block, the records
-//! so far). A crash between two renames leaves the previous `state.json` pointing at files
-//! that are still there.
+//! `{format}/...`), `hidden-NNNN/` (the calibration hidden states entering block NNNN,
+//! a file per batch as [`HiddenStates::save`] writes them: hard links when the run spills
+//! them to `spill/`) and, last, `state.json` (the run's fingerprint, the next block, the
+//! records so far). A crash between two renames leaves the previous `state.json` pointing
+//! at files that are still there.
 
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Tensor};
 use llama_io::stored::Encoding;
 use llama_io::{LinearKind, Model, NamedTensor, TensorData};
 use safetensors::{Dtype, SafeTensors};
@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 use crate::output::{FormatState, OutputFormat};
 use magr_report::PipelineReport;
 
-use crate::{PipelineError, PipelineSettings, PipelineState};
+use crate::{HiddenStates, PipelineError, PipelineSettings, PipelineState};
 
 const STATE: &str = "state.json";
 
@@ -127,7 +127,13 @@ impl RunCheckpoint {
     }
 
     fn hidden_path(&self, block: usize) -> PathBuf {
-        self.dir.join(format!("hidden-{block:04}.safetensors"))
+        self.dir.join(format!("hidden-{block:04}"))
+    }
+
+    /// Where a run that spills its hidden states keeps them: beside the checkpoint's
+    /// saved ones, on the same file system (they are saved as hard links).
+    pub fn spill_dir(&self) -> PathBuf {
+        self.dir.join("spill")
     }
 
     /// Saves the block that `state` just finished (`state.next_block - 1`): its weights
@@ -177,10 +183,10 @@ impl RunCheckpoint {
         drop(tensors);
         self.leave_weights_in_file(model, block)?;
 
-        // Each batch's bytes are made when written (candle's `View`), one batch at a
-        // time: the hidden states are never twice in memory.
-        let hidden = (state.hidden.iter().enumerate()).map(|(i, h)| (format!("batch.{i}"), h));
-        write_tensors(&self.hidden_path(state.next_block), hidden, HashMap::new())?;
+        // One batch at a time: the hidden states are never twice in memory.
+        atomic_fs::write_dir(&self.hidden_path(state.next_block), true, |dir| {
+            state.hidden.save(dir)
+        })?;
 
         let file = StateFile {
             fingerprint: self.fingerprint.clone(),
@@ -191,7 +197,7 @@ impl RunCheckpoint {
         atomic_fs::write(&self.dir.join(STATE), text)
             .map_err(|e| PipelineError::Output(e.to_string()))?;
         for earlier in 0..state.next_block {
-            let _ = fs::remove_file(self.hidden_path(earlier));
+            let _ = fs::remove_dir_all(self.hidden_path(earlier));
         }
         Ok(())
     }
@@ -308,34 +314,9 @@ impl RunCheckpoint {
                     .map_err(|e| output_error(&path, e))?;
             }
         }
-        // One batch at a time: the file is never whole in memory.
-        let path = self.hidden_path(file.next_block);
-        let mut batches = llama_io::stored_tensors(&path)?;
-        let mut hidden = Vec::new();
-        for i in 0..batches.len() {
-            let name = format!("batch.{i}");
-            match batches.remove(&name) {
-                // In the run's hidden dtype, which the file keeps (bf16 widens to f32
-                // and back exactly).
-                Some(t)
-                    if matches!(
-                        t.encoding(),
-                        Encoding::Safetensors(Dtype::F32 | Dtype::BF16)
-                    ) =>
-                {
-                    let dtype = match t.encoding() {
-                        Encoding::Safetensors(Dtype::BF16) => DType::BF16,
-                        _ => DType::F32,
-                    };
-                    let shape = t.shape().to_vec();
-                    let values = Tensor::from_vec(t.read()?, shape, model.device())?;
-                    hidden.push(values.to_dtype(dtype)?);
-                }
-                _ => {
-                    return Err(output_error(&path, format!("no f32 or bf16 tensor {name}")));
-                }
-            }
-        }
+        // Left in their files (the pipeline brings them into memory or keeps them
+        // spilled, as the run asks).
+        let hidden = HiddenStates::open(&self.hidden_path(file.next_block))?;
         Ok(Some(PipelineState {
             next_block: file.next_block,
             hidden,

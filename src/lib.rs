@@ -22,6 +22,7 @@ mod candle_backend;
 mod checkpoint;
 mod error;
 mod gguf_preset;
+mod hidden;
 mod method;
 mod output;
 mod pipeline;
@@ -34,6 +35,7 @@ pub use candle_backend::CandleBackend;
 pub use checkpoint::{RunCheckpoint, run_fingerprint};
 pub use error::PipelineError;
 pub use gguf_preset::GgufPreset;
+pub use hidden::{HiddenDtype, HiddenStates};
 pub use method::{
     METHODS, Method, MethodEntry, MethodOptions, OptqCdMethod, OptqMethod, QuantizerContext,
     RtnMethod, method,
@@ -43,8 +45,8 @@ pub use output::{
     GptqFormat, OutputFormat, output_format,
 };
 pub use pipeline::{
-    HiddenDtype, PipelineObserver, PipelineSettings, PipelineState, Progress,
-    continue_quantize_model, quantize_model,
+    PipelineObserver, PipelineSettings, PipelineState, Progress, continue_quantize_model,
+    quantize_model,
 };
 pub use preprocess::{
     ALPHA_FACTORS, Alpha, Identity, MagrSettings, PREPROCESSORS, PreprocessContext,

@@ -17,11 +17,10 @@
 //! from one. Deterministic: the same model, windows and settings give the same bytes,
 //! resumed or not.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::{DType, Tensor};
 use faer::{Mat, MatRef, Par};
 use llama_io::{LinearInput, LinearKind, LlamaConfig, Model};
 use prox_opt::Quadratic;
@@ -30,42 +29,13 @@ use quantizers::{GridSpec, LayerProblem, QuantizedLinear, Quantizer};
 use crate::backend::{ComputeBackend, Cpu, HELD_OUT_EVERY, Windows};
 use crate::error::PipelineError;
 use crate::gguf_preset::GgufPreset;
+use crate::hidden::{HiddenDtype, HiddenStates};
 use crate::method::{Method, OptqMethod, QuantizerContext};
 use crate::preprocess::{MagrSettings, PreprocessContext, Preprocessor};
 use magr_report::{
     ChoiceScore, ComponentRecord, LayerChoice, LayerRecord, MagnitudeHistogram, PipelineReport,
     SettingsRecord,
 };
-
-/// The dtype the calibration hidden states are kept in between blocks (each batch is
-/// widened to f32 for the forward pass and rounded back after it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum HiddenDtype {
-    /// Exact: the reference semantics.
-    #[default]
-    F32,
-    /// bfloat16, round to nearest even: half the memory (2 GiB instead of 4 for
-    /// 128 x 2048 tokens of a 7B model), each block's input rounded to 8 significant bits.
-    Bf16,
-}
-
-impl HiddenDtype {
-    /// The name of flags and reports (`f32`, `bf16`).
-    pub fn name(self) -> &'static str {
-        match self {
-            HiddenDtype::F32 => "f32",
-            HiddenDtype::Bf16 => "bf16",
-        }
-    }
-
-    /// candle's dtype.
-    pub fn dtype(self) -> DType {
-        match self {
-            HiddenDtype::F32 => DType::F32,
-            HiddenDtype::Bf16 => DType::BF16,
-        }
-    }
-}
 
 /// Everything that decides the output of [`quantize_model`].
 #[derive(Debug, Clone)]
@@ -87,6 +57,10 @@ pub struct PipelineSettings {
     pub batch: usize,
     /// The dtype of the calibration hidden states between blocks.
     pub hidden_dtype: HiddenDtype,
+    /// A directory to keep the calibration hidden states in, one file per batch (only
+    /// the batch being worked on is in memory); `None`: in memory. The bytes of the
+    /// output do not depend on it.
+    pub hidden_spill: Option<PathBuf>,
     /// Parallelism of the linear algebra.
     pub par: Par,
     /// Where the heavy per-layer work runs.
@@ -106,6 +80,7 @@ impl PipelineSettings {
             true_sequential: false,
             batch: 4,
             hidden_dtype: HiddenDtype::F32,
+            hidden_spill: None,
             par,
             backend: Arc::new(Cpu),
         }
@@ -279,28 +254,31 @@ impl<F: FnMut(Progress)> PipelineObserver for F {
 /// Where a run stands between blocks: blocks before `next_block` are quantized (in the
 /// model), `hidden` holds the calibration hidden states that enter `next_block` (one
 /// tensor `[batch, seqlen, hidden]` per batch of windows, in the run's
-/// [`HiddenDtype`]), `report` the records so far.
+/// [`HiddenDtype`], in memory or spilled), `report` the records so far.
 #[derive(Debug, Clone)]
 pub struct PipelineState {
     /// The first block not yet quantized.
     pub next_block: usize,
     /// Hidden states entering `next_block`, per batch of calibration windows.
-    pub hidden: Vec<Tensor>,
+    pub hidden: HiddenStates,
     /// Records of the finished blocks.
     pub report: PipelineReport,
 }
 
 impl PipelineState {
     /// The start of a run: the calibration `windows` (equal, non-zero lengths) embedded
-    /// in batches of `batch`, kept as `dtype`.
+    /// in batches of `batch`, kept as `dtype`, in memory or, with a `spill` directory,
+    /// one file per batch there (embedded one batch at a time).
     ///
     /// # Errors
-    /// No windows, windows of different lengths, a batch of zero, and embedding errors.
+    /// No windows, windows of different lengths, a batch of zero, embedding errors and
+    /// the spill's write errors.
     pub fn start(
         model: &Model,
         windows: &[Vec<u32>],
         batch: usize,
         dtype: HiddenDtype,
+        spill: Option<&Path>,
     ) -> Result<Self, PipelineError> {
         let seqlen = windows.first().map_or(0, Vec::len);
         if seqlen == 0 || windows.iter().any(|w| w.len() != seqlen) {
@@ -312,10 +290,11 @@ impl PipelineState {
             return Err(PipelineError::Settings("batch must be at least 1".into()));
         }
         let start = Instant::now();
-        let hidden = windows
-            .chunks(batch)
-            .map(|b| Ok(model.embed(b)?.to_dtype(dtype.dtype())?))
-            .collect::<Result<_, PipelineError>>()?;
+        let mut hidden = HiddenStates::resident(Vec::new());
+        hidden.keep_in(spill, model.device())?;
+        for b in windows.chunks(batch) {
+            hidden.push(model.embed(b)?.to_dtype(dtype.dtype())?)?;
+        }
         let mut report = PipelineReport {
             calibration: [windows.len(), seqlen],
             ..PipelineReport::default()
@@ -343,7 +322,13 @@ pub fn quantize_model(
     settings: &PipelineSettings,
     observer: &mut dyn PipelineObserver,
 ) -> Result<PipelineReport, PipelineError> {
-    let state = PipelineState::start(model, windows, settings.batch, settings.hidden_dtype)?;
+    let state = PipelineState::start(
+        model,
+        windows,
+        settings.batch,
+        settings.hidden_dtype,
+        settings.hidden_spill.as_deref(),
+    )?;
     continue_quantize_model(model, state, settings, observer)
 }
 
@@ -359,6 +344,7 @@ pub fn continue_quantize_model(
     observer: &mut dyn PipelineObserver,
 ) -> Result<PipelineReport, PipelineError> {
     let blocks = model.num_blocks();
+    (state.hidden).keep_in(settings.hidden_spill.as_deref(), model.device())?;
     if state.next_block > blocks || state.hidden.is_empty() {
         return Err(PipelineError::Settings(format!(
             "cannot resume at block {} of a {blocks}-block model with {} batches",
@@ -370,11 +356,7 @@ pub fn continue_quantize_model(
     let preprocess_windows = settings.preprocessor.windows();
     let choices = settings.preprocessor.choices();
     if !choices.is_empty() {
-        let windows: usize = state
-            .hidden
-            .iter()
-            .map(|h| h.dim(0))
-            .sum::<Result<_, _>>()?;
+        let windows = state.hidden.windows()?;
         if windows < HELD_OUT_EVERY || preprocess_windows != Windows::All {
             return Err(PipelineError::Settings(format!(
                 "choosing {}'s settings per layer needs its H from all windows and at least \
@@ -440,10 +422,10 @@ pub fn continue_quantize_model(
 
         let start = Instant::now();
         let dtype = settings.hidden_dtype.dtype();
-        for h in &mut state.hidden {
-            *h = model
-                .run_block(block, &h.to_dtype(DType::F32)?, settings.par)?
-                .to_dtype(dtype)?;
+        for i in 0..state.hidden.len() {
+            let h = state.hidden.batch_f32(i, model.device())?;
+            let out = model.run_block(block, &h, settings.par)?.to_dtype(dtype)?;
+            state.hidden.set(i, out)?;
         }
         state.report.seconds.propagate += start.elapsed().as_secs_f64();
         state.next_block = block + 1;

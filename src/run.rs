@@ -122,6 +122,13 @@ impl Staging {
         RunCheckpoint::new(checkpoint_dir(&self.partial), fingerprint)
     }
 
+    /// Where a run that keeps its calibration hidden states on disk spills them
+    /// ([`PipelineSettings::hidden_spill`]): beside the checkpoint, whose saved hidden
+    /// states are hard links to these files.
+    pub fn spill_dir(&self) -> PathBuf {
+        self.checkpoint(String::new()).spill_dir()
+    }
+
     /// Blocks saved in the checkpoint, if any.
     pub fn checkpointed_blocks(&self) -> Option<usize> {
         checkpointed_blocks(&self.partial).filter(|&n| n > 0)

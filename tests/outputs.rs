@@ -368,12 +368,16 @@ fn bf16_hidden_states_resume_to_the_same_bytes_and_stay_near_f32() {
     };
     let mut killed = tiny_model(6);
     quantize_model(&mut killed, &calibration, &s, &mut feed).unwrap_err();
-    let hidden = llama_io::stored_tensors(&dir.join("checkpoint/hidden-0001.safetensors")).unwrap();
-    assert!(
-        hidden
-            .values()
-            .all(|t| t.encoding() == llama_io::stored::Encoding::Safetensors(Dtype::BF16))
-    );
+    // 5 windows in batches of 2: three batch files.
+    for i in 0..3 {
+        let path = dir.join(format!("checkpoint/hidden-0001/batch-{i:04}.safetensors"));
+        let hidden = llama_io::stored_tensors(&path).unwrap();
+        assert!(
+            hidden
+                .values()
+                .all(|t| t.encoding() == llama_io::stored::Encoding::Safetensors(Dtype::BF16))
+        );
+    }
 
     let mut resumed = tiny_model(6);
     let mut gptq = gptq_format(spec, false);
@@ -381,14 +385,110 @@ fn bf16_hidden_states_resume_to_the_same_bytes_and_stay_near_f32() {
         .load(&mut resumed, &mut [&mut gptq])
         .unwrap()
         .unwrap();
-    assert!(
-        state
-            .hidden
-            .iter()
-            .all(|h| h.dtype() == candle_core::DType::BF16)
-    );
     continue_quantize_model(&mut resumed, state, &s, &mut |_| {}).unwrap();
     assert_eq!(weight_bits(&resumed), weight_bits(&whole));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Checkpoints block 0, then fails when block 1 is finished, before checkpointing it.
+struct KilledInBlock1<'a> {
+    checkpoint: &'a RunCheckpoint,
+    format: &'a mut dyn OutputFormat,
+}
+
+impl magr::PipelineObserver for KilledInBlock1<'_> {
+    fn layer_quantized(
+        &mut self,
+        block: usize,
+        kind: LinearKind,
+        q: &QuantizedLinear,
+    ) -> Result<(), PipelineError> {
+        self.format.layer_quantized(block, kind, q)
+    }
+
+    fn block_finished(
+        &mut self,
+        model: &mut Model,
+        state: &magr::PipelineState,
+    ) -> Result<(), PipelineError> {
+        match state.next_block {
+            1 => self.checkpoint.save(model, state, &[&*self.format]),
+            _ => Err(PipelineError::Output("simulated kill in block 1".into())),
+        }
+    }
+}
+
+/// Hidden states spilled to disk (one file per batch) give the bytes of a run that
+/// keeps them in memory, uninterrupted and resumed either way; the checkpoint's saved
+/// hidden states are not disturbed when the spilled files are replaced.
+#[test]
+fn spilled_hidden_states_give_the_same_bytes_and_resume() {
+    let dir = scratch("spill");
+    let calibration = windows(5, 24, 4);
+    let spec = GridSpec::reference(3, None).unwrap();
+    for dtype in [HiddenDtype::F32, HiddenDtype::Bf16] {
+        let in_memory = PipelineSettings {
+            hidden_dtype: dtype,
+            ..settings(spec, Arc::new(OptqMethod), true, false)
+        };
+        let checkpoint = RunCheckpoint::new(
+            dir.join(format!("checkpoint-{}", dtype.name())),
+            run_fingerprint("tiny", &in_memory, &calibration),
+        );
+        let spilled = PipelineSettings {
+            hidden_spill: Some(checkpoint.spill_dir()),
+            ..in_memory.clone()
+        };
+        // The spill directory is not part of the run's identity.
+        assert_eq!(
+            run_fingerprint("tiny", &spilled, &calibration),
+            run_fingerprint("tiny", &in_memory, &calibration)
+        );
+        let mut whole = tiny_model(4);
+        let report = quantize_model(&mut whole, &calibration, &in_memory, &mut |_| {}).unwrap();
+
+        // Block 0 checkpointed, then killed at the end of block 1 before its checkpoint,
+        // after its forward pass replaced the spilled files: 5 windows in batches of 2,
+        // three files.
+        let mut gptq = gptq_format(spec, false);
+        let mut feed = KilledInBlock1 {
+            checkpoint: &checkpoint,
+            format: &mut gptq,
+        };
+        let mut killed = tiny_model(4);
+        quantize_model(&mut killed, &calibration, &spilled, &mut feed).unwrap_err();
+        assert_eq!(checkpoint.blocks_done(), Some(1));
+        let files = std::fs::read_dir(checkpoint.spill_dir()).unwrap().count();
+        assert_eq!(files, 3);
+        for resume_spilled in [false, true] {
+            let mut resumed = tiny_model(4);
+            let mut gptq = gptq_format(spec, false);
+            let state = checkpoint
+                .load(&mut resumed, &mut [&mut gptq])
+                .unwrap()
+                .unwrap();
+            let s = match resume_spilled {
+                true => &spilled,
+                false => &in_memory,
+            };
+            let resumed_report =
+                continue_quantize_model(&mut resumed, state, s, &mut |_| {}).unwrap();
+            assert_eq!(
+                weight_bits(&resumed),
+                weight_bits(&whole),
+                "{} resumed, spilled: {resume_spilled}",
+                dtype.name()
+            );
+            assert_eq!(untimed(&resumed_report), untimed(&report));
+        }
+
+        // Uninterrupted while spilling.
+        let mut spilled_model = tiny_model(4);
+        let spilled_report =
+            quantize_model(&mut spilled_model, &calibration, &spilled, &mut |_| {}).unwrap();
+        assert_eq!(weight_bits(&spilled_model), weight_bits(&whole));
+        assert_eq!(untimed(&spilled_report), untimed(&report));
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

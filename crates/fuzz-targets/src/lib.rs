@@ -43,7 +43,7 @@ pub const HF_FILES: [&str; 4] = [
 pub const CHECKPOINT_FILES: [&str; 3] = [
     "state.json",
     "block-0000.safetensors",
-    "hidden-0001.safetensors",
+    "hidden-0001/batch-0000.safetensors",
 ];
 
 /// The fingerprint of the run whose checkpoints [`checkpoint`] reads.
@@ -92,7 +92,11 @@ fn scratch() -> PathBuf {
 /// missing ones are missing files).
 fn lay_out(dir: &Path, data: &[u8], names: &[&str]) {
     for (name, bytes) in names.iter().zip(split(data)) {
-        std::fs::write(dir.join(name), bytes).expect("a scratch file");
+        let path = dir.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("a scratch directory");
+        }
+        std::fs::write(path, bytes).expect("a scratch file");
     }
 }
 

@@ -32,6 +32,11 @@ fn bad_flags_are_named_errors() {
             "{err}"
         );
     }
+    let (ok, err) = magr(&["quantize", "--hidden-store", "disk"]);
+    assert!(
+        !ok && err.contains("--hidden-store disk needs --out"),
+        "{err}"
+    );
     let (ok, err) = magr(&["quantize", "--device", "gpu"]);
     assert!(!ok && err.contains("cuda:N"), "{err}");
     // The tests build without the `cuda` feature: a GPU is refused before any work.
@@ -605,6 +610,21 @@ fn a_generated_model_quantizes_with_bf16_hidden_states_and_bad_shapes_are_named(
     assert_eq!(report["settings"]["hidden_dtype"], "bf16");
     // This process's peak memory (Linux), which a real run's tens of MB exceed.
     assert!(report["peak_rss_bytes"].as_u64().unwrap() > 10 << 20);
+    // The hidden states on disk: the same weights.
+    let spilled = dir.join("spilled");
+    let (ok, err) = quantize_tiny(
+        &dir,
+        &spilled,
+        &[
+            ("--model", s(&model)),
+            ("--hidden-dtype", "bf16"),
+            ("--hidden-store", "disk"),
+        ],
+    );
+    assert!(ok, "{err}");
+    let weights = |out: &Path| std::fs::read(out.join("fake-quant/model.safetensors")).unwrap();
+    assert!(weights(&spilled) == weights(&out));
+    assert!(!spilled.join("checkpoint").exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

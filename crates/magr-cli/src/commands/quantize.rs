@@ -8,7 +8,7 @@ use clap::builder::{PossibleValue, PossibleValuesParser};
 use clap::{Args, ValueEnum};
 use indicatif::ProgressBar;
 use magr::candle_core::Device;
-use magr::llama_io::{self, GgufFloat, LinearKind, WeightDtype, data};
+use magr::llama_io::{self, GgufFloat, LinearKind, Model, WeightDtype, data};
 use magr::magr_report::RunReport;
 use magr::prox_opt::Solver;
 use magr::quantizers::{GgmlBlockType, GridFit, GridSpec};
@@ -39,6 +39,19 @@ enum HiddenDtypeArg {
     F32,
     /// Half the memory; each block's input rounded to bfloat16.
     Bf16,
+}
+
+/// Where the calibration hidden states are kept between blocks.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum HiddenStoreArg {
+    /// On disk when they would take more than half of the available memory (and there
+    /// is an --out to keep them under), else in memory.
+    Auto,
+    /// In memory.
+    Memory,
+    /// On disk beside the run checkpoint in OUT.partial, one file per batch: only the
+    /// batch being worked on is in memory.
+    Disk,
 }
 
 /// MagR's solver.
@@ -217,6 +230,10 @@ pub struct QuantizeArgs {
     /// (nsamples x seqlen x hidden values: 4 GiB in f32 for 128 x 2048 on a 7B model).
     #[arg(long, value_enum, default_value = "f32")]
     hidden_dtype: HiddenDtypeArg,
+    /// Where the calibration hidden states are kept between blocks (the output's bytes
+    /// do not depend on it).
+    #[arg(long, value_enum, default_value = "auto")]
+    hidden_store: HiddenStoreArg,
     #[command(flatten)]
     par: ParArg,
     /// Also evaluate the model before quantizing.
@@ -269,6 +286,13 @@ pub fn run(args: &QuantizeArgs, quiet: bool) -> Result<(), Error> {
         .unwrap_or_else(|| default_formats(args.gguf_type.is_some()));
     if format_names.iter().any(|f| f == "none") && format_names.len() > 1 {
         return Err("--formats none cannot be combined with other formats".into());
+    }
+    if args.hidden_store == HiddenStoreArg::Disk && args.out.is_none() {
+        return Err(
+            "--hidden-store disk needs --out (the hidden states are kept beside the checkpoint \
+             in OUT.partial)"
+                .into(),
+        );
     }
     if args.resume && args.out.is_none() {
         return Err("--resume needs --out (the checkpoint lives in OUT.partial)".into());
@@ -376,10 +400,8 @@ fn settings(args: &QuantizeArgs, gpu: Option<&Device>) -> Result<PipelineSetting
         act_order: args.act_order,
         true_sequential: args.true_sequential,
         batch: args.batch,
-        hidden_dtype: match args.hidden_dtype {
-            HiddenDtypeArg::F32 => HiddenDtype::F32,
-            HiddenDtypeArg::Bf16 => HiddenDtype::Bf16,
-        },
+        hidden_dtype: settings_dtype(args),
+        hidden_spill: None,
         par: args.par.par(),
         backend: match gpu {
             None => Arc::new(Cpu),
@@ -456,6 +478,57 @@ impl RunEvents for BarEvents<'_> {
     }
 }
 
+/// Where the run keeps its calibration hidden states: the checkpoint's spill directory
+/// when `--hidden-store` says disk, or says auto and they would take more than half of
+/// the available memory; else `None` (memory).
+fn hidden_spill(
+    args: &QuantizeArgs,
+    model: &Model,
+    staging: Option<&Staging>,
+    quiet: bool,
+) -> Option<PathBuf> {
+    let staging = staging?;
+    let bytes = (args.nsamples * args.seqlen * model.config().hidden_size) as u64
+        * settings_dtype(args).size() as u64;
+    let spill = match args.hidden_store {
+        HiddenStoreArg::Memory => false,
+        HiddenStoreArg::Disk => true,
+        HiddenStoreArg::Auto => available_memory().is_some_and(|free| bytes > free / 2),
+    };
+    let gib = bytes as f64 / f64::from(1u32 << 30);
+    let dir = staging.spill_dir();
+    match spill {
+        true => log(
+            quiet,
+            &format!(
+                "calibration hidden states ({gib:.2} GiB) kept on disk in {}",
+                dir.display()
+            ),
+        ),
+        false => log(
+            quiet,
+            &format!("calibration hidden states ({gib:.2} GiB) kept in memory"),
+        ),
+    }
+    spill.then_some(dir)
+}
+
+/// The hidden states' dtype from the flags.
+fn settings_dtype(args: &QuantizeArgs) -> HiddenDtype {
+    match args.hidden_dtype {
+        HiddenDtypeArg::F32 => HiddenDtype::F32,
+        HiddenDtypeArg::Bf16 => HiddenDtype::Bf16,
+    }
+}
+
+/// `MemAvailable` of `/proc/meminfo` in bytes, when the system tells it.
+fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// The run of `magr quantize` after the flags are checked, writing into `staging`.
 fn quantize_into(
     args: &QuantizeArgs,
@@ -494,6 +567,10 @@ fn quantize_into(
             args.seed
         ),
     );
+
+    let mut settings = settings.clone();
+    settings.hidden_spill = hidden_spill(args, &model, staging, quiet);
+    let settings = &settings;
 
     let eval_text = eval_tokens(&model, &args.eval)?;
     let float = match &eval_text {
