@@ -15,11 +15,11 @@ use std::path::{Path, PathBuf};
 
 use llama_io::stored::Encoding;
 use llama_io::{LinearKind, Model, NamedTensor, TensorData};
-use safetensors::{Dtype, SafeTensors};
+use safetensors::Dtype;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::output::{FormatState, OutputFormat};
+use crate::output::{FormatState, OutputFormat, SavedBlock};
 use magr_report::PipelineReport;
 
 use crate::{HiddenStates, PipelineError, PipelineSettings, PipelineState};
@@ -88,26 +88,6 @@ fn write_tensors<V: safetensors::View>(
     })
 }
 
-/// The safetensors file at `path`, read whole.
-fn read_file(path: &Path) -> Result<Vec<u8>, PipelineError> {
-    fs::read(path).map_err(|e| output_error(path, e))
-}
-
-/// Every tensor of a checkpoint file as a [`NamedTensor`], and its metadata.
-fn read_tensors(
-    path: &Path,
-    bytes: &[u8],
-) -> Result<(Vec<NamedTensor>, HashMap<String, String>), PipelineError> {
-    let file = SafeTensors::deserialize(bytes).map_err(|e| output_error(path, e))?;
-    let (_, metadata) = SafeTensors::read_metadata(bytes).map_err(|e| output_error(path, e))?;
-    let tensors = file
-        .tensors()
-        .into_iter()
-        .map(|(name, view)| NamedTensor::from_view(&name, &view).map_err(|e| output_error(path, e)))
-        .collect::<Result<_, _>>()?;
-    Ok((tensors, metadata.metadata().clone().unwrap_or_default()))
-}
-
 impl RunCheckpoint {
     /// The checkpoint of the run with `fingerprint` in `dir` (created on the first save).
     pub fn new(dir: impl Into<PathBuf>, fingerprint: String) -> Self {
@@ -139,8 +119,8 @@ impl RunCheckpoint {
     /// Saves the block that `state` just finished (`state.next_block - 1`): its weights
     /// from `model`, each format's state, the hidden states and the state; then removes
     /// hidden states of earlier blocks. The block's weights in `model` are then read
-    /// from the saved file ([`Model::set_linear_stored`]): a finished block leaves the
-    /// memory.
+    /// from the saved file ([`Model::set_linear_stored`]) and each format is handed its
+    /// saved state ([`OutputFormat::release_block`]): a finished block leaves the memory.
     ///
     /// # Errors
     /// Write errors, naming the file; a block not finished; a format's errors.
@@ -148,7 +128,7 @@ impl RunCheckpoint {
         &self,
         model: &mut Model,
         state: &PipelineState,
-        formats: &[&dyn OutputFormat],
+        formats: &mut [&mut dyn OutputFormat],
     ) -> Result<(), PipelineError> {
         let block = state
             .next_block
@@ -166,7 +146,7 @@ impl RunCheckpoint {
                 data: TensorData::F32(model.linear_weight(block, kind)?.to_vec()),
             });
         }
-        for format in formats {
+        for format in formats.iter() {
             let name = format.name();
             let FormatState {
                 tensors: saved,
@@ -182,6 +162,7 @@ impl RunCheckpoint {
         write_tensors(&self.block_path(block), views, metadata)?;
         drop(tensors);
         self.leave_weights_in_file(model, block)?;
+        self.leave_formats_in_file(formats, block, false)?;
 
         // One batch at a time: the hidden states are never twice in memory.
         atomic_fs::write_dir(&self.hidden_path(state.next_block), true, |dir| {
@@ -242,6 +223,45 @@ impl RunCheckpoint {
         Ok(())
     }
 
+    /// Hands each format its state of `block` as the block file holds it
+    /// ([`OutputFormat::release_block`]), after restoring it from there first when
+    /// `restore` ([`OutputFormat::restore_block`], for `--resume`).
+    fn leave_formats_in_file(
+        &self,
+        formats: &mut [&mut dyn OutputFormat],
+        block: usize,
+        restore: bool,
+    ) -> Result<(), PipelineError> {
+        let path = self.block_path(block);
+        let (mut tensors, metadata) = llama_io::stored_tensors_and_metadata(&path)?;
+        for format in formats.iter_mut() {
+            let prefix = format!("{}/", format.name());
+            let strip = |name: &String| name.strip_prefix(&prefix).map(str::to_string);
+            let names: Vec<String> = tensors
+                .keys()
+                .filter(|n| n.starts_with(&prefix))
+                .cloned()
+                .collect();
+            let saved = SavedBlock {
+                tensors: (names.into_iter())
+                    .filter_map(|n| Some((strip(&n)?, tensors.remove(&n)?)))
+                    .collect(),
+                metadata: (metadata.iter())
+                    .filter_map(|(k, v)| Some((strip(k)?, v.clone())))
+                    .collect(),
+            };
+            if restore {
+                format
+                    .restore_block(block, saved.read()?)
+                    .map_err(|e| output_error(&path, e))?;
+            }
+            format
+                .release_block(block, saved)
+                .map_err(|e| output_error(&path, e))?;
+        }
+        Ok(())
+    }
+
     /// The number of finished blocks saved here, if a state is saved.
     pub fn blocks_done(&self) -> Option<usize> {
         let text = fs::read_to_string(self.dir.join(STATE)).ok()?;
@@ -286,33 +306,7 @@ impl RunCheckpoint {
         }
         for block in 0..file.next_block {
             self.leave_weights_in_file(model, block)?;
-            let path = self.block_path(block);
-            let (tensors, metadata) = read_tensors(&path, &read_file(&path)?)?;
-            let tensors: HashMap<String, NamedTensor> =
-                tensors.into_iter().map(|t| (t.name.clone(), t)).collect();
-            for format in formats.iter_mut() {
-                let prefix = format!("{}/", format.name());
-                let state = FormatState {
-                    tensors: tensors
-                        .iter()
-                        .filter(|(name, _)| name.starts_with(&prefix))
-                        .map(|(name, t)| NamedTensor {
-                            name: name[prefix.len()..].to_string(),
-                            shape: t.shape.clone(),
-                            data: t.data.clone(),
-                        })
-                        .collect(),
-                    metadata: metadata
-                        .iter()
-                        .filter_map(|(k, v)| {
-                            k.strip_prefix(&prefix).map(|k| (k.to_string(), v.clone()))
-                        })
-                        .collect(),
-                };
-                format
-                    .restore_block(block, state)
-                    .map_err(|e| output_error(&path, e))?;
-            }
+            self.leave_formats_in_file(formats, block, true)?;
         }
         // Left in their files (the pipeline brings them into memory or keeps them
         // spilled, as the run asks).

@@ -42,7 +42,7 @@ pub use method::{
 };
 pub use output::{
     FORMATS, FakeQuantFormat, FormatContext, FormatEntry, FormatState, GGUF_FILE, GgufFormat,
-    GptqFormat, OutputFormat, output_format,
+    GptqFormat, OutputFormat, SavedBlock, output_format,
 };
 pub use pipeline::{
     PipelineObserver, PipelineSettings, PipelineState, Progress, continue_quantize_model,

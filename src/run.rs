@@ -248,9 +248,10 @@ impl PipelineObserver for RunObserver<'_> {
     ) -> Result<(), PipelineError> {
         match self.checkpoint {
             Some(c) => {
-                let formats: Vec<&dyn OutputFormat> =
-                    self.formats.iter().map(|f| f.as_ref()).collect();
-                c.save(model, state, &formats)
+                let mut formats: Vec<&mut dyn OutputFormat> = (self.formats.iter_mut())
+                    .map(|f| f.as_mut() as &mut dyn OutputFormat)
+                    .collect();
+                c.save(model, state, &mut formats)
             }
             None => Ok(()),
         }

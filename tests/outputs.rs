@@ -290,11 +290,25 @@ fn a_resumed_run_gives_the_same_bytes() {
     for block in 0..whole.num_blocks() {
         for kind in LinearKind::ALL {
             assert_eq!(
-                gptq.layer(block, kind),
-                whole_gptq.layer(block, kind),
+                gptq.layer(block, kind).unwrap(),
+                whole_gptq.layer(block, kind).unwrap(),
                 "block {block} {kind:?}"
             );
         }
+    }
+    // The checkpointed run's packed layers left the memory for the checkpoint's files,
+    // from which its directory is written, byte for byte the one written from memory.
+    assert_eq!(gptq.layers_in_memory(), 0);
+    assert_eq!(whole_gptq.layers_in_memory(), 7 * whole.num_blocks());
+    let (from_memory, from_files) = (dir.join("gptq-memory"), dir.join("gptq-files"));
+    whole_gptq.write(&whole, &from_memory).unwrap();
+    gptq.write(&resumed, &from_files).unwrap();
+    for file in ["config.json", "model.safetensors"] {
+        assert!(
+            std::fs::read(from_memory.join(file)).unwrap()
+                == std::fs::read(from_files.join(file)).unwrap(),
+            "{file}"
+        );
     }
 
     // A checkpoint of other settings is refused, naming the directory.
@@ -390,6 +404,66 @@ fn bf16_hidden_states_resume_to_the_same_bytes_and_stay_near_f32() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A GPTQ directory written from the packed layers left in a run checkpoint (each
+/// tensor read from there when written, zero points repacked into the model's layout)
+/// is, byte for byte, the one written from memory. One group of the model is all
+/// negative, so with `beta = 0.9` its zero point is `2^bits` (v1 only): the model is
+/// written in v1 while every other layer was packed in v2, the preferred layout.
+#[test]
+fn a_gptq_directory_written_from_the_checkpoint_is_the_one_written_from_memory() {
+    let dir = scratch("gptq-from-checkpoint");
+    let spec = GridSpec::new(3, Some(16), false, 0.9).unwrap();
+    let s = PipelineSettings {
+        method: Arc::new(RtnMethod),
+        preprocessor: Arc::new(Identity),
+        ..settings(spec, Arc::new(OptqMethod), false, false)
+    };
+    let model = || {
+        let mut m = tiny_model(9);
+        let mut w = m.linear_weight(1, LinearKind::Down).unwrap().to_vec();
+        w[..16].iter_mut().for_each(|x| *x = -x.abs());
+        m.set_linear_weight(1, LinearKind::Down, &w).unwrap();
+        m
+    };
+    let calibration = windows(4, 24, 8);
+    let mut in_memory = gptq_format(spec, false);
+    let mut whole = model();
+    quantize_model(
+        &mut whole,
+        &calibration,
+        &s,
+        &mut common::Feed::new(&mut in_memory),
+    )
+    .unwrap();
+    let checkpoint = RunCheckpoint::new(dir.join("checkpoint"), "gptq".into());
+    let mut saved = gptq_format(spec, false);
+    let mut checkpointed = model();
+    let mut feed = common::Feed {
+        checkpoint: Some(&checkpoint),
+        ..common::Feed::new(&mut saved)
+    };
+    quantize_model(&mut checkpointed, &calibration, &s, &mut feed).unwrap();
+    assert_eq!(saved.layers_in_memory(), 0);
+    let down = saved.layer(1, LinearKind::Down).unwrap().unwrap();
+    assert_eq!(down.format, ZeroFormat::V1);
+    let q = saved.layer(0, LinearKind::Q).unwrap().unwrap();
+    assert_eq!(q.format, ZeroFormat::V2);
+
+    let (a, b) = (dir.join("memory"), dir.join("files"));
+    in_memory.write(&whole, &a).unwrap();
+    saved.write(&checkpointed, &b).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(b.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["quantization_config"]["checkpoint_format"], "gptq");
+    for file in ["config.json", "model.safetensors"] {
+        assert!(
+            std::fs::read(a.join(file)).unwrap() == std::fs::read(b.join(file)).unwrap(),
+            "{file}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// Checkpoints block 0, then fails when block 1 is finished, before checkpointing it.
 struct KilledInBlock1<'a> {
     checkpoint: &'a RunCheckpoint,
@@ -412,7 +486,7 @@ impl magr::PipelineObserver for KilledInBlock1<'_> {
         state: &magr::PipelineState,
     ) -> Result<(), PipelineError> {
         match state.next_block {
-            1 => self.checkpoint.save(model, state, &[&*self.format]),
+            1 => self.checkpoint.save(model, state, &mut [&mut *self.format]),
             _ => Err(PipelineError::Output("simulated kill in block 1".into())),
         }
     }
@@ -514,8 +588,8 @@ fn the_true_sequential_order_runs_and_lands_on_grids() {
         // Every layer is on its grid: the packed codes reproduce the weights.
         for block in 0..model.num_blocks() {
             for kind in LinearKind::ALL {
-                let t = packed.layer(block, kind).unwrap();
-                let d = dequantize_gptq(t).unwrap();
+                let t = packed.layer(block, kind).unwrap().unwrap();
+                let d = dequantize_gptq(&t).unwrap();
                 let (outputs, inputs) = model.linear_shape(kind);
                 let w = model.linear_weight(block, kind).unwrap();
                 assert!((0..outputs).all(|j| (0..inputs).all(|i| d[(i, j)] == w[j * inputs + i])));
@@ -745,7 +819,9 @@ fn gguf_round_trip(
     format.write(&quantized, file.parent().unwrap()).unwrap();
     let label = s.label();
 
-    // candle's dequantization of the written blocks is the fake-quant model.
+    // candle's dequantization of the written blocks (read from the checkpoint's files,
+    // where every block went) is the fake-quant model.
+    assert_eq!(format.layers_in_memory(), 0);
     let loaded = Model::load(&file).unwrap();
     assert_eq!(weight_bits(&loaded), weight_bits(&quantized), "{label}");
 
@@ -757,7 +833,10 @@ fn gguf_round_trip(
         .unwrap();
     for block in 0..quantized.num_blocks() {
         for kind in LinearKind::ALL {
-            assert_eq!(resumed.layer(block, kind), format.layer(block, kind));
+            assert_eq!(
+                resumed.layer(block, kind).unwrap(),
+                format.layer(block, kind).unwrap()
+            );
             assert_eq!(
                 resumed.layer_type(block, kind),
                 format.layer_type(block, kind)

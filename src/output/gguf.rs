@@ -10,11 +10,12 @@ use std::path::Path;
 
 use candle_core::quantized::GgmlDType;
 use llama_io::{
-    EncodedLinear, GgufLinears, GgufOptions, LinearKind, Model, NamedTensor, TensorData,
+    EncodedBytes, EncodedLinear, GgufLinears, GgufOptions, LinearKind, Model, NamedTensor,
+    TensorData,
 };
 use quantizers::{GgmlBlockType, QuantizedLinear, pack_ggml};
 
-use super::{FormatContext, FormatState, OutputFormat};
+use super::{FormatContext, FormatState, OutputFormat, SavedBlock};
 use crate::error::PipelineError;
 
 /// The file written in the format's directory.
@@ -105,14 +106,30 @@ impl GgufFormat {
         data: Vec<u8>,
     ) -> Result<(), PipelineError> {
         let dtype = candle_dtype(ty)?;
+        let data = data.into();
         self.layers
             .insert((block, kind), EncodedLinear { dtype, data });
         Ok(())
     }
 
-    /// The encoded rows of layer `kind` of `block`, if it is there.
-    pub fn layer(&self, block: usize, kind: LinearKind) -> Option<&[u8]> {
-        self.layers.get(&(block, kind)).map(|l| l.data.as_slice())
+    /// The encoded rows of layer `kind` of `block`, if it is there (read from the run
+    /// checkpoint once released there).
+    ///
+    /// # Errors
+    /// A failed read, naming the file.
+    pub fn layer(&self, block: usize, kind: LinearKind) -> Result<Option<Vec<u8>>, PipelineError> {
+        match self.layers.get(&(block, kind)) {
+            Some(l) => Ok(Some(l.data.read()?.into_owned())),
+            None => Ok(None),
+        }
+    }
+
+    /// How many encoded layers are held in memory (the others are left in the run
+    /// checkpoint).
+    pub fn layers_in_memory(&self) -> usize {
+        (self.layers.values())
+            .filter(|l| matches!(l.data, EncodedBytes::Memory(_)))
+            .count()
     }
 
     /// Every encoded layer so far, as [`llama_io::write_gguf`] takes them.
@@ -155,7 +172,7 @@ impl OutputFormat for GgufFormat {
     fn write(&self, model: &Model, dir: &Path) -> Result<Option<String>, PipelineError> {
         for block in 0..model.num_blocks() {
             for kind in LinearKind::ALL {
-                if self.layer(block, kind).is_none() {
+                if !self.layers.contains_key(&(block, kind)) {
                     return Err(PipelineError::Output(format!(
                         "{} was not quantized",
                         kind.hf_name(block)
@@ -181,7 +198,7 @@ impl OutputFormat for GgufFormat {
         let mut state = FormatState::default();
         for kind in LinearKind::ALL {
             let (bytes, ty) = self
-                .layer(block, kind)
+                .layer(block, kind)?
                 .zip(self.layer_type(block, kind))
                 .ok_or_else(|| {
                     PipelineError::Output(format!("{} was not encoded", kind.hf_name(block)))
@@ -192,7 +209,7 @@ impl OutputFormat for GgufFormat {
             state.tensors.push(NamedTensor {
                 name: kind.hf_suffix().to_string(),
                 shape: vec![bytes.len()],
-                data: TensorData::U8(bytes.to_vec()),
+                data: TensorData::U8(bytes),
             });
         }
         Ok(state)
@@ -217,6 +234,29 @@ impl OutputFormat for GgufFormat {
                     return Err(PipelineError::Output(format!(
                         "{}: no encoded GGUF rows (or their type) in the checkpoint",
                         kind.hf_name(block)
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Each layer's rows are left in the checkpoint file (same type and length, or an
+    /// error naming the layer).
+    fn release_block(&mut self, block: usize, saved: SavedBlock) -> Result<(), PipelineError> {
+        for kind in LinearKind::ALL {
+            let name = kind.hf_name(block);
+            let stored = saved.tensor(kind.hf_suffix(), &name)?;
+            let same_type = saved.metadata.get(kind.hf_suffix()).map(String::as_str)
+                == self.layer_type(block, kind).map(|t| t.name());
+            let layer = self.layers.get_mut(&(block, kind));
+            match layer {
+                Some(l) if same_type && l.data.len() == stored.byte_len() => {
+                    l.data = EncodedBytes::Stored(stored.clone());
+                }
+                _ => {
+                    return Err(PipelineError::Output(format!(
+                        "{name}: the checkpoint's encoded rows are not the ones made in this run"
                     )));
                 }
             }

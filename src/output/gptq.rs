@@ -15,18 +15,34 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use llama_io::{DirExtras, LinearKind, Model, NamedTensor, TensorData};
-use quantizers::{GptqTensors, GridSpec, QuantizedLinear, ZeroFormat, pack_gptq};
+use llama_io::{DirExtras, ExtraTensor, LinearKind, Model, NamedTensor, StoredTensor, TensorData};
+use quantizers::{GptqTensors, GridSpec, QuantizedLinear, ZeroFormat, pack_gptq, pack_qzeros};
 use serde_json::{Value, json};
 
-use super::{FormatContext, FormatState, OutputFormat};
+use super::{FormatContext, FormatState, OutputFormat, SavedBlock};
 use crate::error::PipelineError;
 
-/// The packed layers of a run, collected as the pipeline quantizes them.
+/// The packed layers of a run, collected as the pipeline quantizes them; a block's
+/// layers leave the memory once a run checkpoint holds them
+/// ([`OutputFormat::release_block`]) and are read from there, a tensor at a time, when
+/// the directory is written.
 #[derive(Debug, Clone)]
 pub struct GptqFormat {
     context: FormatContext,
-    layers: BTreeMap<(usize, LinearKind), GptqTensors>,
+    layers: BTreeMap<(usize, LinearKind), PackedLayer>,
+    /// Every zero point of the layers so far (at most `2^bits + 1` values), which decide
+    /// the checkpoint's layout.
+    zeros: BTreeSet<u32>,
+}
+
+/// A packed layer: in memory, or its tensors (in their zero layout) in a checkpoint file.
+#[derive(Debug, Clone)]
+enum PackedLayer {
+    Memory(GptqTensors),
+    Saved {
+        parts: Box<[StoredTensor; 4]>,
+        format: ZeroFormat,
+    },
 }
 
 /// The name of each tensor of a packed layer after its module name
@@ -35,6 +51,8 @@ const QWEIGHT: &str = "qweight";
 const QZEROS: &str = "qzeros";
 const SCALES: &str = "scales";
 const G_IDX: &str = "g_idx";
+/// In the order [`layer_tensors`] lists them.
+const PARTS: [&str; 4] = [QWEIGHT, QZEROS, SCALES, G_IDX];
 
 /// The tensors of packed layer `t`, named `{module}.qweight` and so on.
 fn layer_tensors(module: &str, t: &GptqTensors) -> Vec<NamedTensor> {
@@ -63,6 +81,20 @@ fn layer_tensors(module: &str, t: &GptqTensors) -> Vec<NamedTensor> {
     ]
 }
 
+/// The zero layout a checkpoint names (`gptq`, `gptq_v2`).
+fn zero_format_named(name: Option<&str>, layer: &str) -> Result<ZeroFormat, PipelineError> {
+    match name {
+        Some("gptq") => Ok(ZeroFormat::V1),
+        Some("gptq_v2") => Ok(ZeroFormat::V2),
+        Some(other) => Err(PipelineError::Output(format!(
+            "{layer}: unknown zero layout `{other}` in the checkpoint"
+        ))),
+        None => Err(PipelineError::Output(format!(
+            "{layer}: no zero layout in the checkpoint"
+        ))),
+    }
+}
+
 impl GptqFormat {
     /// An empty checkpoint for a run (grids, `desc_act`, `damp_percent`, float dtype).
     ///
@@ -83,12 +115,86 @@ impl GptqFormat {
         Ok(GptqFormat {
             context: *context,
             layers: BTreeMap::new(),
+            zeros: BTreeSet::new(),
         })
     }
 
-    /// The packed layer `kind` of `block`, if it is there.
-    pub fn layer(&self, block: usize, kind: LinearKind) -> Option<&GptqTensors> {
-        self.layers.get(&(block, kind))
+    /// The packed layer `kind` of `block`, if it is there (read from the run checkpoint
+    /// once released there).
+    ///
+    /// # Errors
+    /// A failed read, or tensors that are not a packed layer, naming the file or layer.
+    pub fn layer(
+        &self,
+        block: usize,
+        kind: LinearKind,
+    ) -> Result<Option<GptqTensors>, PipelineError> {
+        match self.layers.get(&(block, kind)) {
+            None => Ok(None),
+            Some(PackedLayer::Memory(t)) => Ok(Some(t.clone())),
+            Some(PackedLayer::Saved { parts, format }) => {
+                let [qweight, qzeros, scales, g_idx] = parts
+                    .each_ref()
+                    .map(|t| NamedTensor::read(t).map_err(PipelineError::from));
+                let name = kind.hf_name(block);
+                let parts = [qweight?, qzeros?, scales?, g_idx?];
+                self.unpacked_from(&name, *format, parts).map(Some)
+            }
+        }
+    }
+
+    /// How many packed layers are held in memory (the others are left in the run
+    /// checkpoint).
+    pub fn layers_in_memory(&self) -> usize {
+        (self.layers.values())
+            .filter(|l| matches!(l, PackedLayer::Memory(_)))
+            .count()
+    }
+
+    /// A packed layer from its four tensors ([`PARTS`]' order) in zero layout `format`,
+    /// every length and index checked.
+    fn unpacked_from(
+        &self,
+        layer: &str,
+        format: ZeroFormat,
+        [qweight, qzeros, scales, g_idx]: [NamedTensor; 4],
+    ) -> Result<GptqTensors, PipelineError> {
+        let ints = |t: NamedTensor| match t.data {
+            TensorData::I32(v) => Ok(v),
+            _ => Err(PipelineError::Output(format!(
+                "{layer}: checkpoint tensor {} is not int32",
+                t.name
+            ))),
+        };
+        let (outputs, inputs, groups) = (
+            qweight.shape.get(1).copied().unwrap_or(0),
+            g_idx.shape.first().copied().unwrap_or(0),
+            scales.shape.first().copied().unwrap_or(0),
+        );
+        let scales = match scales.data {
+            TensorData::F16(v) => v,
+            _ => {
+                return Err(PipelineError::Output(format!(
+                    "{layer}: checkpoint tensor {} is not f16",
+                    scales.name
+                )));
+            }
+        };
+        let t = GptqTensors {
+            bits: self.context.spec.bits(),
+            inputs,
+            outputs,
+            groups,
+            qweight: ints(qweight)?,
+            format,
+            qzeros: ints(qzeros)?,
+            scales,
+            g_idx: ints(g_idx)?,
+        };
+        // Validates every length and index.
+        quantizers::dequantize_gptq(&t)
+            .map_err(|e| PipelineError::Output(format!("{layer}: {e}")))?;
+        Ok(t)
     }
 
     /// The zero-point layout of the whole checkpoint: the preferred one
@@ -99,19 +205,14 @@ impl GptqFormat {
     /// Zero points 0 in one layer and `2^bits` in another.
     pub fn zero_format(&self) -> Result<ZeroFormat, PipelineError> {
         let bits = self.context.spec.bits();
-        let mut all = Vec::new();
-        for ((block, kind), t) in &self.layers {
-            let zeros = t
-                .zero_points()
-                .map_err(|e| PipelineError::Output(format!("{}: {e}", kind.hf_name(*block))))?;
-            all.extend(zeros);
-        }
-        ZeroFormat::choose(all.iter().copied(), bits, self.preferred_layout()).ok_or_else(|| {
-            PipelineError::Output(format!(
-                "zero points 0 and {} occur in this model; no single GPTQ layout stores both",
-                1u32 << bits
-            ))
-        })
+        ZeroFormat::choose(self.zeros.iter().copied(), bits, self.preferred_layout()).ok_or_else(
+            || {
+                PipelineError::Output(format!(
+                    "zero points 0 and {} occur in this model; no single GPTQ layout stores both",
+                    1u32 << bits
+                ))
+            },
+        )
     }
 
     /// The zero-point layout written when it holds every zero point: v1 for symmetric
@@ -141,6 +242,54 @@ impl GptqFormat {
         }
         config
     }
+
+    /// Tensor `part` of layer `kind` of `block` as written, zero points in `format`:
+    /// only that tensor is read from the checkpoint (with the zero points, which
+    /// `format` may store otherwise, repacked).
+    fn part(
+        &self,
+        block: usize,
+        kind: LinearKind,
+        part: &str,
+        format: ZeroFormat,
+    ) -> Result<TensorData, PipelineError> {
+        let name = kind.hf_name(block);
+        let packed = self
+            .layers
+            .get(&(block, kind))
+            .ok_or_else(|| PipelineError::Output(format!("{name} was not quantized")))?;
+        let t = match packed {
+            PackedLayer::Memory(t) => t.to_format(format)?,
+            PackedLayer::Saved { parts, format: own } => {
+                let index = PARTS.iter().position(|p| *p == part).unwrap_or(0);
+                let data = NamedTensor::read(&parts[index])?.data;
+                let (TensorData::I32(packed), true) = (&data, part == QZEROS) else {
+                    return Ok(data);
+                };
+                let (groups, outputs) = (parts[2].shape()[0], parts[2].shape()[1]);
+                let bits = self.context.spec.bits();
+                let zeros = quantizers::unpack_qzeros(packed, groups, outputs, bits, *own)?;
+                return Ok(TensorData::I32(pack_qzeros(
+                    &zeros, groups, outputs, bits, format,
+                )?));
+            }
+        };
+        let module = name.trim_end_matches(".weight");
+        Ok(layer_tensors(module, &t)
+            .into_iter()
+            .find(|n| n.name.ends_with(&format!(".{part}")))
+            .map(|n| n.data)
+            .unwrap_or(TensorData::U8(Vec::new())))
+    }
+
+    /// The shape of tensor `part` of a layer, from memory or the checkpoint's header.
+    fn part_shape(packed: &PackedLayer, part: &str) -> Vec<usize> {
+        let index = PARTS.iter().position(|p| *p == part).unwrap_or(0);
+        match packed {
+            PackedLayer::Memory(t) => layer_tensors("", t).swap_remove(index).shape,
+            PackedLayer::Saved { parts, .. } => parts[index].shape().to_vec(),
+        }
+    }
 }
 
 impl OutputFormat for GptqFormat {
@@ -164,31 +313,41 @@ impl OutputFormat for GptqFormat {
                 1u32 << bits
             ))
         })?;
-        self.layers.insert((block, kind), pack_gptq(q, format)?);
+        let t = pack_gptq(q, format)?;
+        self.zeros.extend(q.grids().iter().map(|g| g.zero));
+        self.layers.insert((block, kind), PackedLayer::Memory(t));
         Ok(())
     }
 
+    /// The float tensors as the model holds them, then each packed tensor made when the
+    /// writer reaches it (one at a time: the packed model is never whole in memory).
     fn write(&self, model: &Model, dir: &Path) -> Result<Option<String>, PipelineError> {
         let format = self.zero_format()?;
-        let mut extras = DirExtras {
-            omitted: BTreeSet::new(),
-            tensors: Vec::new(),
-            config: serde_json::Map::new(),
-        };
+        let mut extras = DirExtras::default();
         extras.config.insert(
             "quantization_config".into(),
             self.quantization_config(format),
         );
         for block in 0..model.num_blocks() {
             for kind in LinearKind::ALL {
-                let t = self.layer(block, kind).ok_or_else(|| {
-                    PipelineError::Output(format!("{} was not quantized", kind.hf_name(block)))
-                })?;
                 let name = kind.hf_name(block);
-                let module = name.trim_end_matches(".weight");
-                extras
-                    .tensors
-                    .extend(layer_tensors(module, &t.to_format(format)?));
+                let packed = self
+                    .layers
+                    .get(&(block, kind))
+                    .ok_or_else(|| PipelineError::Output(format!("{name} was not quantized")))?;
+                let module = name.trim_end_matches(".weight").to_string();
+                for part in PARTS {
+                    let dtype = match part {
+                        SCALES => safetensors::Dtype::F16,
+                        _ => safetensors::Dtype::I32,
+                    };
+                    extras.tensors.push(ExtraTensor::Made {
+                        name: format!("{module}.{part}"),
+                        shape: Self::part_shape(packed, part),
+                        dtype,
+                        make: Box::new(move || Ok(self.part(block, kind, part, format)?)),
+                    });
+                }
                 extras.omitted.insert(name);
             }
         }
@@ -204,11 +363,11 @@ impl OutputFormat for GptqFormat {
     fn save_block(&self, block: usize) -> Result<FormatState, PipelineError> {
         let mut state = FormatState::default();
         for kind in LinearKind::ALL {
-            let t = self.layer(block, kind).ok_or_else(|| {
+            let t = self.layer(block, kind)?.ok_or_else(|| {
                 PipelineError::Output(format!("{} was not packed", kind.hf_name(block)))
             })?;
             let suffix = kind.hf_suffix();
-            state.tensors.extend(layer_tensors(suffix, t));
+            state.tensors.extend(layer_tensors(suffix, &t));
             state.metadata.insert(
                 format!("{suffix}.format"),
                 t.format.checkpoint_format().to_string(),
@@ -220,71 +379,62 @@ impl OutputFormat for GptqFormat {
     fn restore_block(&mut self, block: usize, mut state: FormatState) -> Result<(), PipelineError> {
         let mut tensors = state.tensors_by_name();
         for kind in LinearKind::ALL {
-            let suffix = kind.hf_suffix();
-            let missing = |what: &str| {
-                PipelineError::Output(format!(
-                    "{}: no packed {what} in the checkpoint",
-                    kind.hf_name(block)
-                ))
-            };
-            let format = match state
+            let (suffix, layer) = (kind.hf_suffix(), kind.hf_name(block));
+            let format = state
                 .metadata
                 .get(&format!("{suffix}.format"))
-                .map(String::as_str)
-            {
-                Some("gptq") => ZeroFormat::V1,
-                Some("gptq_v2") => ZeroFormat::V2,
-                Some(other) => {
-                    return Err(PipelineError::Output(format!(
-                        "{}: unknown zero layout `{other}` in the checkpoint",
-                        kind.hf_name(block)
-                    )));
-                }
-                None => return Err(missing("layout")),
-            };
+                .map(String::as_str);
+            let format = zero_format_named(format, &layer)?;
             let mut take = |part: &str| {
-                tensors
-                    .remove(&format!("{suffix}.{part}"))
-                    .ok_or_else(|| missing(part))
+                tensors.remove(&format!("{suffix}.{part}")).ok_or_else(|| {
+                    PipelineError::Output(format!("{layer}: no packed {part} in the checkpoint"))
+                })
             };
-            let (qweight, qzeros, scales, g_idx) =
-                (take(QWEIGHT)?, take(QZEROS)?, take(SCALES)?, take(G_IDX)?);
-            let (outputs, inputs) = (
-                qweight.shape.get(1).copied().unwrap_or(0),
-                g_idx.shape.first().copied().unwrap_or(0),
-            );
-            let ints = |t: NamedTensor| match t.data {
-                TensorData::I32(v) => Ok(v),
-                _ => Err(PipelineError::Output(format!(
-                    "checkpoint tensor {} is not int32",
-                    t.name
-                ))),
-            };
-            let groups = scales.shape.first().copied().unwrap_or(0);
-            let scales = match scales.data {
-                TensorData::F16(v) => v,
+            let parts = [take(QWEIGHT)?, take(QZEROS)?, take(SCALES)?, take(G_IDX)?];
+            let t = self.unpacked_from(&layer, format, parts)?;
+            self.zeros.extend(t.zero_points()?);
+            self.layers.insert((block, kind), PackedLayer::Memory(t));
+        }
+        Ok(())
+    }
+
+    /// Each layer's tensors are left in the checkpoint file (same shapes and layout, or
+    /// an error naming the layer).
+    fn release_block(&mut self, block: usize, saved: SavedBlock) -> Result<(), PipelineError> {
+        for kind in LinearKind::ALL {
+            let (suffix, layer) = (kind.hf_suffix(), kind.hf_name(block));
+            let format = saved
+                .metadata
+                .get(&format!("{suffix}.format"))
+                .map(String::as_str);
+            let format = zero_format_named(format, &layer)?;
+            let stored = |part: &str| saved.tensor(&format!("{suffix}.{part}"), &layer).cloned();
+            let parts = [
+                stored(QWEIGHT)?,
+                stored(QZEROS)?,
+                stored(SCALES)?,
+                stored(G_IDX)?,
+            ];
+            let entry = self.layers.get_mut(&(block, kind));
+            match entry {
+                Some(packed @ PackedLayer::Memory(_))
+                    if PARTS
+                        .iter()
+                        .zip(&parts)
+                        .all(|(part, t)| Self::part_shape(packed, part) == t.shape()) =>
+                {
+                    *packed = PackedLayer::Saved {
+                        parts: Box::new(parts),
+                        format,
+                    };
+                }
                 _ => {
                     return Err(PipelineError::Output(format!(
-                        "checkpoint tensor {} is not f16",
-                        scales.name
+                        "{layer}: the checkpoint's packed tensors are not the ones made in \
+                         this run"
                     )));
                 }
-            };
-            let t = GptqTensors {
-                bits: self.context.spec.bits(),
-                inputs,
-                outputs,
-                groups,
-                qweight: ints(qweight)?,
-                format,
-                qzeros: ints(qzeros)?,
-                scales,
-                g_idx: ints(g_idx)?,
-            };
-            // Validates every length and index.
-            quantizers::dequantize_gptq(&t)
-                .map_err(|e| PipelineError::Output(format!("{}: {e}", kind.hf_name(block))))?;
-            self.layers.insert((block, kind), t);
+            }
         }
         Ok(())
     }

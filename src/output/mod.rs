@@ -15,7 +15,7 @@ mod gptq;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use llama_io::{GgufFloat, LinearKind, Model, NamedTensor, WeightDtype};
+use llama_io::{GgufFloat, LinearKind, Model, NamedTensor, StoredTensor, WeightDtype};
 use quantizers::{GridSpec, QuantizedLinear};
 
 use crate::error::PipelineError;
@@ -63,6 +63,49 @@ impl FormatState {
     }
 }
 
+/// A format's state of one block as a run checkpoint's block file holds it, left in the
+/// file: the tensors of its [`FormatState`] (read when used) and its text entries, under
+/// the same names.
+#[derive(Debug, Clone, Default)]
+pub struct SavedBlock {
+    /// Tensors, by name.
+    pub tensors: BTreeMap<String, StoredTensor>,
+    /// Text entries.
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl SavedBlock {
+    /// The tensor `name`.
+    ///
+    /// # Errors
+    /// No such tensor, naming it and `what` it is.
+    pub fn tensor(&self, name: &str, what: &str) -> Result<&StoredTensor, PipelineError> {
+        self.tensors
+            .get(name)
+            .ok_or_else(|| PipelineError::Output(format!("{what}: no `{name}` in the checkpoint")))
+    }
+
+    /// Everything read into memory.
+    ///
+    /// # Errors
+    /// Failed reads and tensors of other dtypes than U8, I32, F16 and F32, naming the
+    /// file and tensor.
+    pub fn read(&self) -> Result<FormatState, PipelineError> {
+        let tensors = (self.tensors.iter())
+            .map(|(name, t)| {
+                Ok(NamedTensor {
+                    name: name.clone(),
+                    ..NamedTensor::read(t)?
+                })
+            })
+            .collect::<Result<_, PipelineError>>()?;
+        Ok(FormatState {
+            tensors,
+            metadata: self.metadata.clone(),
+        })
+    }
+}
+
 /// A model format written under the output directory.
 pub trait OutputFormat: Send {
     /// Its name: the `--formats` value and the subdirectory it writes.
@@ -107,6 +150,17 @@ pub trait OutputFormat: Send {
     /// # Errors
     /// A state it cannot read, named.
     fn restore_block(&mut self, block: usize, state: FormatState) -> Result<(), PipelineError>;
+
+    /// What [`OutputFormat::save_block`] gave for `block` is now in a run checkpoint's
+    /// file, `saved`: the format may drop its own copy and read the block from there
+    /// when it writes (the checkpoint outlives [`OutputFormat::write`]). The default
+    /// keeps its copy.
+    ///
+    /// # Errors
+    /// A saved state that does not match the format's, named.
+    fn release_block(&mut self, _block: usize, _saved: SavedBlock) -> Result<(), PipelineError> {
+        Ok(())
+    }
 }
 
 /// A registered format: its name, a line of help, whether `--formats` includes it by

@@ -270,7 +270,7 @@ impl PipelineObserver for Feed<'_> {
         state: &PipelineState,
     ) -> Result<(), PipelineError> {
         if let Some(checkpoint) = self.checkpoint {
-            checkpoint.save(model, state, &[&*self.format])?;
+            checkpoint.save(model, state, &mut [&mut *self.format])?;
         }
         if self.fail_after == Some(state.next_block - 1) {
             return Err(PipelineError::Output("simulated kill".into()));

@@ -9,8 +9,8 @@
 //! (`getrusage(RUSAGE_CHILDREN).ru_maxrss`). The table gives seconds per block per stage
 //! and their extrapolation to 32 blocks. The weights stay in their files and finished
 //! blocks leave the memory, so the peak is one block in f32, the calibration hidden
-//! states and the `H` matrices whatever the number of blocks; only the GPTQ and GGUF
-//! outputs (not written here) keep every packed layer until the end.
+//! states and the `H` matrices whatever the number of blocks (the GPTQ and GGUF outputs,
+//! not written here, likewise leave a block's packed layers in the checkpoint).
 
 use std::fmt::Write as _;
 use std::path::Path;

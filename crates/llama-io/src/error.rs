@@ -70,6 +70,15 @@ pub enum LlamaIoError {
     /// An error from candle's tensor operations.
     #[error("tensor operation failed: {}", CandleMessage(.0))]
     Candle(#[from] candle_core::Error),
+    /// A tensor written beside a model's could not be made (the caller's error).
+    #[error("extra tensor `{name}`: {source}")]
+    Extra {
+        /// The tensor's name.
+        name: String,
+        /// The caller's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 /// A candle error's message on one line, without the backtrace candle appends to it

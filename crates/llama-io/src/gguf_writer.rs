@@ -15,6 +15,7 @@
 //! ([`crate::gguf::permute_qk`]; for encoded rows [`crate::gguf::permute_qk_rows`],
 //! a row being the `in / block_size` blocks of one output channel).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -30,6 +31,7 @@ use crate::hf::{WeightDtype, float_bytes};
 use crate::linear::LinearKind;
 use crate::model::Model;
 use crate::names::TensorRole;
+use crate::stored::StoredTensor;
 use crate::tokenizer::{TokenizerSource, gguf_tokenizer_metadata};
 
 /// GGUF alignment of tensor data (llama.cpp's default; `general.alignment` is not
@@ -69,13 +71,55 @@ pub struct GgufOptions {
 }
 
 /// One linear layer already encoded in a GGML type.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct EncodedLinear {
     /// The GGML type of the bytes (`Q4_0`, `Q8_0`, `Q4_K`, ..., or a float type).
     pub dtype: GgmlDType,
     /// The rows of the weight in the model's Hugging Face order (`out` rows of
     /// `in / block_size` blocks, `type_size` bytes each), as GGML stores them.
-    pub data: Vec<u8>,
+    pub data: EncodedBytes,
+}
+
+/// The bytes of an [`EncodedLinear`]: in memory, or a tensor of a safetensors file
+/// (read when written, so that a large model's layers need not be in memory).
+#[derive(Debug, Clone)]
+pub enum EncodedBytes {
+    /// In memory.
+    Memory(Vec<u8>),
+    /// The bytes of this tensor, as its file stores them.
+    Stored(StoredTensor),
+}
+
+impl EncodedBytes {
+    /// Their number.
+    pub fn len(&self) -> usize {
+        match self {
+            EncodedBytes::Memory(v) => v.len(),
+            EncodedBytes::Stored(t) => t.byte_len(),
+        }
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes (read from the file when stored).
+    ///
+    /// # Errors
+    /// A failed read, naming the file.
+    pub fn read(&self) -> Result<Cow<'_, [u8]>> {
+        match self {
+            EncodedBytes::Memory(v) => Ok(Cow::Borrowed(v)),
+            EncodedBytes::Stored(t) => Ok(Cow::Owned(t.read_bytes()?)),
+        }
+    }
+}
+
+impl From<Vec<u8>> for EncodedBytes {
+    fn from(v: Vec<u8>) -> Self {
+        EncodedBytes::Memory(v)
+    }
 }
 
 /// Linear layers given encoded, by (block, kind); every other linear layer is written
@@ -88,7 +132,7 @@ enum Payload<'a> {
     /// read from the model (a stored weight from its file) when it is written.
     Float(TensorRole),
     /// Bytes written as given.
-    Encoded(&'a [u8]),
+    Encoded(&'a EncodedBytes),
 }
 
 /// One tensor of the file, checked.
@@ -380,10 +424,15 @@ fn tensor_bytes(tensor: &Planned<'_>, model: &Model) -> std::io::Result<Vec<u8>>
     let rows = tensor.shape[0];
     let io_error = |e: LlamaIoError| std::io::Error::other(e.to_string());
     match tensor.payload {
-        Payload::Encoded(data) => match tensor.permute_heads {
-            Some(heads) => permute_qk_rows(data, rows, data.len() / rows, heads).map_err(io_error),
-            None => Ok(data.to_vec()),
-        },
+        Payload::Encoded(data) => {
+            let data = data.read().map_err(io_error)?;
+            match tensor.permute_heads {
+                Some(heads) => {
+                    permute_qk_rows(&data, rows, data.len() / rows, heads).map_err(io_error)
+                }
+                None => Ok(data.into_owned()),
+            }
+        }
         Payload::Float(role) => {
             let data = model.tensor(role).map_err(io_error)?;
             let data = &data[..];

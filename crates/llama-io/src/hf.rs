@@ -18,7 +18,7 @@ use crate::config::LlamaConfig;
 use crate::error::{LlamaIoError, Result};
 use crate::model::{Model, SourceTensor};
 use crate::names::TensorRole;
-use crate::stored::{Encoding, bytes_to_f32};
+use crate::stored::{Encoding, StoredTensor, bytes_to_f32};
 use crate::tokenizer::TokenizerSource;
 
 const CONFIG: &str = "config.json";
@@ -334,9 +334,34 @@ impl NamedTensor {
     }
 }
 
-impl View for &NamedTensor {
-    fn dtype(&self) -> Dtype {
-        match self.data {
+impl NamedTensor {
+    /// A tensor of a safetensors file left there ([`StoredTensor`]), read whole, under
+    /// the name it has in its file.
+    ///
+    /// # Errors
+    /// A failed read; a GGUF tensor or a dtype other than U8, I32, F16 and F32, naming
+    /// the file and the tensor.
+    pub fn read(stored: &StoredTensor) -> Result<Self> {
+        let Encoding::Safetensors(dtype) = stored.encoding() else {
+            return Err(LlamaIoError::unsupported(
+                stored.path(),
+                format!("tensor `{}` is a GGUF tensor", stored.name()),
+            ));
+        };
+        let bytes = stored.read_bytes()?;
+        let view = safetensors::tensor::TensorView::new(dtype, stored.shape().to_vec(), &bytes)
+            .map_err(|e| {
+                LlamaIoError::format(stored.path(), format!("`{}`: {e}", stored.name()))
+            })?;
+        NamedTensor::from_view(stored.name(), &view)
+            .map_err(|e| LlamaIoError::format(stored.path(), e.to_string()))
+    }
+}
+
+impl TensorData {
+    /// The safetensors dtype the values are stored as.
+    pub fn dtype(&self) -> Dtype {
+        match self {
             TensorData::I32(_) => Dtype::I32,
             TensorData::F16(_) => Dtype::F16,
             TensorData::F32(_) => Dtype::F32,
@@ -344,17 +369,28 @@ impl View for &NamedTensor {
         }
     }
 
+    /// The little-endian bytes stored.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        match self {
+            TensorData::I32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            TensorData::F16(v) => float_bytes(v, WeightDtype::F16),
+            TensorData::F32(v) => float_bytes(v, WeightDtype::F32),
+            TensorData::U8(v) => v.clone(),
+        }
+    }
+}
+
+impl View for &NamedTensor {
+    fn dtype(&self) -> Dtype {
+        self.data.dtype()
+    }
+
     fn shape(&self) -> &[usize] {
         &self.shape
     }
 
     fn data(&self) -> Cow<'_, [u8]> {
-        Cow::Owned(match &self.data {
-            TensorData::I32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            TensorData::F16(v) => float_bytes(v, WeightDtype::F16),
-            TensorData::F32(v) => float_bytes(v, WeightDtype::F32),
-            TensorData::U8(v) => v.clone(),
-        })
+        Cow::Owned(self.data.to_bytes())
     }
 
     fn data_len(&self) -> usize {
@@ -362,50 +398,168 @@ impl View for &NamedTensor {
     }
 }
 
+/// Makes the values of an [`ExtraTensor::Made`] when the writer reaches it; its error
+/// is reported as [`LlamaIoError::Extra`].
+pub type MakeTensor<'a> =
+    Box<dyn Fn() -> std::result::Result<TensorData, Box<dyn std::error::Error + Send + Sync>> + 'a>;
+
+/// A tensor written beside a model's: its values given, or made when the writer
+/// reaches it, one tensor at a time, so that the extras of a large model (its packed
+/// layers, say) are never all in memory.
+pub enum ExtraTensor<'a> {
+    /// Values given.
+    Given(NamedTensor),
+    /// Values made when written; they must be of `dtype` and fill `shape`.
+    Made {
+        /// The full tensor name in the safetensors file.
+        name: String,
+        /// Shape, outermost first.
+        shape: Vec<usize>,
+        /// U8, I32, F16 or F32 ([`TensorData`]'s dtypes).
+        dtype: Dtype,
+        /// The values.
+        make: MakeTensor<'a>,
+    },
+}
+
+impl ExtraTensor<'_> {
+    /// The tensor's name.
+    pub fn name(&self) -> &str {
+        match self {
+            ExtraTensor::Given(t) => &t.name,
+            ExtraTensor::Made { name, .. } => name,
+        }
+    }
+
+    /// The tensor's shape.
+    pub fn shape(&self) -> &[usize] {
+        match self {
+            ExtraTensor::Given(t) => &t.shape,
+            ExtraTensor::Made { shape, .. } => shape,
+        }
+    }
+
+    /// The dtype it is stored as.
+    pub fn dtype(&self) -> Dtype {
+        match self {
+            ExtraTensor::Given(t) => t.data.dtype(),
+            ExtraTensor::Made { dtype, .. } => *dtype,
+        }
+    }
+}
+
+impl From<NamedTensor> for ExtraTensor<'_> {
+    fn from(t: NamedTensor) -> Self {
+        ExtraTensor::Given(t)
+    }
+}
+
+impl std::fmt::Debug for ExtraTensor<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExtraTensor")
+            .field("name", &self.name())
+            .field("shape", &self.shape())
+            .field("dtype", &self.dtype())
+            .field("made", &matches!(self, ExtraTensor::Made { .. }))
+            .finish()
+    }
+}
+
 /// What a writer adds to / leaves out of a model's Hugging Face directory.
-#[derive(Debug, Clone, Default)]
-pub struct DirExtras {
+#[derive(Debug, Default)]
+pub struct DirExtras<'a> {
     /// Hugging Face names of model tensors not written (e.g. a linear weight that
     /// `tensors` replaces).
     pub omitted: BTreeSet<String>,
-    /// Tensors written as given, beside the model's.
-    pub tensors: Vec<NamedTensor>,
+    /// Tensors written beside the model's.
+    pub tensors: Vec<ExtraTensor<'a>>,
     /// Entries added to `config.json` (e.g. `quantization_config`).
     pub config: Map<String, Value>,
+}
+
+/// An extra tensor as the serializer sees it: its values made when asked for; a made
+/// tensor's error (or wrong dtype or length) goes to `error`, as [`FloatTensor`]'s.
+struct ExtraView<'a> {
+    tensor: &'a ExtraTensor<'a>,
+    error: &'a RefCell<Option<LlamaIoError>>,
+}
+
+impl ExtraView<'_> {
+    fn data_len(&self) -> usize {
+        self.tensor.shape().iter().product::<usize>() * self.tensor.dtype().bitsize() / 8
+    }
+
+    fn data(&self) -> Cow<'_, [u8]> {
+        match self.tensor {
+            ExtraTensor::Given(t) => Cow::Owned(t.data.to_bytes()),
+            ExtraTensor::Made {
+                name,
+                shape,
+                dtype,
+                make,
+            } => {
+                let made = make()
+                    .map_err(|source| LlamaIoError::Extra {
+                        name: name.clone(),
+                        source,
+                    })
+                    .and_then(|data| {
+                    let values = shape.iter().product::<usize>();
+                    if data.dtype() != *dtype || data.len() != values {
+                        return Err(LlamaIoError::InvalidArgument(format!(
+                            "extra tensor `{name}` was made as {} {:?} values, but it is                              declared {values} {dtype:?} values (shape {shape:?})",
+                            data.len(),
+                            data.dtype(),
+                        )));
+                    }
+                    Ok(data.to_bytes())
+                });
+                match made {
+                    Ok(bytes) => Cow::Owned(bytes),
+                    Err(e) => {
+                        self.error.borrow_mut().get_or_insert(e);
+                        // The serializer writes what it is given; the directory being
+                        // built is dropped when the error is reported.
+                        Cow::Owned(vec![0; self.data_len()])
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// A model weight or an extra tensor, as the serializer sees them.
 enum OutputTensor<'a> {
     Float(FloatTensor<'a>),
-    Named(&'a NamedTensor),
+    Extra(ExtraView<'a>),
 }
 
 impl View for OutputTensor<'_> {
     fn dtype(&self) -> Dtype {
         match self {
             OutputTensor::Float(t) => t.dtype(),
-            OutputTensor::Named(t) => t.dtype(),
+            OutputTensor::Extra(t) => t.tensor.dtype(),
         }
     }
 
     fn shape(&self) -> &[usize] {
         match self {
             OutputTensor::Float(t) => t.shape(),
-            OutputTensor::Named(t) => &t.shape,
+            OutputTensor::Extra(t) => t.tensor.shape(),
         }
     }
 
     fn data(&self) -> Cow<'_, [u8]> {
         match self {
             OutputTensor::Float(t) => t.data(),
-            OutputTensor::Named(t) => t.data(),
+            OutputTensor::Extra(t) => t.data(),
         }
     }
 
     fn data_len(&self) -> usize {
         match self {
             OutputTensor::Float(t) => t.data_len(),
-            OutputTensor::Named(t) => t.data_len(),
+            OutputTensor::Extra(t) => t.data_len(),
         }
     }
 }
@@ -443,7 +597,7 @@ pub fn write_hf_dir_with(
     dir: &Path,
     dtype: WeightDtype,
     overwrite: bool,
-    extras: &DirExtras,
+    extras: &DirExtras<'_>,
 ) -> Result<()> {
     let mut config = model.config().to_hf_json(dtype.torch_name());
     let read_error = RefCell::new(None);
@@ -469,7 +623,7 @@ pub fn write_hf_dir_with(
 fn output_tensors<'a>(
     model: &'a Model,
     dtype: WeightDtype,
-    extras: &'a DirExtras,
+    extras: &'a DirExtras<'a>,
     read_error: &'a RefCell<Option<LlamaIoError>>,
 ) -> Result<Vec<(String, OutputTensor<'a>)>> {
     let roles = TensorRole::all(model.config());
@@ -497,7 +651,7 @@ fn output_tensors<'a>(
         tensors.push((name, OutputTensor::Float(tensor)));
     }
     for extra in &extras.tensors {
-        let name = &extra.name;
+        let name = &extra.name().to_string();
         if name.is_empty() || name == "__metadata__" {
             return Err(LlamaIoError::InvalidArgument(format!(
                 "extra tensor name `{name}` is reserved in safetensors"
@@ -514,17 +668,34 @@ fn output_tensors<'a>(
             )));
         }
         let elements = extra
-            .shape
+            .shape()
             .iter()
             .try_fold(1usize, |n, &d| n.checked_mul(d));
-        if elements != Some(extra.data.len()) {
-            return Err(LlamaIoError::InvalidArgument(format!(
-                "extra tensor `{name}` has shape {:?} but {} values",
-                extra.shape,
-                extra.data.len()
-            )));
+        match extra {
+            ExtraTensor::Given(t) if elements != Some(t.data.len()) => {
+                return Err(LlamaIoError::InvalidArgument(format!(
+                    "extra tensor `{name}` has shape {:?} but {} values",
+                    t.shape,
+                    t.data.len()
+                )));
+            }
+            ExtraTensor::Made { dtype, .. }
+                if elements.is_none()
+                    || ![Dtype::U8, Dtype::I32, Dtype::F16, Dtype::F32].contains(dtype) =>
+            {
+                return Err(LlamaIoError::InvalidArgument(format!(
+                    "extra tensor `{name}`: shape {:?} of dtype {dtype:?} cannot be written \
+                     (U8, I32, F16 or F32)",
+                    extra.shape()
+                )));
+            }
+            _ => {}
         }
-        tensors.push((name.clone(), OutputTensor::Named(extra)));
+        let view = ExtraView {
+            tensor: extra,
+            error: read_error,
+        };
+        tensors.push((name.clone(), OutputTensor::Extra(view)));
     }
     Ok(tensors)
 }

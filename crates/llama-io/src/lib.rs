@@ -56,12 +56,17 @@ pub use capture::{InputSink, XtxAccumulator, accumulate_xtx};
 pub use compare::{Comparison, LayerDivergence, compare};
 pub use config::LlamaConfig;
 pub use error::{LlamaIoError, Result};
-pub use gguf_writer::{EncodedLinear, GgufFloat, GgufLinears, GgufOptions, check_gguf, write_gguf};
-pub use hf::{DirExtras, NamedTensor, TensorData, WeightDtype, write_hf_dir, write_hf_dir_with};
+pub use gguf_writer::{
+    EncodedBytes, EncodedLinear, GgufFloat, GgufLinears, GgufOptions, check_gguf, write_gguf,
+};
+pub use hf::{
+    DirExtras, ExtraTensor, MakeTensor, NamedTensor, TensorData, WeightDtype, write_hf_dir,
+    write_hf_dir_with,
+};
 pub use inspect::{Inventory, TensorSummary, inspect};
 pub use linear::{LinearInput, LinearKind};
 pub use model::{HostTensor, Model, NamedValues};
 pub use names::TensorRole;
 pub use perplexity::{PerplexityReport, perplexity, perplexity_from, sample_calibration};
-pub use stored::{StoredTensor, stored_tensors};
+pub use stored::{StoredTensor, stored_tensors, stored_tensors_and_metadata};
 pub use tokenizer::TokenizerSource;

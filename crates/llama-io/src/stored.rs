@@ -110,7 +110,7 @@ impl StoredTensor {
         let format = |msg: String| LlamaIoError::format(&self.path, msg);
         let values = match self.encoding {
             Encoding::Safetensors(dtype) => {
-                let bytes = self.bytes(self.len() * dtype.bitsize() / 8)?;
+                let bytes = self.read_bytes()?;
                 bytes_to_f32(dtype, &bytes).ok_or_else(|| {
                     unsupported(format!(
                         "tensor `{}` has dtype {dtype:?}; only F32, F16 and BF16 are supported",
@@ -119,7 +119,7 @@ impl StoredTensor {
                 })?
             }
             Encoding::Ggml(dtype) => {
-                let bytes = self.bytes(self.len() / dtype.block_size() * dtype.type_size())?;
+                let bytes = self.read_bytes()?;
                 let values = qtensor_from_ggml(dtype, &bytes, self.shape.clone(), &Device::Cpu)
                     .and_then(|q| q.dequantize(&Device::Cpu))
                     .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
@@ -147,6 +147,23 @@ impl StoredTensor {
 }
 
 impl StoredTensor {
+    /// The number of bytes the tensor takes in its file.
+    pub fn byte_len(&self) -> usize {
+        match self.encoding {
+            Encoding::Safetensors(dtype) => self.len() * dtype.bitsize() / 8,
+            Encoding::Ggml(dtype) => self.len() / dtype.block_size() * dtype.type_size(),
+        }
+    }
+
+    /// The tensor's bytes as its file stores them (any dtype; a GGUF Q or K weight in
+    /// llama.cpp's row order).
+    ///
+    /// # Errors
+    /// A failed read, naming the file.
+    pub fn read_bytes(&self) -> Result<Vec<u8>> {
+        self.bytes(self.byte_len())
+    }
+
     /// `len` bytes from the tensor's offset.
     fn bytes(&self, len: usize) -> Result<Vec<u8>> {
         let mut bytes = vec![0u8; len];
@@ -166,6 +183,16 @@ impl StoredTensor {
 /// # Errors
 /// An unreadable file or a malformed header, naming the file.
 pub fn stored_tensors(path: &Path) -> Result<HashMap<String, StoredTensor>> {
+    Ok(stored_tensors_and_metadata(path)?.0)
+}
+
+/// [`stored_tensors`], and the file's text metadata (`__metadata__`).
+///
+/// # Errors
+/// As [`stored_tensors`].
+pub fn stored_tensors_and_metadata(
+    path: &Path,
+) -> Result<(HashMap<String, StoredTensor>, HashMap<String, String>)> {
     let io_error = |source| LlamaIoError::Io {
         path: path.to_path_buf(),
         source,
@@ -196,7 +223,7 @@ pub fn stored_tensors(path: &Path) -> Result<HashMap<String, StoredTensor>> {
             },
         );
     }
-    Ok(out)
+    Ok((out, metadata.metadata().clone().unwrap_or_default()))
 }
 
 /// Little-endian f32 / f16 / bf16 bytes to f32; `None` for other dtypes.

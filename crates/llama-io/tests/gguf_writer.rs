@@ -15,8 +15,9 @@ use common::{GTensor, GValue, Spec, TINY, TempDir, gguf_bytes, gguf_metadata, to
 use llama_io::gguf::{permute_qk, permute_qk_rows, unpermute_qk_rows};
 use llama_io::tokenizer::{LLAMA_CPP_CHKTXT, llama_cpp_chkhsh};
 use llama_io::{
-    EncodedLinear, GgufFloat, GgufLinears, GgufOptions, LinearKind, LlamaIoError, Model,
-    TensorRole, TokenizerSource, WeightDtype, write_gguf, write_hf_dir,
+    EncodedBytes, EncodedLinear, GgufFloat, GgufLinears, GgufOptions, LinearKind, LlamaIoError,
+    Model, NamedTensor, TensorData, TensorRole, TokenizerSource, WeightDtype, write_gguf,
+    write_hf_dir,
 };
 
 /// A model whose widths are multiples of 256 (K-quant blocks).
@@ -264,7 +265,7 @@ fn encoded_linears_read_back_as_candles_dequantization() {
             (block, kind),
             EncodedLinear {
                 dtype: GgmlDType::Q8_0,
-                data,
+                data: data.into(),
             },
         );
         expected.push((block, kind, deq));
@@ -275,6 +276,37 @@ fn encoded_linears_read_back_as_candles_dequantization() {
         ..GgufOptions::default()
     };
     write_gguf(&model, &path, &options, &linears).unwrap();
+
+    // The same bytes left in a safetensors file and read when written: the same file.
+    let named: Vec<NamedTensor> = (linears.iter())
+        .map(|(&(block, kind), l)| NamedTensor {
+            name: kind.hf_name(block),
+            shape: vec![l.data.len()],
+            data: TensorData::U8(l.data.read().unwrap().into_owned()),
+        })
+        .collect();
+    let stored_path = dir.path().join("encoded.safetensors");
+    safetensors::serialize_to_file(named.iter().map(|t| (&t.name, t)), None, &stored_path).unwrap();
+    let mut stored = llama_io::stored_tensors(&stored_path).unwrap();
+    let from_file: GgufLinears = (linears.iter())
+        .map(|(&(block, kind), l)| {
+            let t = stored.remove(&kind.hf_name(block)).unwrap();
+            let data = EncodedBytes::Stored(t);
+            (
+                (block, kind),
+                EncodedLinear {
+                    dtype: l.dtype,
+                    data,
+                },
+            )
+        })
+        .collect();
+    // (Same file name: `general.name` is the file stem.)
+    std::fs::create_dir(dir.path().join("from-file")).unwrap();
+    let again = dir.path().join("from-file/q8.gguf");
+    write_gguf(&model, &again, &options, &from_file).unwrap();
+    assert!(std::fs::read(&again).unwrap() == std::fs::read(&path).unwrap());
+
     let content = read_content(&path);
     assert_eq!(
         content.tensor_infos["blk.0.attn_q.weight"].ggml_dtype,
@@ -327,7 +359,13 @@ fn every_type_candle_dequantizes_is_read() {
     for (kind, dtype) in types {
         let (out, inp) = model.linear_shape(kind);
         let (data, deq) = candle_encode(&model.linear_weight(0, kind).unwrap(), out, inp, dtype);
-        linears.insert((0, kind), EncodedLinear { dtype, data });
+        linears.insert(
+            (0, kind),
+            EncodedLinear {
+                dtype,
+                data: data.into(),
+            },
+        );
         expected.push((kind, dtype, deq));
     }
     let path = dir.path().join("k.gguf");
@@ -485,7 +523,7 @@ fn invalid_encoded_tensors_are_named_and_leave_nothing() {
                 (0, LinearKind::Q),
                 EncodedLinear {
                     dtype: GgmlDType::Q8_0,
-                    data: data[..data.len() - 1].to_vec(),
+                    data: data[..data.len() - 1].to_vec().into(),
                 },
             )]),
             "blk.0.attn_q.weight",
@@ -495,7 +533,7 @@ fn invalid_encoded_tensors_are_named_and_leave_nothing() {
                 (1, LinearKind::Up),
                 EncodedLinear {
                     dtype: GgmlDType::Q4K,
-                    data: vec![0; 144],
+                    data: vec![0; 144].into(),
                 },
             )]),
             "blk.1.ffn_up.weight",
@@ -505,7 +543,7 @@ fn invalid_encoded_tensors_are_named_and_leave_nothing() {
                 (7, LinearKind::V),
                 EncodedLinear {
                     dtype: GgmlDType::Q8_0,
-                    data: vec![],
+                    data: Vec::new().into(),
                 },
             )]),
             "blk.7.attn_v.weight",
@@ -781,7 +819,7 @@ fn smollm2_written_for_the_python_check() {
             (0, kind),
             EncodedLinear {
                 dtype: GgmlDType::Q8_0,
-                data,
+                data: data.into(),
             },
         );
     }

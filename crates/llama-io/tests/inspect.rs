@@ -15,11 +15,14 @@ fn a_written_directory_is_listed_from_its_header() {
     let out = TempDir::new("inspect-out");
     let dir = out.path().join("m");
     let mut extras = DirExtras::default();
-    extras.tensors.push(NamedTensor {
-        name: "extra.codes".into(),
-        shape: vec![3, 2],
-        data: TensorData::I32(vec![1; 6]),
-    });
+    extras.tensors.push(
+        NamedTensor {
+            name: "extra.codes".into(),
+            shape: vec![3, 2],
+            data: TensorData::I32(vec![1; 6]),
+        }
+        .into(),
+    );
     extras.config.insert("note".into(), "hello".into());
     llama_io::write_hf_dir_with(&model, &dir, WeightDtype::F16, false, &extras).unwrap();
 

@@ -10,9 +10,10 @@ use std::path::Path;
 use common::{Spec, TINY, TempDir, Tensors};
 use half::{bf16, f16};
 use llama_io::{
-    DirExtras, LinearKind, Model, NamedTensor, TensorData, WeightDtype, write_hf_dir,
+    DirExtras, ExtraTensor, LinearKind, Model, NamedTensor, TensorData, WeightDtype, write_hf_dir,
     write_hf_dir_with,
 };
+use safetensors::Dtype;
 
 fn tensors_of(model: &Model) -> Tensors {
     model
@@ -390,18 +391,21 @@ fn former_packed_writer(model: &Model, dir: &Path, dtype: WeightDtype) {
 }
 
 /// Every linear layer replaced by its packed parts, through the generic extras.
-fn packed_extras(model: &Model) -> DirExtras {
+fn packed_extras(model: &Model) -> DirExtras<'static> {
     let mut extras = DirExtras::default();
     for block in 0..model.num_blocks() {
         for kind in LinearKind::ALL {
             let name = kind.hf_name(block);
             let module = name.trim_end_matches(".weight").to_string();
             for (suffix, shape, data) in packed_parts(model, block, kind) {
-                extras.tensors.push(NamedTensor {
-                    name: format!("{module}.{suffix}"),
-                    shape,
-                    data,
-                });
+                extras.tensors.push(
+                    NamedTensor {
+                        name: format!("{module}.{suffix}"),
+                        shape,
+                        data,
+                    }
+                    .into(),
+                );
             }
             extras.omitted.insert(name);
         }
@@ -421,11 +425,40 @@ fn extras_write_a_packed_directory_byte_identical_to_the_former_writer() {
             let (new, old) = (out.path().join("new"), out.path().join("old"));
             write_hf_dir_with(&model, &new, dtype, false, &packed_extras(&model)).unwrap();
             former_packed_writer(&model, &old, dtype);
+            // The same extras made when written, each counted once.
+            let made_dir = out.path().join("made");
+            let calls = std::cell::Cell::new(0);
+            let mut made = packed_extras(&model);
+            made.tensors = (made.tensors.into_iter())
+                .map(|t| match t {
+                    ExtraTensor::Given(t) => ExtraTensor::Made {
+                        name: t.name.clone(),
+                        shape: t.shape.clone(),
+                        dtype: t.data.dtype(),
+                        make: Box::new({
+                            let calls = &calls;
+                            move || {
+                                calls.set(calls.get() + 1);
+                                Ok(t.data.clone())
+                            }
+                        }),
+                    },
+                    made => made,
+                })
+                .collect();
+            let extras = made.tensors.len();
+            write_hf_dir_with(&model, &made_dir, dtype, false, &made).unwrap();
+            assert_eq!(calls.get(), extras);
             for file in ["config.json", "model.safetensors"] {
                 assert!(
                     std::fs::read(new.join(file)).unwrap()
                         == std::fs::read(old.join(file)).unwrap(),
                     "{file} differs ({dtype:?})"
+                );
+                assert!(
+                    std::fs::read(new.join(file)).unwrap()
+                        == std::fs::read(made_dir.join(file)).unwrap(),
+                    "{file} of made extras differs ({dtype:?})"
                 );
             }
             let listing = |d: &Path| {
@@ -461,7 +494,7 @@ fn default_extras_write_what_write_hf_dir_writes() {
 }
 
 /// Writes `extras` and expects an error that names `what`, with nothing written.
-fn assert_rejected(model: &Model, extras: &DirExtras, what: &str) {
+fn assert_rejected(model: &Model, extras: &DirExtras<'_>, what: &str) {
     let out = TempDir::new("writer-bad-extras");
     let target = out.path().join("m");
     let err = write_hf_dir_with(model, &target, WeightDtype::F32, false, extras)
@@ -488,7 +521,7 @@ fn invalid_extras_are_errors_naming_the_tensor_or_key() {
     // An extra named as a model tensor that is still written.
     let taken = LinearKind::Up.hf_name(1);
     let extras = DirExtras {
-        tensors: vec![extra(&taken, vec![2], 2)],
+        tensors: vec![extra(&taken, vec![2], 2).into()],
         ..DirExtras::default()
     };
     assert_rejected(&model, &extras, &taken);
@@ -507,26 +540,65 @@ fn invalid_extras_are_errors_naming_the_tensor_or_key() {
 
     // Two extras of one name.
     let extras = DirExtras {
-        tensors: vec![extra("extra.a", vec![1], 1), extra("extra.a", vec![2], 2)],
+        tensors: vec![
+            extra("extra.a", vec![1], 1).into(),
+            extra("extra.a", vec![2], 2).into(),
+        ],
         ..DirExtras::default()
     };
     assert_rejected(&model, &extras, "extra.a");
 
     // A shape whose product is not the number of values.
     let extras = DirExtras {
-        tensors: vec![extra("extra.b", vec![2, 3], 5)],
+        tensors: vec![extra("extra.b", vec![2, 3], 5).into()],
         ..DirExtras::default()
     };
     assert_rejected(&model, &extras, "extra.b");
     let extras = DirExtras {
-        tensors: vec![NamedTensor {
-            name: "extra.c".into(),
-            shape: vec![4],
-            data: TensorData::F16(vec![0.5; 3]),
-        }],
+        tensors: vec![
+            NamedTensor {
+                name: "extra.c".into(),
+                shape: vec![4],
+                data: TensorData::F16(vec![0.5; 3]),
+            }
+            .into(),
+        ],
         ..DirExtras::default()
     };
     assert_rejected(&model, &extras, "extra.c");
+    // A made tensor of another length or dtype than declared, or whose making fails:
+    // named, and nothing is written.
+    let made = |name: &str, dtype, data: TensorData| ExtraTensor::Made {
+        name: name.into(),
+        shape: vec![2, 2],
+        dtype,
+        make: Box::new(move || Ok(data.clone())),
+    };
+    for extras in [
+        DirExtras {
+            tensors: vec![made("extra.d", Dtype::I32, TensorData::I32(vec![1; 3]))],
+            ..DirExtras::default()
+        },
+        DirExtras {
+            tensors: vec![made("extra.d", Dtype::F16, TensorData::I32(vec![1; 4]))],
+            ..DirExtras::default()
+        },
+        DirExtras {
+            tensors: vec![ExtraTensor::Made {
+                name: "extra.d".into(),
+                shape: vec![1],
+                dtype: Dtype::U8,
+                make: Box::new(|| Err("its source is gone".into())),
+            }],
+            ..DirExtras::default()
+        },
+        DirExtras {
+            tensors: vec![made("extra.d", Dtype::BF16, TensorData::F32(vec![1.0; 4]))],
+            ..DirExtras::default()
+        },
+    ] {
+        assert_rejected(&model, &extras, "extra.d");
+    }
 
     // A config key the model's config already has.
     let mut extras = DirExtras::default();
