@@ -7,6 +7,7 @@ usage: python3 scripts/gptq_check.py DIR
 needs: numpy, safetensors
 """
 import json
+import os
 import sys
 
 import numpy as np
@@ -27,12 +28,24 @@ def unpack_rows(words, bits, count):
     return out
 
 
+def load_dir(d):
+    """Every tensor of a Hugging Face directory: `model.safetensors`, or the shards its
+    `model.safetensors.index.json` lists."""
+    index = os.path.join(d, "model.safetensors.index.json")
+    if not os.path.exists(index):
+        return load_file(os.path.join(d, "model.safetensors"))
+    tensors = {}
+    for shard in sorted(set(json.load(open(index))["weight_map"].values())):
+        tensors.update(load_file(os.path.join(d, shard)))
+    return tensors
+
+
 def main(run):
     config = json.load(open(f"{run}/gptq/config.json"))
     q = config["quantization_config"]
     bits, v2 = q["bits"], q.get("checkpoint_format") == "gptq_v2"
-    packed = load_file(f"{run}/gptq/model.safetensors")
-    fake = load_file(f"{run}/fake-quant/model.safetensors")
+    packed = load_dir(f"{run}/gptq")
+    fake = load_dir(f"{run}/fake-quant")
     layers = sorted(n[: -len(".qweight")] for n in packed if n.endswith(".qweight"))
     mismatched = 0
     for layer in layers:

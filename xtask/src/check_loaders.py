@@ -58,12 +58,16 @@ def linear_layers(model):
 def reference_weights(fake_dir):
     """The fake-quant weights (`{module name: tensor out x in}`) and their dtype."""
     weights, dtype = {}, None
-    with safe_open(os.path.join(fake_dir, "model.safetensors"), "pt") as f:
-        for name in f.keys():
-            module = name[: -len(".weight")]
-            if name.endswith(".weight") and module.split(".")[-1] in KINDS:
-                weights[module] = f.get_tensor(name)
-                dtype = weights[module].dtype
+    index = os.path.join(fake_dir, "model.safetensors.index.json")
+    files = (sorted(set(json.load(open(index))["weight_map"].values()))
+             if os.path.exists(index) else ["model.safetensors"])
+    for file in files:
+        with safe_open(os.path.join(fake_dir, file), "pt") as f:
+            for name in f.keys():
+                module = name[: -len(".weight")]
+                if name.endswith(".weight") and module.split(".")[-1] in KINDS:
+                    weights[module] = f.get_tensor(name)
+                    dtype = weights[module].dtype
     return weights, dtype
 
 

@@ -9,7 +9,6 @@
 //! Uses `error`, `config`, `names`, `hf`.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use rand::SeedableRng;
@@ -17,7 +16,7 @@ use rand::rngs::StdRng;
 use rand_distr::{Distribution, StudentT};
 use rayon::prelude::*;
 use safetensors::{Dtype, View};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokenizers::Tokenizer;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::{BPE, Vocab};
@@ -200,8 +199,7 @@ pub fn write_random_model(
     }
     let tokenizer = byte_tokenizer()?;
     // Shard 0: embedding, final norm, head; shard b + 1: block b.
-    let shards = config.num_hidden_layers + 1;
-    let mut plan: Vec<Vec<(String, RandomTensor)>> = (0..shards).map(|_| Vec::new()).collect();
+    let mut plan: Vec<(String, RandomTensor, usize)> = Vec::new();
     for (index, role) in TensorRole::all(config).into_iter().enumerate() {
         let shard = match role {
             TensorRole::AttnNorm(b) | TensorRole::MlpNorm(b) | TensorRole::Linear(b, _) => b + 1,
@@ -217,18 +215,8 @@ pub fn write_random_model(
             shape: role.shape(config),
             fill,
         };
-        plan[shard].push((role.hf_name(), tensor));
+        plan.push((role.hf_name(), tensor, shard));
     }
-    let file_name = |shard: usize| format!("model-{:05}-of-{shards:05}.safetensors", shard + 1);
-    let mut weight_map = BTreeMap::new();
-    let mut total_size = 0usize;
-    for (shard, tensors) in plan.iter().enumerate() {
-        for (name, tensor) in tensors {
-            weight_map.insert(name.clone(), Value::String(file_name(shard)));
-            total_size += (&tensor).data_len();
-        }
-    }
-    let index = json!({"metadata": {"total_size": total_size}, "weight_map": weight_map});
 
     atomic_fs::write_dir(dir, overwrite, |temp| -> Result<()> {
         let write_json = |name: &str, value: &Value| {
@@ -237,16 +225,12 @@ pub fn write_random_model(
                 .map_err(|source| LlamaIoError::Io { path, source })
         };
         write_json("config.json", &config.to_hf_json("float16"))?;
-        write_json("model.safetensors.index.json", &index)?;
         let tokenizer_path = temp.join("tokenizer.json");
         tokenizer
             .save(&tokenizer_path, false)
             .map_err(|e| LlamaIoError::Tokenizer(format!("{}: {e}", tokenizer_path.display())))?;
-        for (shard, tensors) in plan.iter().enumerate() {
-            let views = tensors.iter().map(|(name, t)| (name.as_str(), t));
-            crate::hf::write_safetensors(views, &temp.join(file_name(shard)))?;
-            progress(shard + 1, shards);
-        }
-        Ok(())
+        // A shard per group: one per block.
+        let views = (plan.iter()).map(|(name, t, shard)| (name.clone(), t, *shard));
+        crate::hf::write_weights(temp, views.collect(), 0, progress)
     })
 }

@@ -599,6 +599,30 @@ pub fn write_hf_dir_with(
     overwrite: bool,
     extras: &DirExtras<'_>,
 ) -> Result<()> {
+    write_hf_dir_sharded(model, dir, dtype, overwrite, extras, MAX_SHARD_BYTES)
+}
+
+/// Above this many bytes of tensors a Hugging Face directory's weights are split into
+/// shards (transformers' default `max_shard_size`, 5 GB).
+pub const MAX_SHARD_BYTES: usize = 5_000_000_000;
+
+/// [`write_hf_dir_with`] with weights of more than `max_shard_bytes` in shards
+/// `model-0000k-of-0000n.safetensors` listed in `model.safetensors.index.json`, as
+/// transformers writes them: the embedding, then whole decoder blocks (each with its
+/// extras, by the `model.layers.N.` of their names), then the final norm and the head,
+/// each shard filled up to `max_shard_bytes` (a block larger than that is a shard of
+/// its own). Up to `max_shard_bytes` it is one `model.safetensors`.
+///
+/// # Errors
+/// As [`write_hf_dir_with`].
+pub fn write_hf_dir_sharded(
+    model: &Model,
+    dir: &Path,
+    dtype: WeightDtype,
+    overwrite: bool,
+    extras: &DirExtras<'_>,
+    max_shard_bytes: usize,
+) -> Result<()> {
     let mut config = model.config().to_hf_json(dtype.torch_name());
     let read_error = RefCell::new(None);
     let tensors = output_tensors(model, dtype, extras, &read_error)?;
@@ -613,9 +637,95 @@ pub fn write_hf_dir_with(
         }
         map.insert(key.clone(), value.clone());
     }
+    let blocks = model.num_blocks();
+    let tensors = (tensors.into_iter())
+        .map(|(name, t)| {
+            let group = shard_group(&name, blocks);
+            (name, t, group)
+        })
+        .collect();
     atomic_fs::write_dir(dir, overwrite, |temp| {
-        write_dir_contents(model, temp, &config, tensors, &read_error)
+        write_dir_contents(
+            model,
+            temp,
+            &config,
+            (tensors, max_shard_bytes),
+            &read_error,
+        )
     })
+}
+
+/// The group of a tensor named `name` for sharding ([`write_hf_dir_sharded`]): 0 for
+/// the embedding, `N + 1` for anything under `model.layers.N.`, `blocks + 1` for the
+/// rest.
+fn shard_group(name: &str, blocks: usize) -> usize {
+    if name.starts_with("model.embed_tokens.") {
+        return 0;
+    }
+    (name.strip_prefix("model.layers."))
+        .and_then(|rest| rest.split('.').next()?.parse::<usize>().ok())
+        .filter(|&b| b < blocks)
+        .map_or(blocks + 1, |b| b + 1)
+}
+
+/// Writes `tensors` (each with its group) into the directory `dir` as
+/// `model.safetensors` when they take at most `max_shard_bytes`, else as shards of
+/// whole groups in group order, consecutive groups sharing a shard up to
+/// `max_shard_bytes`, with `model.safetensors.index.json`; `progress(done, shards)`
+/// after each file.
+pub(crate) fn write_weights<V: View>(
+    dir: &Path,
+    mut tensors: Vec<(String, V, usize)>,
+    max_shard_bytes: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<()> {
+    let total: usize = tensors.iter().map(|(_, t, _)| t.data_len()).sum();
+    if total <= max_shard_bytes {
+        let views = tensors.into_iter().map(|(name, t, _)| (name, t));
+        write_safetensors(views, &dir.join(WEIGHTS))?;
+        progress(1, 1);
+        return Ok(());
+    }
+    tensors.sort_by_key(|(_, _, group)| *group);
+    let mut group_bytes: BTreeMap<usize, usize> = BTreeMap::new();
+    for (_, t, group) in &tensors {
+        *group_bytes.entry(*group).or_default() += t.data_len();
+    }
+    let mut shards: Vec<Vec<(String, V)>> = Vec::new();
+    let (mut size, mut last_group) = (0usize, None);
+    for (name, t, group) in tensors {
+        if last_group != Some(group) {
+            // A group starts a new shard when the shard so far and it would not fit.
+            let bytes = group_bytes[&group];
+            if shards.is_empty() || (size > 0 && size + bytes > max_shard_bytes) {
+                shards.push(Vec::new());
+                size = 0;
+            }
+            size += bytes;
+            last_group = Some(group);
+        }
+        shards
+            .last_mut()
+            .expect("a shard was started")
+            .push((name, t));
+    }
+    let count = shards.len();
+    let file_name = |shard: usize| format!("model-{:05}-of-{count:05}.safetensors", shard + 1);
+    let weight_map: Map<String, Value> = (shards.iter().enumerate())
+        .flat_map(|(k, shard)| {
+            let file = Value::String(file_name(k));
+            shard
+                .iter()
+                .map(move |(name, _)| (name.clone(), file.clone()))
+        })
+        .collect();
+    let index = serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
+    write_json(&dir.join(WEIGHTS_INDEX), &index)?;
+    for (k, shard) in shards.into_iter().enumerate() {
+        write_safetensors(shard, &dir.join(file_name(k)))?;
+        progress(k + 1, count);
+    }
+    Ok(())
 }
 
 /// The tensors of the safetensors file: the model's (in `dtype`) but the omitted ones,
@@ -705,12 +815,12 @@ fn write_dir_contents(
     model: &Model,
     dir: &Path,
     config: &Value,
-    tensors: Vec<(String, OutputTensor<'_>)>,
+    (tensors, max_shard_bytes): (Vec<(String, OutputTensor<'_>, usize)>, usize),
     read_error: &RefCell<Option<LlamaIoError>>,
 ) -> Result<()> {
     write_json(&dir.join(CONFIG), config)?;
 
-    write_safetensors(tensors, &dir.join(WEIGHTS))?;
+    write_weights(dir, tensors, max_shard_bytes, &mut |_, _| {})?;
     if let Some(e) = read_error.take() {
         return Err(e);
     }

@@ -60,8 +60,8 @@ pub use gguf_writer::{
     EncodedBytes, EncodedLinear, GgufFloat, GgufLinears, GgufOptions, check_gguf, write_gguf,
 };
 pub use hf::{
-    DirExtras, ExtraTensor, MakeTensor, NamedTensor, TensorData, WeightDtype, write_hf_dir,
-    write_hf_dir_with,
+    DirExtras, ExtraTensor, MAX_SHARD_BYTES, MakeTensor, NamedTensor, TensorData, WeightDtype,
+    write_hf_dir, write_hf_dir_sharded, write_hf_dir_with,
 };
 pub use inspect::{Inventory, TensorSummary, inspect};
 pub use linear::{LinearInput, LinearKind};

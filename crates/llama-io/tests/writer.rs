@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use common::{Spec, TINY, TempDir, Tensors};
@@ -604,4 +604,106 @@ fn invalid_extras_are_errors_naming_the_tensor_or_key() {
     let mut extras = DirExtras::default();
     extras.config.insert("hidden_size".into(), 1.into());
     assert_rejected(&model, &extras, "hidden_size");
+}
+
+/// The weight map of a written sharded directory: tensor name -> shard file.
+fn weight_map(dir: &Path) -> BTreeMap<String, String> {
+    let text = std::fs::read_to_string(dir.join("model.safetensors.index.json")).unwrap();
+    let index: serde_json::Value = serde_json::from_str(&text).unwrap();
+    (index["weight_map"].as_object().unwrap().iter())
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+        .collect()
+}
+
+/// The shard group a tensor belongs to: `Some(N)` under `model.layers.N.`.
+fn block_of(name: &str) -> Option<usize> {
+    name.strip_prefix("model.layers.")?
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[test]
+fn a_large_directory_is_written_in_shards_of_whole_blocks() {
+    let spec = Spec { layers: 5, ..TINY };
+    let (_src, _weights, model) = tiny_model(&spec, 71);
+    let out = TempDir::new("writer-shards");
+    for (name, extras) in [
+        ("plain", DirExtras::default()),
+        ("packed", packed_extras(&model)),
+    ] {
+        let single = out.path().join(format!("{name}-single"));
+        write_hf_dir_with(&model, &single, WeightDtype::F32, false, &extras).unwrap();
+        let single_bytes = std::fs::metadata(single.join("model.safetensors"))
+            .unwrap()
+            .len();
+        // Room for a third of the tensors.
+        let max = single_bytes as usize / 3;
+        let dir = out.path().join(name);
+        llama_io::write_hf_dir_sharded(&model, &dir, WeightDtype::F32, false, &extras, max)
+            .unwrap();
+        assert!(!dir.join("model.safetensors").exists(), "{name}");
+        let map = weight_map(&dir);
+        let files: BTreeSet<&String> = map.values().collect();
+        assert!(files.len() >= 3, "{name}: {files:?}");
+        // Every tensor in the shard the index names, each shard within the limit
+        // unless it holds one group, a block's tensors together, in block order.
+        let mut written = BTreeSet::new();
+        let mut first_shard_of_block = BTreeMap::new();
+        for file in &files {
+            let bytes = std::fs::read(dir.join(file)).unwrap();
+            let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+            let names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
+            let groups: BTreeSet<Option<usize>> = names.iter().map(|n| block_of(n)).collect();
+            let data: usize = st.tensors().iter().map(|(_, v)| v.data().len()).sum();
+            assert!(
+                data <= max || groups.len() == 1,
+                "{name} {file}: {data} > {max}"
+            );
+            for n in names {
+                assert_eq!(&map[&n], *file, "{name}: {n}");
+                if let Some(b) = block_of(&n) {
+                    let shard = first_shard_of_block.entry(b).or_insert((*file).clone());
+                    assert_eq!(shard, *file, "{name}: block {b} split");
+                }
+                written.insert(n);
+            }
+        }
+        assert_eq!(written, map.keys().cloned().collect());
+        let shards: Vec<&String> = first_shard_of_block.values().collect();
+        assert!(
+            shards.windows(2).all(|w| w[0] <= w[1]),
+            "{name}: {shards:?}"
+        );
+        assert_eq!(map["model.embed_tokens.weight"], **files.first().unwrap());
+        assert_eq!(map["lm_head.weight"], **files.last().unwrap());
+        let single = safetensors::SafeTensors::deserialize(
+            &std::fs::read(single.join("model.safetensors")).unwrap(),
+        )
+        .unwrap()
+        .names()
+        .into_iter()
+        .map(str::to_string)
+        .collect::<BTreeSet<_>>();
+        assert_eq!(written, single, "{name}");
+        if name == "plain" {
+            let back = Model::load(&dir).unwrap();
+            assert_eq!(tensors_of(&back), tensors_of(&model));
+        }
+    }
+    // A limit below any block: a shard per block, the embedding and the head apart.
+    let dir = out.path().join("per-block");
+    llama_io::write_hf_dir_sharded(
+        &model,
+        &dir,
+        WeightDtype::F16,
+        false,
+        &DirExtras::default(),
+        1,
+    )
+    .unwrap();
+    let files: BTreeSet<String> = weight_map(&dir).into_values().collect();
+    assert_eq!(files.len(), spec.layers + 2);
+    assert!(files.contains("model-00007-of-00007.safetensors"));
 }
