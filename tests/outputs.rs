@@ -464,34 +464,6 @@ fn a_gptq_directory_written_from_the_checkpoint_is_the_one_written_from_memory()
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// Checkpoints block 0, then fails when block 1 is finished, before checkpointing it.
-struct KilledInBlock1<'a> {
-    checkpoint: &'a RunCheckpoint,
-    format: &'a mut dyn OutputFormat,
-}
-
-impl magr::PipelineObserver for KilledInBlock1<'_> {
-    fn layer_quantized(
-        &mut self,
-        block: usize,
-        kind: LinearKind,
-        q: &QuantizedLinear,
-    ) -> Result<(), PipelineError> {
-        self.format.layer_quantized(block, kind, q)
-    }
-
-    fn block_finished(
-        &mut self,
-        model: &mut Model,
-        state: &magr::PipelineState,
-    ) -> Result<(), PipelineError> {
-        match state.next_block {
-            1 => self.checkpoint.save(model, state, &mut [&mut *self.format]),
-            _ => Err(PipelineError::Output("simulated kill in block 1".into())),
-        }
-    }
-}
-
 /// Hidden states spilled to disk (one file per batch) give the bytes of a run that
 /// keeps them in memory, uninterrupted and resumed either way; the checkpoint's saved
 /// hidden states are not disturbed when the spilled files are replaced.
@@ -525,9 +497,11 @@ fn spilled_hidden_states_give_the_same_bytes_and_resume() {
         // after its forward pass replaced the spilled files: 5 windows in batches of 2,
         // three files.
         let mut gptq = gptq_format(spec, false);
-        let mut feed = KilledInBlock1 {
-            checkpoint: &checkpoint,
-            format: &mut gptq,
+        let mut feed = common::Feed {
+            checkpoint: Some(&checkpoint),
+            save_until: Some(1),
+            fail_after: Some(1),
+            ..common::Feed::new(&mut gptq)
         };
         let mut killed = tiny_model(4);
         quantize_model(&mut killed, &calibration, &spilled, &mut feed).unwrap_err();

@@ -81,9 +81,17 @@ fn layer_tensors(module: &str, t: &GptqTensors) -> Vec<NamedTensor> {
     ]
 }
 
-/// The zero layout a checkpoint names (`gptq`, `gptq_v2`).
-fn zero_format_named(name: Option<&str>, layer: &str) -> Result<ZeroFormat, PipelineError> {
-    match name {
+/// The zero layout of `layer` (suffix `suffix`) that a checkpoint block's `metadata`
+/// names (`gptq`, `gptq_v2`).
+fn saved_zero_format(
+    metadata: &BTreeMap<String, String>,
+    suffix: &str,
+    layer: &str,
+) -> Result<ZeroFormat, PipelineError> {
+    match metadata
+        .get(&format!("{suffix}.format"))
+        .map(String::as_str)
+    {
         Some("gptq") => Ok(ZeroFormat::V1),
         Some("gptq_v2") => Ok(ZeroFormat::V2),
         Some(other) => Err(PipelineError::Output(format!(
@@ -380,11 +388,7 @@ impl OutputFormat for GptqFormat {
         let mut tensors = state.tensors_by_name();
         for kind in LinearKind::ALL {
             let (suffix, layer) = (kind.hf_suffix(), kind.hf_name(block));
-            let format = state
-                .metadata
-                .get(&format!("{suffix}.format"))
-                .map(String::as_str);
-            let format = zero_format_named(format, &layer)?;
+            let format = saved_zero_format(&state.metadata, suffix, &layer)?;
             let mut take = |part: &str| {
                 tensors.remove(&format!("{suffix}.{part}")).ok_or_else(|| {
                     PipelineError::Output(format!("{layer}: no packed {part} in the checkpoint"))
@@ -403,11 +407,7 @@ impl OutputFormat for GptqFormat {
     fn release_block(&mut self, block: usize, saved: SavedBlock) -> Result<(), PipelineError> {
         for kind in LinearKind::ALL {
             let (suffix, layer) = (kind.hf_suffix(), kind.hf_name(block));
-            let format = saved
-                .metadata
-                .get(&format!("{suffix}.format"))
-                .map(String::as_str);
-            let format = zero_format_named(format, &layer)?;
+            let format = saved_zero_format(&saved.metadata, suffix, &layer)?;
             let stored = |part: &str| saved.tensor(&format!("{suffix}.{part}"), &layer).cloned();
             let parts = [
                 stored(QWEIGHT)?,

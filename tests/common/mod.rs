@@ -241,6 +241,9 @@ pub struct Feed<'a> {
     pub checkpoint: Option<&'a RunCheckpoint>,
     /// The block after which the run fails, if any.
     pub fail_after: Option<usize>,
+    /// Only blocks before this one are checkpointed, if given (a kill before the
+    /// checkpoint of a later block).
+    pub save_until: Option<usize>,
 }
 
 impl<'a> Feed<'a> {
@@ -250,6 +253,7 @@ impl<'a> Feed<'a> {
             format,
             checkpoint: None,
             fail_after: None,
+            save_until: None,
         }
     }
 }
@@ -269,7 +273,10 @@ impl PipelineObserver for Feed<'_> {
         model: &mut Model,
         state: &PipelineState,
     ) -> Result<(), PipelineError> {
-        if let Some(checkpoint) = self.checkpoint {
+        let saved = self
+            .save_until
+            .is_none_or(|until| state.next_block <= until);
+        if let Some(checkpoint) = self.checkpoint.filter(|_| saved) {
             checkpoint.save(model, state, &mut [&mut *self.format])?;
         }
         if self.fail_after == Some(state.next_block - 1) {
