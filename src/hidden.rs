@@ -147,13 +147,9 @@ impl HiddenStates {
     /// # Errors
     /// Write errors, naming the file.
     pub fn push(&mut self, values: Tensor) -> Result<(), PipelineError> {
-        let i = self.len();
-        self.batches.push(Batch::Resident(Tensor::zeros(
-            0,
-            DType::F32,
-            values.device(),
-        )?));
-        self.set(i, values)
+        let batch = self.kept(self.len(), values)?;
+        self.batches.push(batch);
+        Ok(())
     }
 
     /// Replaces batch `i` by `values`: in memory, or written to its file in the spill
@@ -162,11 +158,16 @@ impl HiddenStates {
     /// # Errors
     /// Write errors, naming the file.
     pub fn set(&mut self, i: usize, values: Tensor) -> Result<(), PipelineError> {
-        self.batches[i] = match &self.spill {
+        self.batches[i] = self.kept(i, values)?;
+        Ok(())
+    }
+
+    /// `values` as batch `i` is kept: in memory, or in its file in the spill directory.
+    fn kept(&self, i: usize, values: Tensor) -> Result<Batch, PipelineError> {
+        Ok(match &self.spill {
             None => Batch::Resident(values),
             Some(dir) => Batch::Spilled(write_batch(dir, i, &values)?),
-        };
-        Ok(())
+        })
     }
 
     /// Keeps the batches in `spill` (a directory, created if missing) or, for `None`, in

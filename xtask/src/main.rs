@@ -47,7 +47,10 @@ const USAGE: &str = "usage: cargo xtask <command> [args]
 
 commands:
   ci       fetch the model, build llama.cpp's tools, then run every test in release mode (the
-           real-model and llama.cpp ones too), as CI does
+           real-model and llama.cpp ones too), then check-cuda, as CI does
+  check-cuda
+           `cargo check` of the `cuda` feature with CUDA's nvcc from the pinned wheels (no GPU
+           needed)
   fetch    download the SmolLM2 GGUF (and the calibration texts if no data directory holds them)
            into the cache (MAGR_CACHE_DIR, else $XDG_CACHE_HOME/magr, else ~/.cache/magr)
   llama-cpp
@@ -104,6 +107,7 @@ fn main() -> ExitCode {
         Some("kills") => kills(&rest),
         Some("check-loaders") => check_loaders(&rest),
         Some("build-cuda") => build_cuda().map(|dir| println!("{}", dir.display())),
+        Some("check-cuda") => check_cuda(),
         Some("fuzz") => fuzz(&rest),
         Some("help" | "-h" | "--help") => {
             println!("{USAGE}");
@@ -134,7 +138,8 @@ const REAL_MODEL_TESTS: &[(&str, &str)] = &[
 /// Fetches the model and builds llama.cpp's tools, runs every test in release (in debug,
 /// faer and candle are hundreds of times slower), then the real-model tests (told where
 /// llama.cpp's tools are by `MAGR_LLAMA_CPP_BIN`, and a python with numpy by
-/// `MAGR_PYTHON`).
+/// `MAGR_PYTHON`), then compiles the `cuda` feature (`cargo check`, CUDA's `nvcc` from
+/// the pinned wheels: the GPU code cannot rot on machines without a GPU).
 fn ci() -> Result<(), String> {
     fetch()?;
     let llama_cpp = llama_cpp()?;
@@ -159,7 +164,14 @@ fn ci() -> Result<(), String> {
             ],
         )?;
     }
-    Ok(())
+    check_cuda()
+}
+
+/// `check-cuda`: `cargo check` of the `cuda` feature with `build-cuda`'s environment, in
+/// its target directory (which shares the kernels' build with `build-cuda`).
+fn check_cuda() -> Result<(), String> {
+    let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    cargo_cuda("check", &root.join("target/cuda"))
 }
 
 /// cargo-fuzz's version, installed by `fuzz` when `cargo fuzz` is missing.
@@ -583,9 +595,11 @@ const GPU_CUDA_LIB: &str = "/opt/torch/.venv/lib/python3.12/site-packages/nvidia
 /// The most a transfer to the GPU machine takes.
 const DIST_LIMIT: u64 = 60 << 20;
 
-/// `build-cuda`: `cuda.md`'s recipe, then the folder to copy to the GPU machine.
-fn build_cuda() -> Result<PathBuf, String> {
-    let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+/// Runs `cargo SUBCOMMAND --release -p magr-cli --features cuda --target-dir
+/// target/TARGET` with `cuda.md`'s environment: the pinned CUDA 13.0 wheels (in the
+/// cache), their `nvcc` on the `PATH`, `CUDA_COMPUTE_CAP=90`, and the link folder with the
+/// `libcuda` stub (`cuda_build.py`) and the GPU machine's library path for a build.
+fn cargo_cuda(subcommand: &str, target: &Path) -> Result<(), String> {
     let python = venv("cuda-13.0", CUDA_PINS)?;
     let driver_rs = package_dir("cudarc")?.join("src/driver/sys/mod.rs");
     let link = cache_dir()?.join("cuda-link");
@@ -602,17 +616,16 @@ fn build_cuda() -> Result<PathBuf, String> {
     let rustflags =
         format!("-C link-arg=-Wl,-rpath-link,{cu13}/lib -C link-arg=-Wl,-rpath,{GPU_CUDA_LIB}");
     let jobs = std::thread::available_parallelism().map_or(2, usize::from);
-    let target = root.join("target/cuda");
     cargo_with_env(
         &[
-            "build",
+            subcommand,
             "--release",
             "-p",
             "magr-cli",
             "--features",
             "cuda",
             "--target-dir",
-            table::path_str(&target)?,
+            table::path_str(target)?,
         ],
         &[
             ("PATH", OsStr::new(&path)),
@@ -621,7 +634,14 @@ fn build_cuda() -> Result<PathBuf, String> {
             ("LIBRARY_PATH", OsStr::new(link)),
             ("RUSTFLAGS", OsStr::new(&rustflags)),
         ],
-    )?;
+    )
+}
+
+/// `build-cuda`: `cuda.md`'s recipe, then the folder to copy to the GPU machine.
+fn build_cuda() -> Result<PathBuf, String> {
+    let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    let target = root.join("target/cuda");
+    cargo_cuda("build", &target)?;
     let dist = root.join("target/cuda-dist");
     std::fs::create_dir_all(&dist).map_err(|e| format!("{}: {e}", dist.display()))?;
     let compressed = std::fs::File::create(dist.join("magr.xz"))
