@@ -4,13 +4,13 @@
 //! `magr gen-model --shape llama-7b --blocks 2` writes the model once (LLaMA-2-7B's
 //! widths, embedding and head; the first 2 of its 32 blocks; random f16 weights) under
 //! `target/bench/scale/`; `magr quantize` runs MagR+OPTQ at 4 bits per channel on N
-//! windows of 2048 tokens (default 128, the paper's) with the fake-quant output, under a
-//! Python wrapper that reads the process's peak resident memory from the kernel
+//! windows of 2048 tokens (default 128, the paper's) with the fake-quant and GPTQ outputs,
+//! under a Python wrapper that reads the process's peak resident memory from the kernel
 //! (`getrusage(RUSAGE_CHILDREN).ru_maxrss`). The table gives seconds per block per stage
 //! and their extrapolation to 32 blocks. The weights stay in their files and finished
-//! blocks leave the memory, so the peak is one block in f32, the calibration hidden
-//! states and the `H` matrices whatever the number of blocks (the GPTQ and GGUF outputs,
-//! not written here, likewise leave a block's packed layers in the checkpoint).
+//! blocks leave the memory, packed layers included (they are left in the checkpoint), so
+//! the peak is one block in f32, the calibration hidden states and the `H` matrices
+//! whatever the number of blocks.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -82,7 +82,7 @@ pub fn run(root: &Path, magr: &Path, results: &Path, options: &Options) -> Resul
         "--eval-windows",
         "0",
         "--formats",
-        "fake-quant",
+        "fake-quant,gptq",
         "--force",
         "--out",
         path_str(&out)?,
@@ -133,7 +133,7 @@ fn section(report: &RunReport, options: &Options, peak_bytes: f64, root: &Path) 
         md,
         "LLaMA-2-7B's shape (hidden 4096, MLP 11008, 32 heads, vocab 32000) with random \
          f16 weights, `magr gen-model --shape llama-7b --blocks {BLOCKS}`; {} per \
-         channel on {nsamples} x 2048 calibration tokens, fake-quant output; {} ({}), \
+         channel on {nsamples} x 2048 calibration tokens, fake-quant and GPTQ outputs; {} ({}), \
          commit {}.\n",
         report.label(),
         machine(),
