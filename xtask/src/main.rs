@@ -69,7 +69,7 @@ commands:
            RTN, MagR+RTN, OPTQ, MagR+OPTQ (MagR by FISTA, the default, and by 200 plain iterations), MagR+OPTQ-dagger
            at w4, w3 per channel, w3 and w2 with groups of 128, over calibration seeds 0, 1, 2:
            mean and spread of WikiText-2 and Lee-corpus perplexity, into docs/results.md
-  bench --scale [--nsamples N] [--no-magr]
+  bench --scale [--nsamples N] [--no-magr] [--hidden-store auto|memory|disk]
            MagR+OPTQ w4 (OPTQ alone with --no-magr) on the first 2 blocks of a generated
            7B-shaped model (written once, 1.9 GB) with N x 2048 calibration tokens (default
            128): seconds per block per stage, extrapolated to 32 blocks, and peak resident
@@ -302,11 +302,22 @@ fn bench(args: &[String]) -> Result<(), String> {
             let mut options = scale::Options {
                 nsamples: 128,
                 magr: true,
+                hidden_store: None,
             };
             let mut rest = args[1..].iter();
             while let Some(arg) = rest.next() {
                 match arg.as_str() {
                     "--no-magr" => options.magr = false,
+                    "--hidden-store" => {
+                        let store = rest.next().map_or("", String::as_str);
+                        if !["auto", "memory", "disk"].contains(&store) {
+                            return Err(format!(
+                                "bench --scale: --hidden-store {store:?}: expected auto, \
+                                 memory or disk"
+                            ));
+                        }
+                        options.hidden_store = Some(store.to_string());
+                    }
                     "--nsamples" => {
                         let n = rest.next().map_or("", String::as_str);
                         options.nsamples = n.parse().map_err(|_| {
@@ -316,7 +327,7 @@ fn bench(args: &[String]) -> Result<(), String> {
                     other => {
                         return Err(format!(
                             "bench --scale: unknown argument `{other}` (expected \
-                             [--nsamples N] [--no-magr])\n\n{USAGE}"
+                             [--nsamples N] [--no-magr] [--hidden-store S])\n\n{USAGE}"
                         ));
                     }
                 }

@@ -1,4 +1,5 @@
-//! `cargo xtask bench --scale [--nsamples N]`: time and memory of MagR+OPTQ on a
+//! `cargo xtask bench --scale [--nsamples N] [--no-magr] [--hidden-store S]`: time and
+//! memory of MagR+OPTQ on a
 //! 7B-shaped model, into its own section of `docs/results.md`.
 //!
 //! `magr gen-model --shape llama-7b --blocks 2` writes the model once (LLaMA-2-7B's
@@ -40,6 +41,8 @@ pub struct Options {
     pub nsamples: usize,
     /// MagR before OPTQ (off: OPTQ alone, for a quick memory figure on a small machine).
     pub magr: bool,
+    /// `magr quantize --hidden-store` (`auto`, `memory`, `disk`), when given.
+    pub hidden_store: Option<String>,
 }
 
 /// The bench.
@@ -61,8 +64,12 @@ pub fn run(root: &Path, magr: &Path, results: &Path, options: &Options) -> Resul
         }
     }
     let id = format!(
-        "{}{nsamples}",
-        if options.magr { "magr-optq-" } else { "optq-" }
+        "{}{nsamples}{}",
+        if options.magr { "magr-optq-" } else { "optq-" },
+        options
+            .hidden_store
+            .as_ref()
+            .map_or(String::new(), |h| format!("-hidden-{h}"))
     );
     let out = dir.join(format!("out-{id}"));
     let peak_file = dir.join(format!("peak-rss-{id}.txt"));
@@ -89,6 +96,9 @@ pub fn run(root: &Path, magr: &Path, results: &Path, options: &Options) -> Resul
     ];
     if !options.magr {
         args.push("--no-magr");
+    }
+    if let Some(store) = &options.hidden_store {
+        args.extend(["--hidden-store", store]);
     }
     eprintln!("xtask: magr {}", args.join(" "));
     let status = Command::new("python3")
@@ -121,7 +131,10 @@ fn section(report: &RunReport, options: &Options, peak_bytes: f64, root: &Path) 
     let blocks = BLOCKS as f64;
     let stages = [
         ("capture (forward passes, `H = X^T X`)", t.capture),
-        ("MagR (200 iterations; 0 when off)", t.preprocess),
+        (
+            "MagR (FISTA, at most 40 iterations; 0 when off)",
+            t.preprocess,
+        ),
         ("OPTQ", t.quantize),
         ("propagate (forward pass)", t.propagate),
     ];
@@ -133,9 +146,10 @@ fn section(report: &RunReport, options: &Options, peak_bytes: f64, root: &Path) 
         md,
         "LLaMA-2-7B's shape (hidden 4096, MLP 11008, 32 heads, vocab 32000) with random \
          f16 weights, `magr gen-model --shape llama-7b --blocks {BLOCKS}`; {} per \
-         channel on {nsamples} x 2048 calibration tokens, fake-quant and GPTQ outputs; {} ({}), \
-         commit {}.\n",
+         channel on {nsamples} x 2048 calibration tokens, fake-quant and GPTQ outputs, \
+         `--hidden-store {}`; {} ({}), commit {}.\n",
         report.label(),
+        options.hidden_store.as_deref().unwrap_or("auto"),
         machine(),
         if nsamples == 128 {
             "the paper's calibration set size"
