@@ -266,8 +266,15 @@ impl GptqFormat {
             .layers
             .get(&(block, kind))
             .ok_or_else(|| PipelineError::Output(format!("{name} was not quantized")))?;
-        let t = match packed {
-            PackedLayer::Memory(t) => t.to_format(format)?,
+        let bits = self.context.spec.bits();
+        // Only the zero points are converted, from the layer's own layout to `format`.
+        let (zeros, (groups, outputs)) = match packed {
+            PackedLayer::Memory(t) => match part {
+                QWEIGHT => return Ok(TensorData::I32(t.qweight.clone())),
+                SCALES => return Ok(TensorData::F16(t.scales.clone())),
+                G_IDX => return Ok(TensorData::I32(t.g_idx.clone())),
+                _ => (t.zero_points()?, (t.groups, t.outputs)),
+            },
             PackedLayer::Saved { parts, format: own } => {
                 let index = PARTS.iter().position(|p| *p == part).unwrap_or(0);
                 let data = NamedTensor::read(&parts[index])?.data;
@@ -275,26 +282,25 @@ impl GptqFormat {
                     return Ok(data);
                 };
                 let (groups, outputs) = (parts[2].shape()[0], parts[2].shape()[1]);
-                let bits = self.context.spec.bits();
                 let zeros = quantizers::unpack_qzeros(packed, groups, outputs, bits, *own)?;
-                return Ok(TensorData::I32(pack_qzeros(
-                    &zeros, groups, outputs, bits, format,
-                )?));
+                (zeros, (groups, outputs))
             }
         };
-        let module = name.trim_end_matches(".weight");
-        Ok(layer_tensors(module, &t)
-            .into_iter()
-            .find(|n| n.name.ends_with(&format!(".{part}")))
-            .map(|n| n.data)
-            .unwrap_or(TensorData::U8(Vec::new())))
+        Ok(TensorData::I32(pack_qzeros(
+            &zeros, groups, outputs, bits, format,
+        )?))
     }
 
     /// The shape of tensor `part` of a layer, from memory or the checkpoint's header.
     fn part_shape(packed: &PackedLayer, part: &str) -> Vec<usize> {
         let index = PARTS.iter().position(|p| *p == part).unwrap_or(0);
         match packed {
-            PackedLayer::Memory(t) => layer_tensors("", t).swap_remove(index).shape,
+            PackedLayer::Memory(t) => match index {
+                0 => t.qweight_shape().to_vec(),
+                1 => t.qzeros_shape().to_vec(),
+                2 => t.scales_shape().to_vec(),
+                _ => vec![t.inputs],
+            },
             PackedLayer::Saved { parts, .. } => parts[index].shape().to_vec(),
         }
     }
