@@ -38,6 +38,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
 mod gguf_bench;
+mod records;
 mod results;
 mod scale;
 mod seeds;

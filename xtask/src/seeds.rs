@@ -2,9 +2,10 @@
 //! a second evaluation domain, into their own section of `docs/results.md`.
 //!
 //! Every (method, grid, seed) cell is one `magr quantize` run (fake-quant written, then
-//! evaluated by `magr eval` on the Lee news corpus, which calibration never sees) cached
-//! under `target/bench/seeds/<cell>/`; an interrupted bench continues, and the section is
-//! rewritten after every cell. The table shows mean ± sample standard deviation over the
+//! evaluated by `magr eval` on the Lee news corpus, which calibration never sees) in
+//! `target/bench/seeds/<cell>/`, its numbers recorded in `docs/bench/seeds/<cell>.json`
+//! ([`crate::records`]: committed, so the bench continues on another machine); an
+//! interrupted bench continues, and the section is rewritten after every cell. The table shows mean ± sample standard deviation over the
 //! seeds measured; a method beats another at a grid only when the means differ by more
 //! than the sum of the two standard deviations.
 
@@ -13,10 +14,12 @@ use std::path::Path;
 use std::time::Instant;
 
 use magr_report::{Evaluation, RunReport};
+use serde::{Deserialize, Serialize};
 
+use crate::records::{Outcome, Record, Records};
 use crate::table::{
     CALIBRATION, EVAL_WINDOWS, Grid, Method, OPTQ, RTN, W3, W4, commit, machine, path_str,
-    quantize_args, read_meta, read_typed, run_cell, write_meta,
+    quantize_args, read_typed, run_cell,
 };
 
 /// The section's marker in `docs/results.md`.
@@ -107,7 +110,19 @@ pub struct Inputs<'a> {
     pub results: &'a Path,
 }
 
-/// Runs every cell not yet measured (all of them with `fresh`), rewriting the section
+/// What a cell's record keeps: the library's label of the run and both perplexities.
+#[derive(Serialize, Deserialize)]
+struct SeedCell {
+    label: String,
+    wikitext_ppl: f64,
+    lee_ppl: f64,
+}
+
+fn cell_id(m: &Method, g: &Grid, seed: u64) -> String {
+    format!("{}-{}-s{seed}", m.id, g.id)
+}
+
+/// Runs every cell not yet recorded (all of them with `fresh`), rewriting the section
 /// after each.
 pub fn run(i: &Inputs<'_>, fresh: bool) -> Result<(), String> {
     let dir = i.root.join("target/bench/seeds");
@@ -115,37 +130,38 @@ pub fn run(i: &Inputs<'_>, fresh: bool) -> Result<(), String> {
         std::fs::remove_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let records = Records::open(&i.root.join("docs/bench/seeds"), fresh)?;
     // A copy, so that rebuilding during the bench does not change what it measures.
     let magr = dir.join("magr");
     std::fs::copy(i.built, &magr).map_err(|e| format!("copying {}: {e}", i.built.display()))?;
     let commit = commit(i.root);
     let machine = machine();
     eprintln!("xtask: seeds bench on {machine}, commit {commit}");
-    write_results(&dir, i.results, &machine)?;
+    write_results(&records, i.results, &machine)?;
     for (m, g, seed) in cell_order() {
-        let cell = dir.join(format!("{}-{}-s{seed}", METHODS[m].id, GRIDS[g].id));
-        if cell.join("lee.json").exists() || cell.join("failed.txt").exists() {
+        let id = cell_id(&METHODS[m], &GRIDS[g], seed);
+        if records.get::<SeedCell>(&id)?.is_some() {
             continue;
         }
         let start = Instant::now();
-        if let Err(e) = measure(&magr, &cell, &METHODS[m], &GRIDS[g], seed, i.lee) {
-            // One failing cell does not stop the bench: the failure is recorded and shown.
-            eprintln!("xtask: {e}");
-            std::fs::create_dir_all(&cell).map_err(|e| format!("{}: {e}", cell.display()))?;
-            let path = cell.join("failed.txt");
-            std::fs::write(&path, format!("{commit}\n{e}\n"))
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-        } else {
-            write_meta(&cell, &commit, start.elapsed().as_secs_f64())?;
-        }
-        write_results(&dir, i.results, &machine)?;
+        // One failing cell does not stop the bench: the failure is recorded and shown.
+        let outcome = match measure(&magr, &dir.join(&id), &METHODS[m], &GRIDS[g], seed, i.lee) {
+            Ok(cell) => Outcome::Measured(cell),
+            Err(e) => {
+                eprintln!("xtask: {e}");
+                Outcome::Failed(e)
+            }
+        };
+        let record = Record::now(&commit, start.elapsed().as_secs_f64(), outcome);
+        records.put(&id, &record)?;
+        write_results(&records, i.results, &machine)?;
     }
     eprintln!("xtask: wrote {}", i.results.display());
     Ok(())
 }
 
 /// One cell: quantize (WikiText-2 evaluated by the run itself, the fake-quant model
-/// written), evaluate the fake-quant model on the Lee corpus, keep both reports.
+/// written), evaluate the fake-quant model on the Lee corpus; both reports stay in `cell`.
 fn measure(
     magr: &Path,
     cell: &Path,
@@ -153,7 +169,7 @@ fn measure(
     grid: &Grid,
     seed: u64,
     lee: &Path,
-) -> Result<(), String> {
+) -> Result<SeedCell, String> {
     let out = cell.join("out");
     let seed = seed.to_string();
     let mut args = quantize_args(&seed, "fake-quant", path_str(&out)?);
@@ -179,7 +195,20 @@ fn measure(
             path_str(&report)?,
         ],
     )?;
-    std::fs::remove_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))
+    std::fs::remove_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let missing = |path: &Path| format!("{} is missing", path.display());
+    let run_path = cell.join("report.json");
+    let run = read_typed::<RunReport>(&run_path)?.ok_or_else(|| missing(&run_path))?;
+    let lee = read_typed::<Evaluation>(&report)?.ok_or_else(|| missing(&report))?;
+    let wikitext = run
+        .quantized
+        .as_ref()
+        .ok_or_else(|| format!("{}: the run evaluated nothing", run_path.display()))?;
+    Ok(SeedCell {
+        label: format!("{}{}", run.settings.method_label(), method.note),
+        wikitext_ppl: wikitext.ppl,
+        lee_ppl: lee.ppl,
+    })
 }
 
 /// Mean and sample standard deviation (0 for one value); `None` for none.
@@ -213,7 +242,7 @@ struct Cell {
     failed: usize,
 }
 
-fn read_cell(dir: &Path, m: &Method, g: &Grid) -> Result<Cell, String> {
+fn read_cell(records: &Records, m: &Method, g: &Grid) -> Result<Cell, String> {
     let mut cell = Cell {
         label: None,
         wikitext: Vec::new(),
@@ -222,21 +251,17 @@ fn read_cell(dir: &Path, m: &Method, g: &Grid) -> Result<Cell, String> {
         failed: 0,
     };
     for seed in SEEDS {
-        let path = dir.join(format!("{}-{}-s{seed}", m.id, g.id));
-        cell.failed += usize::from(path.join("failed.txt").exists());
-        let run = read_typed::<RunReport>(&path.join("report.json"))?;
-        let lee = read_typed::<Evaluation>(&path.join("lee.json"))?;
-        if let (Some(run), Some(lee)) = (run, lee) {
-            let wikitext = run
-                .quantized
-                .as_ref()
-                .ok_or_else(|| format!("{}: the run evaluated nothing", path.display()))?;
-            cell.wikitext.push(wikitext.ppl);
-            cell.label = Some(format!("{}{}", run.settings.method_label(), m.note));
-            cell.lee.push(lee.ppl);
-            if let Some((_, seconds, _)) = read_meta(&path) {
-                cell.seconds.push(seconds);
+        let Some(record) = records.get::<SeedCell>(&cell_id(m, g, seed))? else {
+            continue;
+        };
+        match record.outcome {
+            Outcome::Measured(c) => {
+                cell.wikitext.push(c.wikitext_ppl);
+                cell.lee.push(c.lee_ppl);
+                cell.label = Some(c.label);
+                cell.seconds.push(record.seconds);
             }
+            Outcome::Failed(_) => cell.failed += 1,
         }
     }
     Ok(cell)
@@ -261,10 +286,11 @@ fn verdict(optq: &[f64], magr: &[f64]) -> String {
     }
 }
 
-fn write_results(dir: &Path, results: &Path, machine: &str) -> Result<(), String> {
+fn write_results(records: &Records, results: &Path, machine: &str) -> Result<(), String> {
     let mut cells = Vec::new();
     for m in &METHODS {
-        let row: Result<Vec<Cell>, String> = GRIDS.iter().map(|g| read_cell(dir, m, g)).collect();
+        let row: Result<Vec<Cell>, String> =
+            GRIDS.iter().map(|g| read_cell(records, m, g)).collect();
         cells.push(row?);
     }
     let mut md = String::new();
@@ -370,6 +396,38 @@ mod tests {
         assert_eq!(verdict(&[1.0], &[2.0, 2.1]), "…");
         assert_eq!(cell_text(&[1.0, 2.0, 3.0]), "2.00 ± 1.00");
         assert_eq!(cell_text(&[2.0]), "2.00 ± 0.00 (1 of 3 seeds)");
+    }
+
+    #[test]
+    fn the_section_is_written_from_the_records_alone() {
+        let dir = std::env::temp_dir().join(format!("xtask-seeds-{}", std::process::id()));
+        let records = Records::open(&dir.join("records"), true).unwrap();
+        let measured = |wikitext_ppl, lee_ppl| {
+            Outcome::Measured(SeedCell {
+                label: "OPTQ".into(),
+                wikitext_ppl,
+                lee_ppl,
+            })
+        };
+        let optq_w4 = |seed| cell_id(&METHODS[OPTQ_ROW], &GRIDS[0], seed);
+        records
+            .put(&optq_w4(0), &Record::now("c", 10.0, measured(9.0, 19.0)))
+            .unwrap();
+        records
+            .put(&optq_w4(1), &Record::now("c", 20.0, measured(11.0, 21.0)))
+            .unwrap();
+        let failed = Record::<SeedCell>::now("c", 1.0, Outcome::Failed("boom".into()));
+        records.put(&optq_w4(2), &failed).unwrap();
+        let results = dir.join("results.md");
+        write_results(&records, &results, "a machine").unwrap();
+        let md = std::fs::read_to_string(&results).unwrap();
+        let row = md.lines().find(|l| l.starts_with("| OPTQ |")).unwrap();
+        assert!(
+            row.starts_with("| OPTQ | 10.00 ± 1.41 (2 of 3 seeds) (1 failed) | 20.00 ± 1.41 (2 of 3 seeds) | … |"),
+            "{row}"
+        );
+        assert!(md.contains("| OPTQ | 15 | … |"), "{md}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

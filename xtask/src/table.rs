@@ -251,10 +251,7 @@ pub(crate) fn run_cell(magr: &Path, args: &[&str]) -> Result<(), String> {
 /// load average when it ended (above the core count: something else ran beside it).
 pub(crate) fn write_meta(cell: &Path, commit: &str, seconds: f64) -> Result<(), String> {
     let path = cell.join("meta.txt");
-    let load = std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|l| l.split_whitespace().nth(2).map(String::from))
-        .unwrap_or_else(|| "-".into());
+    let load = crate::records::load_average();
     std::fs::write(&path, format!("{commit}\n{seconds:.1}\n{load}\n"))
         .map_err(|e| format!("{}: {e}", path.display()))
 }
