@@ -65,11 +65,15 @@ commands:
   bench --gguf [--fresh]
            magr's GGUF files (RTN, OPTQ, MagR+OPTQ on Q4_0, Q4_1, Q5_0 and the K-quant presets
            Q2_K, Q3_K_S, Q3_K_M, Q4_K_M, Q5_K_M, Q6_K) against llama-quantize with and without an
-           imatrix, judged by llama-perplexity and magr eval, into docs/results.md
+           imatrix, all made from SmolLM2 rotated (`magr rotate`: weights on no grid), judged by
+           llama-perplexity and magr eval, into docs/results.md; each cell recorded in
+           docs/bench/gguf/ (commit them: the bench continues from them on another machine)
   bench --seeds [--fresh]
            RTN, MagR+RTN, OPTQ, MagR+OPTQ (MagR by FISTA, the default, and by 200 plain iterations), MagR+OPTQ-dagger
            at w4, w3 per channel, w3 and w2 with groups of 128, over calibration seeds 0, 1, 2:
-           mean and spread of WikiText-2 and Lee-corpus perplexity, into docs/results.md
+           mean and spread of WikiText-2 and Lee-corpus perplexity, into docs/results.md; each
+           cell recorded in docs/bench/seeds/ (about 12 h on 2 cores: commit the records as it
+           goes, the bench continues from them on another machine)
   bench --scale [--nsamples N] [--no-magr] [--hidden-store auto|memory|disk]
            MagR+OPTQ w4 (OPTQ alone with --no-magr) on the first 2 blocks of a generated
            7B-shaped model (written once, 1.9 GB) with N x 2048 calibration tokens (default

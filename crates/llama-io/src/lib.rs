@@ -49,6 +49,8 @@ pub mod capture;
 mod forward;
 // (uses forward)
 pub mod perplexity;
+// (uses model, linear, names)
+pub mod rotate;
 // (uses host, softmax, forward, perplexity)
 pub mod compare;
 

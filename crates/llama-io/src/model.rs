@@ -491,7 +491,7 @@ fn check_tensor(
     }
 }
 
-fn check_finite(name: &str, data: &[f32]) -> Result<()> {
+pub(crate) fn check_finite(name: &str, data: &[f32]) -> Result<()> {
     if data.iter().all(|x| x.is_finite()) {
         Ok(())
     } else {

@@ -7,6 +7,7 @@
 //! magr eval [--model PATH] [--eval-text PATH] [--eval-seqlen 2048] [--eval-windows 40]
 //! magr inspect PATH
 //! magr gen-model [--shape llama-7b] [--blocks N] [--seed 0] --out DIR
+//! magr rotate --model PATH [--seed 0] --out FILE.gguf|DIR
 //! ```
 //!
 //! One module per subcommand under `commands/` (cargo's layout), the arguments they
@@ -46,6 +47,10 @@ enum Command {
     /// A model of a real shape (llama-7b, ...) with random weights, written as a Hugging
     /// Face directory (f16 shards), for speed and memory measurements.
     GenModel(commands::gen_model::GenModelArgs),
+    /// The same model with its norm gains folded into the layers and its residual stream
+    /// rotated by a random orthogonal matrix: the same logits, weights on no grid of the
+    /// original's.
+    Rotate(commands::rotate::RotateArgs),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +60,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => commands::eval::run(args, cli.quiet),
         Command::Inspect(args) => commands::inspect::run(args),
         Command::GenModel(args) => commands::gen_model::run(args, cli.quiet),
+        Command::Rotate(args) => commands::rotate::run(args, cli.quiet),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

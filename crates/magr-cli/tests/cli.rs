@@ -940,3 +940,53 @@ fn eval_against_the_float_model() {
     assert!(!json.exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_rotated_model_scores_as_the_original_and_an_existing_output_is_kept() {
+    let dir = workspace("rotate");
+    let (model, rotated) = (dir.join("model"), dir.join("rotated"));
+    let rotate = ["rotate", "--quiet", "--model", s(&model), "--seed", "3"];
+    let (ok, err) = magr(&[&rotate[..], &["--out", s(&rotated)]].concat());
+    assert!(ok, "{err}");
+    let json = dir.join("eval.json");
+    let (ok, err) = magr(&[
+        "eval",
+        "--quiet",
+        "--model",
+        s(&rotated),
+        "--reference",
+        s(&model),
+        "--eval-text",
+        s(&dir.join("eval.txt")),
+        "--eval-seqlen",
+        "32",
+        "--eval-windows",
+        "4",
+        "--report",
+        s(&json),
+    ]);
+    assert!(ok, "{err}");
+    let e: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let (ppl, reference) = (
+        e["ppl"].as_f64().unwrap(),
+        e["reference"]["ppl"].as_f64().unwrap(),
+    );
+    // The same function up to f32 rounding; the weights themselves all moved.
+    assert!((ppl - reference).abs() <= 1e-5 * reference, "{e}");
+    assert!(e["reference"]["mean_kl"].as_f64().unwrap() < 1e-8, "{e}");
+    assert!(
+        e["reference"]["top1_agreement"].as_f64().unwrap() == 1.0,
+        "{e}"
+    );
+    assert_ne!(common::tree(&model), common::tree(&rotated));
+    // An existing output is refused without --force, and left as it was.
+    let before = common::tree(&rotated);
+    let (ok, err) = magr(&[&rotate[..], &["--out", s(&rotated)]].concat());
+    assert!(
+        !ok && err.contains("--force") && err.contains(s(&rotated)),
+        "{err}"
+    );
+    assert_eq!(common::tree(&rotated), before);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -4,3 +4,4 @@ pub mod eval;
 pub mod gen_model;
 pub mod inspect;
 pub mod quantize;
+pub mod rotate;
