@@ -234,12 +234,22 @@ pub(crate) fn path_str(p: &Path) -> Result<&str, String> {
         .ok_or_else(|| format!("{} is not UTF-8", p.display()))
 }
 
+/// Runs `magr args` for a bench cell: an error when it fails; when a signal killed it, the
+/// whole bench stops (the cell is not recorded as failed).
 pub(crate) fn run_cell(magr: &Path, args: &[&str]) -> Result<(), String> {
     eprintln!("xtask: magr {}", args.join(" "));
     let status = Command::new(magr)
         .args(args)
         .status()
         .map_err(|e| format!("could not run {}: {e}", magr.display()))?;
+    if let Some(signal) = std::os::unix::process::ExitStatusExt::signal(&status) {
+        // Killed from outside: not the cell's failure, so the bench stops unrecorded.
+        eprintln!(
+            "xtask: `magr {}` was killed by signal {signal}: the bench stops, the cell is not recorded",
+            args.join(" ")
+        );
+        std::process::exit(1);
+    }
     if status.success() {
         Ok(())
     } else {
