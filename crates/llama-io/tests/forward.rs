@@ -4,27 +4,15 @@
 mod common;
 
 use candle_core::Tensor;
-use common::{Reference, Spec, TINY, TempDir, max_rel_diff, reference_forward, rows_f64};
+use common::{
+    Reference, Spec, TINY, TempDir, load_hf, max_rel_diff, reference_forward, rows_f64, tokens,
+};
 use faer::Par;
 use llama_io::{LinearInput, LinearKind, Model, XtxAccumulator};
 use proptest::prelude::*;
 
 /// Relative tolerance of f32 candle against f64 loops (the 1e-4).
 const TOL: f64 = 1e-4;
-
-fn tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
-    (0..n as u64)
-        .map(|i| ((i * 7919 + seed * 104_729 + 13) % vocab as u64) as u32)
-        .collect()
-}
-
-fn load_hf(spec: &Spec, seed: u64) -> (TempDir, common::Tensors, Model) {
-    let dir = TempDir::new("fwd-hf");
-    let weights = common::random_weights(spec, seed);
-    common::write_hf(dir.path(), spec, &weights);
-    let model = Model::load(dir.path()).unwrap();
-    (dir, weights, model)
-}
 
 fn check_against_reference(model: &Model, reference: &Reference, toks: &[u32]) {
     let logits = model.forward(&[toks], Par::rayon(0)).unwrap();

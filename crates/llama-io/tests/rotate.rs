@@ -3,29 +3,15 @@
 
 mod common;
 
-use common::{Spec, TINY, TempDir, max_rel_diff, reference_forward, rows_f64};
+use common::{Spec, TINY, load_hf, max_rel_diff, reference_forward, rows_f64, tokens};
 use faer::{Mat, Par};
 use llama_io::rotate::random_orthogonal;
-use llama_io::{LinearKind, Model, TensorRole};
+use llama_io::{LinearKind, TensorRole};
 use proptest::prelude::*;
 
 /// Relative tolerance of f32 candle against f64 loops (as the forward tests), which the
 /// f32 rounding of the rotated weights must also stay within.
 const TOL: f64 = 1e-4;
-
-fn model(spec: &Spec, seed: u64) -> (TempDir, common::Tensors, Model) {
-    let dir = TempDir::new("rotate");
-    let weights = common::random_weights(spec, seed);
-    common::write_hf(dir.path(), spec, &weights);
-    let model = Model::load(dir.path()).unwrap();
-    (dir, weights, model)
-}
-
-fn tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
-    (0..n as u64)
-        .map(|i| ((i * 7919 + seed * 104_729 + 13) % vocab as u64) as u32)
-        .collect()
-}
 
 /// Largest `|Q^T Q - I|` entry, in f64 loops.
 fn orthogonality_error(q: &Mat<f64>) -> f64 {
@@ -49,7 +35,7 @@ proptest! {
         tied in any::<bool>(),
     ) {
         let spec = Spec { tied, ..TINY };
-        let (_dir, weights, mut model) = model(&spec, seed);
+        let (_dir, weights, mut model) = load_hf(&spec, seed);
         let toks = tokens(40, spec.vocab, seed);
         let reference = reference_forward(&spec, &weights, &toks);
         let q_before = model.linear_weight(0, LinearKind::Q).unwrap().into_owned();
@@ -87,7 +73,7 @@ fn random_rotations_are_orthogonal_and_seeded() {
 
 #[test]
 fn a_rotation_that_would_change_the_function_is_refused() {
-    let (_dir, _, mut model) = model(&TINY, 5);
+    let (_dir, _, mut model) = load_hf(&TINY, 5);
     let q = random_orthogonal(TINY.hidden, 1);
     // Gains not folded yet.
     let err = model.rotate_residual(q.as_ref(), Par::Seq).unwrap_err();

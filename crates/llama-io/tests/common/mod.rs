@@ -562,3 +562,20 @@ pub fn rows_f64(t: &candle_core::Tensor) -> Vec<Vec<f64>> {
         .map(|r| r.iter().map(|&v| f64::from(v)).collect())
         .collect()
 }
+
+/// `n` token ids below `vocab`, spread by `seed`.
+pub fn tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
+    (0..n as u64)
+        .map(|i| ((i * 7919 + seed * 104_729 + 13) % vocab as u64) as u32)
+        .collect()
+}
+
+/// A tiny model of `spec` with random weights (`seed`), written as a Hugging Face
+/// directory and loaded: the directory, the weights and the model.
+pub fn load_hf(spec: &Spec, seed: u64) -> (TempDir, Tensors, llama_io::Model) {
+    let dir = TempDir::new("hf-model");
+    let weights = random_weights(spec, seed);
+    write_hf(dir.path(), spec, &weights);
+    let model = llama_io::Model::load(dir.path()).unwrap();
+    (dir, weights, model)
+}
