@@ -132,18 +132,27 @@ fn llama_cpp_reads_magr_gguf_files_as_magr_does() {
     let text = dir.join("wiki.txt");
     std::fs::write(&text, data::join_lines(&lines.join("\n"))).unwrap();
 
-    // (type, extra flags): MagR+OPTQ with the weighted fit on one format, plain RTN on
-    // the others (the file layout is what is judged here, not the quantizer); two K-quant
-    // presets (SmolLM2's ffn_down is the one width that holds K-quants: Q3_K under
-    // q2_k, Q4_K and Q6_K under q4_k_m; the rest falls back to legacy types).
+    // (type, extra flags): MagR+OPTQ with the weighted fit on one legacy format and OPTQ
+    // with it on one preset; plain RTN or OPTQ with the min-max fit on the others (the
+    // file layout is what is judged here, not the quantizer, and the weighted search is
+    // most of a run's time); two K-quant presets (SmolLM2's ffn_down is the one width
+    // that holds K-quants: Q3_K under q2_k, Q4_K and Q6_K under q4_k_m; the rest falls
+    // back to legacy types).
+    const MIN_MAX_RTN: &[&str] = &["--method", "rtn", "--no-magr", "--grid-fit", "min-max"];
     let cases: [(&str, &[&str]); 7] = [
-        ("q2_k", &["--method", "rtn", "--no-magr"]),
-        ("Q4_K_M", &["--method", "optq", "--no-magr"]),
+        ("q2_k", MIN_MAX_RTN),
+        (
+            "Q4_K_M",
+            &["--method", "optq", "--no-magr", "--grid-fit", "weighted"],
+        ),
         ("q4_0", &["--magr-iters", "3", "--grid-fit", "weighted"]),
-        ("q4_1", &["--method", "rtn", "--no-magr"]),
-        ("q5_0", &["--method", "rtn", "--no-magr"]),
-        ("q5_1", &["--method", "optq", "--no-magr"]),
-        ("q8_0", &["--method", "rtn", "--no-magr"]),
+        ("q4_1", MIN_MAX_RTN),
+        ("q5_0", MIN_MAX_RTN),
+        (
+            "q5_1",
+            &["--method", "optq", "--no-magr", "--grid-fit", "min-max"],
+        ),
+        ("q8_0", MIN_MAX_RTN),
     ];
     for (ty, extra) in cases {
         let out = dir.join(ty);

@@ -361,6 +361,7 @@ impl Levels {
                 return s.best;
             }
             // make_qkx3_quants' scan: rmin = -0.9, rdelta = 0.05, nstep = 36.
+            let mut previous = Vec::new();
             for is in 0..=36 {
                 let iscale = (-0.9 + 0.05 * is as f32 + nmax) / (max - min);
                 let levels: Vec<f64> = x
@@ -368,7 +369,7 @@ impl Levels {
                     .map(|&v| nearest(iscale * (v - min)).clamp(0.0, nmax as f64))
                     .collect();
                 s.consider(self.grid(1.0 / iscale, min, round));
-                self.refit(&mut s, &levels, round);
+                self.refit_new(&mut s, &levels, &mut previous, round);
             }
             for _ in 0..REFITS {
                 let levels = s.best_levels();
@@ -389,6 +390,7 @@ impl Levels {
             // make_qx_quants' scan (`max` onto the extra negative level, -nmax) and the
             // other sign (`max` onto the top positive level), each with its least-squares
             // scale.
+            let mut previous = Vec::new();
             for target in [lo as f32, hi as f32] {
                 for is in -9..=9 {
                     let iscale = (target.abs() + 0.1 * is as f32) / max * target.signum();
@@ -397,7 +399,7 @@ impl Levels {
                         .map(|&v| nearest(iscale * v).clamp(lo, hi))
                         .collect();
                     s.consider(self.grid(1.0 / iscale, 0.0, round));
-                    self.refit(&mut s, &levels, round);
+                    self.refit_new(&mut s, &levels, &mut previous, round);
                 }
             }
             for _ in 0..REFITS {
@@ -406,6 +408,23 @@ impl Levels {
             }
         }
         s.best
+    }
+
+    /// [`Self::refit`] unless `levels` are the scan's `previous` ones, whose refit was
+    /// considered already (neighbouring scales often give the same codes; considering the
+    /// same grid again cannot change the best, which must be strictly better).
+    fn refit_new(
+        self,
+        s: &mut Search<'_>,
+        levels: &[f64],
+        previous: &mut Vec<f64>,
+        round: fn(f32) -> f32,
+    ) {
+        if previous.as_slice() != levels {
+            self.refit(s, levels, round);
+            previous.clear();
+            previous.extend_from_slice(levels);
+        }
     }
 
     /// Considers the weighted least-squares parameters of fixed signed `levels`: `(d, m)`
@@ -435,14 +454,19 @@ pub(crate) fn fit_min_max(ty: GgmlBlockType, values: impl IntoIterator<Item = f3
 }
 
 /// `sum_i w_i (x_i - round(x_i))^2` in f64, rounding exactly as the quantizers do.
+/// Summed in order (the rounding is done a chunk at a time by [`Grid::round_into`]).
 pub(crate) fn weighted_error(grid: &Grid, x: &[f32], w: &[f32]) -> f64 {
-    x.iter()
-        .zip(w)
-        .map(|(&x, &w)| {
-            let d = x as f64 - grid.round(x) as f64;
-            w as f64 * d * d
-        })
-        .sum()
+    const CHUNK: usize = 64;
+    let mut rounded = [0.0f32; CHUNK];
+    let mut sum = 0.0f64;
+    for (x, w) in x.chunks(CHUNK).zip(w.chunks(CHUNK)) {
+        grid.round_into(x, &mut rounded);
+        for ((&x, &w), &r) in x.iter().zip(w).zip(&rounded) {
+            let d = x as f64 - r as f64;
+            sum += w as f64 * d * d;
+        }
+    }
+    sum
 }
 
 /// The best grid so far of a weighted search.
