@@ -1,11 +1,15 @@
-//! OPTQ on the SmolLM2 layer shapes, RTN throughput and one coordinate-descent sweep.
+//! OPTQ on the SmolLM2 layer shapes, RTN throughput (the reference grid, and Q8_0 blocks
+//! with the min-max and the diag(H)-weighted fit: the search's cost is their ratio) and
+//! one coordinate-descent sweep.
 //! Ratios to the floor are printed by `cargo run -p quantizers --release --example optq_speed`.
 
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use faer::Par;
-use quantizers::{GridSpec, LayerProblem, Optq, Quantizer, Rtn, SweepOrder, refine};
+use quantizers::{
+    GgmlBlockType, GridFit, GridSpec, LayerProblem, Optq, Quantizer, Rtn, SweepOrder, refine,
+};
 
 #[path = "layer.rs"]
 mod layer;
@@ -37,6 +41,15 @@ fn bench(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("rtn", &id), |b| {
             b.iter(|| Rtn { spec, par }.quantize(black_box(&p)).unwrap())
         });
+        for (name, fit) in [
+            ("rtn_q8_0_min_max", GridFit::MinMax),
+            ("rtn_q8_0_weighted", GridFit::Weighted),
+        ] {
+            let spec = GridSpec::ggml(GgmlBlockType::Q8_0, fit);
+            group.bench_function(BenchmarkId::new(name, &id), |b| {
+                b.iter(|| Rtn { spec, par }.quantize(black_box(&p)).unwrap())
+            });
+        }
         let start = Optq {
             par,
             ..Optq::new(spec)
