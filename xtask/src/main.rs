@@ -130,15 +130,11 @@ fn main() -> ExitCode {
     }
 }
 
-/// The tests that need the real model, llama.cpp's tools for `llama_cpp`, or numpy for
-/// `cli`'s run of `scripts/gptq_check.py` (`#[ignore]`d so that `cargo test -p NAME`
-/// runs without them): `(package, test target)`.
-const REAL_MODEL_TESTS: &[(&str, &str)] = &[
-    ("llama-io", "tokenizer"),
-    ("llama-io", "smollm2"),
-    ("magr-cli", "llama_cpp"),
-    ("magr-cli", "cli"),
-];
+/// The test targets that need the real model, llama.cpp's tools for `llama_cpp`, or numpy
+/// for `cli`'s run of `scripts/gptq_check.py` (`#[ignore]`d so that `cargo test -p NAME`
+/// runs without them). Each name is one test target of the workspace (`llama-io`'s
+/// `tokenizer` and `smollm2`, `magr-cli`'s `llama_cpp` and `cli`).
+const REAL_MODEL_TESTS: &[&str] = &["tokenizer", "smollm2", "llama_cpp", "cli"];
 
 /// Fetches the model and builds llama.cpp's tools, runs every test in release (in debug,
 /// faer and candle are hundreds of times slower), then the real-model tests (told where
@@ -146,30 +142,41 @@ const REAL_MODEL_TESTS: &[(&str, &str)] = &[
 /// `MAGR_PYTHON`), then compiles the `cuda` feature (`cargo check`, CUDA's `nvcc` from
 /// the pinned wheels: the GPU code cannot rot on machines without a GPU).
 fn ci() -> Result<(), String> {
-    fetch()?;
-    let llama_cpp = llama_cpp()?;
-    let python = venv("numpy-venv", NUMPY_PINS)?;
-    cargo(&["test", "--workspace", "--release"])?;
-    for (package, test) in REAL_MODEL_TESTS {
+    timed("fetch", fetch)?;
+    let llama_cpp = timed("llama-cpp", llama_cpp)?;
+    let python = timed("numpy venv", || venv("numpy-venv", NUMPY_PINS))?;
+    timed("the test suite", || {
+        cargo(&["test", "--workspace", "--release"])
+    })?;
+    // `--workspace` again, not `-p`: the same feature resolution as the suite's build, so
+    // nothing is compiled twice (`-p magr-cli` alone recompiles candle with other features).
+    let mut args = vec!["test", "--workspace", "--release"];
+    for test in REAL_MODEL_TESTS {
+        args.extend(["--test", test]);
+    }
+    args.extend(["--", "--ignored", "--nocapture"]);
+    timed("the real-model tests", || {
         cargo_with_env(
-            &[
-                "test",
-                "--release",
-                "-p",
-                package,
-                "--test",
-                test,
-                "--",
-                "--ignored",
-                "--nocapture",
-            ],
+            &args,
             &[
                 ("MAGR_LLAMA_CPP_BIN", llama_cpp.as_os_str()),
                 ("MAGR_PYTHON", OsStr::new(&python)),
             ],
-        )?;
-    }
-    check_cuda()
+        )
+    })?;
+    timed("check-cuda", check_cuda)
+}
+
+/// Runs one step of `ci` and prints its wall time, so that a CI log says where the time went.
+fn timed<T>(step: &str, run: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    let start = std::time::Instant::now();
+    let result = run();
+    eprintln!(
+        "xtask: {step}: {:.0} s{}",
+        start.elapsed().as_secs_f64(),
+        if result.is_ok() { "" } else { " (failed)" }
+    );
+    result
 }
 
 /// `check-cuda`: `cargo check` of the `cuda` feature with `build-cuda`'s environment, in
