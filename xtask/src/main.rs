@@ -51,7 +51,8 @@ commands:
            real-model and llama.cpp ones too), then check-cuda, as CI does
   check-cuda
            `cargo check` of the `cuda` feature with CUDA's nvcc from the pinned wheels (no GPU
-           needed)
+           needed), candle's kernels compiled without device optimisation into target/cuda-check
+           (about 7 minutes on 2 cores)
   fetch    download the SmolLM2 GGUF (and the calibration texts if no data directory holds them)
            into the cache (MAGR_CACHE_DIR, else $XDG_CACHE_HOME/magr, else ~/.cache/magr)
   llama-cpp
