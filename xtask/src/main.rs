@@ -57,7 +57,7 @@ commands:
            into the cache (MAGR_CACHE_DIR, else $XDG_CACHE_HOME/magr, else ~/.cache/magr)
   llama-cpp
            build llama.cpp's llama-quantize, llama-perplexity and llama-imatrix from the pinned,
-           sha256-checked source package into the cache (once; about 4 minutes on 2 cores)
+           sha256-checked source package into the cache (once; about 7 minutes on 2 cores)
   quantize with no arguments: fetch, build, and on SmolLM2 compare float / OPTQ / MagR+OPTQ
            at 3 bits per channel (perplexities and times); with arguments: `magr quantize ARGS`
   bench    the SmolLM2 table (RTN, MagR+RTN, OPTQ, MagR+OPTQ, MagR+OPTQ-dagger at w4, w3, w3g64,
