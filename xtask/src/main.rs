@@ -181,16 +181,9 @@ fn timed<T>(step: &str, run: impl FnOnce() -> Result<T, String>) -> Result<T, St
 }
 
 /// `check-cuda`: `cargo check` of the `cuda` feature with `build-cuda`'s environment, its
-/// kernels compiled without device optimisation ([`Kernels::Unoptimised`]) in a target
-/// directory of its own (`target/cuda-check`), so that no unoptimised kernel can reach
-/// `build-cuda`'s binary.
+/// kernels compiled without device optimisation ([`Kernels::Unoptimised`]).
 fn check_cuda() -> Result<(), String> {
-    let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
-    cargo_cuda(
-        "check",
-        &root.join("target/cuda-check"),
-        Kernels::Unoptimised,
-    )
+    cargo_cuda("check", Kernels::Unoptimised)
 }
 
 /// cargo-fuzz's version, installed by `fuzz` when `cargo fuzz` is missing.
@@ -626,8 +619,8 @@ const GPU_CUDA_LIB: &str = "/opt/torch/.venv/lib/python3.12/site-packages/nvidia
 const DIST_LIMIT: u64 = 60 << 20;
 
 /// How `cargo_cuda` has nvcc compile candle's CUDA kernels (its build script compiles
-/// them for `check` as for `build`).
-#[derive(Clone, Copy, PartialEq, Eq)]
+/// them for `check` as for `build`), and so which target directory it builds in.
+#[derive(Clone, Copy)]
 enum Kernels {
     /// nvcc's own optimisation (`-O3` in `cicc` and `ptxas`): the binary that runs.
     Optimised,
@@ -637,11 +630,24 @@ enum Kernels {
     Unoptimised,
 }
 
-/// Runs `cargo SUBCOMMAND --release -p magr-cli --features cuda --target-dir
-/// target/TARGET` with `cuda.md`'s environment: the pinned CUDA 13.0 wheels (in the
+impl Kernels {
+    /// The target directory of builds with these kernels: one each, since cudaforge
+    /// caches a kernel's object by its own arguments, not by nvcc's, so an unoptimised
+    /// object must never share a directory with the binary that runs.
+    fn target_dir(self) -> PathBuf {
+        let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+        root.join(match self {
+            Kernels::Optimised => "target/cuda",
+            Kernels::Unoptimised => "target/cuda-check",
+        })
+    }
+}
+
+/// Runs `cargo SUBCOMMAND --release -p magr-cli --features cuda` into
+/// [`Kernels::target_dir`] with `cuda.md`'s environment: the pinned CUDA 13.0 wheels (in the
 /// cache), their `nvcc` on the `PATH`, `CUDA_COMPUTE_CAP=90`, and the link folder with the
 /// `libcuda` stub (`cuda_build.py`) and the GPU machine's library path for a build.
-fn cargo_cuda(subcommand: &str, target: &Path, kernels: Kernels) -> Result<(), String> {
+fn cargo_cuda(subcommand: &str, kernels: Kernels) -> Result<(), String> {
     let python = venv("cuda-13.0", CUDA_PINS)?;
     let driver_rs = package_dir("cudarc")?.join("src/driver/sys/mod.rs");
     let link = cache_dir()?.join("cuda-link");
@@ -662,8 +668,9 @@ fn cargo_cuda(subcommand: &str, target: &Path, kernels: Kernels) -> Result<(), S
         Kernels::Optimised => None,
         Kernels::Unoptimised => Some(unoptimised_nvcc(Path::new(cu13))?),
     };
-    let jobs = std::thread::available_parallelism().map_or(2, usize::from);
-    let jobs = jobs.to_string();
+    let jobs = std::thread::available_parallelism()
+        .map_or(2, usize::from)
+        .to_string();
     let mut env = vec![
         ("PATH", OsStr::new(&path)),
         ("CUDA_COMPUTE_CAP", OsStr::new("90")),
@@ -683,7 +690,7 @@ fn cargo_cuda(subcommand: &str, target: &Path, kernels: Kernels) -> Result<(), S
             "--features",
             "cuda",
             "--target-dir",
-            table::path_str(target)?,
+            table::path_str(&kernels.target_dir())?,
         ],
         &env,
     )
@@ -718,8 +725,8 @@ fn unoptimised_nvcc(cu13: &Path) -> Result<PathBuf, String> {
 /// `build-cuda`: `cuda.md`'s recipe, then the folder to copy to the GPU machine.
 fn build_cuda() -> Result<PathBuf, String> {
     let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
-    let target = root.join("target/cuda");
-    cargo_cuda("build", &target, Kernels::Optimised)?;
+    let target = Kernels::Optimised.target_dir();
+    cargo_cuda("build", Kernels::Optimised)?;
     let dist = root.join("target/cuda-dist");
     std::fs::create_dir_all(&dist).map_err(|e| format!("{}: {e}", dist.display()))?;
     let compressed = std::fs::File::create(dist.join("magr.xz"))
