@@ -79,7 +79,7 @@ commands:
            MagR+OPTQ w4 (OPTQ alone with --no-magr) on the first 2 blocks of a generated
            7B-shaped model (written once, 1.9 GB) with N x 2048 calibration tokens (default
            128): seconds per block per stage, extrapolated to 32 blocks, and peak resident
-           memory, into docs/results.md
+           memory, into docs/results.md; an interrupted run continues from its checkpoint
   bench --micro [ARGS]
            the projection benchmarks (ARGS go to criterion), then MagR's and OPTQ's speed reports
   fuzz TARGET [--seconds N]

@@ -12,6 +12,10 @@
 //! blocks leave the memory, packed layers included (they are left in the checkpoint), so
 //! the peak is one block in f32, the calibration hidden states and the `H` matrices
 //! whatever the number of blocks.
+//!
+//! An interrupted bench continues from the run's checkpoint (`magr quantize --resume`):
+//! the seconds are then the whole run's (the checkpoint carries the finished blocks'),
+//! the peak memory is that of the process that finished the run, and the section says so.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -91,6 +95,7 @@ pub fn run(root: &Path, magr: &Path, results: &Path, options: &Options) -> Resul
         "--formats",
         "fake-quant,gptq",
         "--force",
+        "--resume",
         "--out",
         path_str(&out)?,
     ];
@@ -100,6 +105,7 @@ pub fn run(root: &Path, magr: &Path, results: &Path, options: &Options) -> Resul
     if let Some(store) = &options.hidden_store {
         args.extend(["--hidden-store", store]);
     }
+    let resumed = finished_blocks(&dir.join(format!("out-{id}.partial/checkpoint/state.json")));
     eprintln!("xtask: magr {}", args.join(" "));
     let status = Command::new("python3")
         .args(["-c", PEAK_RSS])
@@ -119,13 +125,29 @@ pub fn run(root: &Path, magr: &Path, results: &Path, options: &Options) -> Resul
     let report_path = out.join("report.json");
     let report: RunReport =
         read_typed(&report_path)?.ok_or_else(|| format!("{} is missing", report_path.display()))?;
-    let md = section(&report, options, peak, root);
+    let md = section(&report, options, peak, resumed, root);
     println!("{md}");
     crate::results::write_section(results, Some(SECTION_MARKER), &md)
 }
 
-/// The section: the stages per block, extrapolated to 32 blocks, and the peak memory.
-fn section(report: &RunReport, options: &Options, peak_bytes: f64, root: &Path) -> String {
+/// The blocks finished by an interrupted run, from its checkpoint's `state.json`
+/// (`next_block`); `None` when there is no checkpoint to resume from.
+fn finished_blocks(state: &Path) -> Option<usize> {
+    let text = std::fs::read_to_string(state).ok()?;
+    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
+    value["next_block"].as_u64().map(|n| n as usize)
+}
+
+/// The section: the stages per block, extrapolated to 32 blocks, and the peak memory
+/// (of the process that finished the run, which `resumed` after that many blocks when
+/// given).
+fn section(
+    report: &RunReport,
+    options: &Options,
+    peak_bytes: f64,
+    resumed: Option<usize>,
+    root: &Path,
+) -> String {
     let nsamples = options.nsamples;
     let t = &report.pipeline.seconds;
     let blocks = BLOCKS as f64;
@@ -176,12 +198,45 @@ fn section(report: &RunReport, options: &Options, peak_bytes: f64, root: &Path) 
         t.embed + per_block * FULL_BLOCKS as f64,
         (t.embed + per_block * FULL_BLOCKS as f64) / 3600.0
     );
-    let _ = writeln!(
-        md,
-        "\nPeak resident memory of the whole run (`getrusage`): **{:.2} GiB**; whole run \
-         {:.0} s.",
-        peak_bytes / f64::from(1u32 << 30),
-        report.seconds_total
-    );
+    let peak = peak_bytes / f64::from(1u32 << 30);
+    let _ = match resumed {
+        None => writeln!(
+            md,
+            "\nPeak resident memory of the whole run (`getrusage`): **{peak:.2} GiB**; whole \
+             run {:.0} s.",
+            report.seconds_total
+        ),
+        Some(done) => writeln!(
+            md,
+            "\nThe run was interrupted after {done} finished block(s) and resumed from its \
+             checkpoint (`--resume`): the stage seconds above are the whole run's (the \
+             checkpoint carries those of the finished blocks); peak resident memory of the \
+             process that resumed it (`getrusage`; it read the checkpointed hidden states \
+             back and ran the remaining blocks): **{peak:.2} GiB**; that process ran {:.0} s.",
+            report.seconds_total
+        ),
+    };
     md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::finished_blocks;
+
+    #[test]
+    fn finished_blocks_reads_the_checkpoint_state() {
+        let dir = std::env::temp_dir().join(format!("xtask-scale-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let state = dir.join("state.json");
+        assert_eq!(finished_blocks(&state), None, "no checkpoint");
+        std::fs::write(
+            &state,
+            r#"{"fingerprint": "f", "next_block": 1, "report": {}}"#,
+        )
+        .unwrap();
+        assert_eq!(finished_blocks(&state), Some(1));
+        std::fs::write(&state, "not json").unwrap();
+        assert_eq!(finished_blocks(&state), None, "unreadable state");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
