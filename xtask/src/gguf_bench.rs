@@ -8,7 +8,9 @@
 //! matrix (`magr rotate`): the same function, weights on no grid. For each K-quant
 //! preset or block format of [`TYPES`], five files made from it: (a) `llama-quantize`,
 //! (b) the same with an importance matrix from `llama-imatrix` on the calibration text,
-//! (c) magr RTN on the format's grid, (d) magr OPTQ, (e) magr MagR+OPTQ; token embedding
+//! (c) magr RTN on the format's grid, (d) magr OPTQ, (e) magr MagR+OPTQ with MagR's
+//! alpha chosen per layer on held-out calibration windows (`--alpha auto`: a fixed alpha
+//! costs every layer the same error however fine the grid); token embedding
 //! and output in F32 on every side; for a legacy format `--pure` on llama.cpp's side
 //! (every linear layer in the format, like magr's), for a preset the preset's own
 //! per-layer types on both sides. Each file is scored by `llama-perplexity -c 2048
@@ -84,8 +86,8 @@ const ROWS: [Row; 5] = [
         label: "magr OPTQ",
     },
     Row {
-        id: "magr-optq",
-        label: "magr MagR+OPTQ",
+        id: "magr-auto-optq",
+        label: "magr MagR (alpha auto)+OPTQ",
     },
 ];
 
@@ -94,7 +96,7 @@ fn magr_flags(row: &str) -> &'static [&'static str] {
     match row {
         "rtn" => &["--method", "rtn", "--no-magr"],
         "optq" => &["--method", "optq", "--no-magr"],
-        "magr-optq" => &["--method", "optq", "--magr-solver", "plain"],
+        "magr-auto-optq" => &["--method", "optq", "--alpha", "auto"],
         _ => &[],
     }
 }
@@ -489,8 +491,10 @@ fn write_section(records: &Records, results: &Path, machine: &str) -> Result<(),
          {CALIBRATION}` on the Wikipedia excerpt (its first {CALIBRATION} chunks of 2048 \
          tokens); magr's calibration: {CALIBRATION} windows of 2048 tokens of the same text, \
          seed 0. magr: block parameters by the diag(H)-weighted search (`--grid-fit \
-         weighted`, the default), MagR with the per-group reference alpha 1e-4 and 200 plain \
-         iterations. Perplexity of every file by `llama-perplexity -c 2048 --chunks \
+         weighted`, the default); MagR by FISTA (the default) with its alpha chosen per layer on \
+         held-out calibration windows (`--alpha auto`: 0, 1/2, 1, 2, 4, 8 or 16 times the \
+         per-group reference 1e-4, whichever gives the smallest layer loss after OPTQ on every \
+         4th window when fitted on the others; 0 is OPTQ alone). Perplexity of every file by `llama-perplexity -c 2048 --chunks \
          {EVAL_CHUNKS}` (scores the second half of each chunk) and by `magr eval` (first \
          {EVAL_CHUNKS} windows of 2048, every token) on WikiText-2 test, lines joined by a \
          blank line. llama.cpp built by `cargo xtask llama-cpp` (llama.cpp vendored in \
@@ -580,7 +584,7 @@ mod tests {
         let put = |id: &str, outcome| records.put(id, &Record::now("abc", 1.0, outcome)).unwrap();
         put(FLOAT, cell(18.80, 20.80));
         put("llama-imatrix-q4_k_m", cell(20.0, 22.0));
-        put("magr-optq-q4_k_m", cell(19.0, 21.0));
+        put("magr-auto-optq-q4_k_m", cell(19.0, 21.0));
         put("optq-q4_k_m", Outcome::Failed("boom".into()));
         let results = dir.join("results.md");
         write_section(&records, &results, "a machine").unwrap();
@@ -590,7 +594,7 @@ mod tests {
             "{md}"
         );
         assert!(
-            md.contains("| Q4_K_M | magr MagR+OPTQ | 19.00 | 21.00 | 0.950 | 188.6 | mixture | 450 | `abc` |"),
+            md.contains("| Q4_K_M | magr MagR (alpha auto)+OPTQ | 19.00 | 21.00 | 0.950 | 188.6 | mixture | 450 | `abc` |"),
             "{md}"
         );
         assert!(

@@ -64,10 +64,10 @@ commands:
            w2g64) into docs/results.md; continues an interrupted table (--fresh: from scratch;
            about 4 h on 2 cores)
   bench --gguf [--fresh]
-           magr's GGUF files (RTN, OPTQ, MagR+OPTQ on Q4_0, Q4_1, Q5_0 and the K-quant presets
-           Q2_K, Q3_K_S, Q3_K_M, Q4_K_M, Q5_K_M, Q6_K) against llama-quantize with and without an
-           imatrix, all made from SmolLM2 rotated (`magr rotate`: weights on no grid), judged by
-           llama-perplexity and magr eval, into docs/results.md; each cell recorded in
+           magr's GGUF files (RTN, OPTQ, MagR+OPTQ with --alpha auto on Q4_0, Q4_1, Q5_0 and the
+           K-quant presets Q2_K, Q3_K_S, Q3_K_M, Q4_K_M, Q5_K_M, Q6_K) against llama-quantize with
+           and without an imatrix, all made from SmolLM2 rotated (`magr rotate`: weights on no
+           grid), judged by llama-perplexity and magr eval, into docs/results.md; each cell recorded in
            docs/bench/gguf/ (commit them: the bench continues from them on another machine)
   bench --seeds [--fresh]
            RTN, MagR+RTN, OPTQ, MagR+OPTQ (MagR by FISTA, the default, and by 200 plain iterations), MagR+OPTQ-dagger
