@@ -105,6 +105,8 @@ pub fn run(root: &Path, magr: &Path, results: &Path, options: &Options) -> Resul
     if let Some(store) = &options.hidden_store {
         args.extend(["--hidden-store", store]);
     }
+    // The commit that runs the blocks, read before the run (commits made meanwhile are not).
+    let commit = commit(root);
     let resumed = finished_blocks(&dir.join(format!("out-{id}.partial/checkpoint/state.json")));
     eprintln!("xtask: magr {}", args.join(" "));
     let status = Command::new("python3")
@@ -125,7 +127,7 @@ pub fn run(root: &Path, magr: &Path, results: &Path, options: &Options) -> Resul
     let report_path = out.join("report.json");
     let report: RunReport =
         read_typed(&report_path)?.ok_or_else(|| format!("{} is missing", report_path.display()))?;
-    let md = section(&report, options, peak, resumed, root);
+    let md = section(&report, options, peak, resumed, &commit);
     println!("{md}");
     crate::results::write_section(results, Some(SECTION_MARKER), &md)
 }
@@ -140,13 +142,13 @@ fn finished_blocks(state: &Path) -> Option<usize> {
 
 /// The section: the stages per block, extrapolated to 32 blocks, and the peak memory
 /// (of the process that finished the run, which `resumed` after that many blocks when
-/// given).
+/// given), and the `commit` that ran it.
 fn section(
     report: &RunReport,
     options: &Options,
     peak_bytes: f64,
     resumed: Option<usize>,
-    root: &Path,
+    commit: &str,
 ) -> String {
     let nsamples = options.nsamples;
     let t = &report.pipeline.seconds;
@@ -179,7 +181,10 @@ fn section(
             "fewer windows than the paper's 128: the hidden states, and the capture and \
              propagate times, grow in proportion"
         },
-        commit(root)
+        match resumed {
+            None => commit.to_string(),
+            Some(_) => format!("{commit} (the blocks checkpointed before it: their own commit)"),
+        }
     );
     let _ = writeln!(md, "| stage | seconds per block | x {FULL_BLOCKS} blocks |");
     let _ = writeln!(md, "|---|---|---|");
