@@ -491,11 +491,11 @@ fn write_section(records: &Records, results: &Path, machine: &str) -> Result<(),
          {CALIBRATION}` on the Wikipedia excerpt (its first {CALIBRATION} chunks of 2048 \
          tokens); magr's calibration: {CALIBRATION} windows of 2048 tokens of the same text, \
          seed 0. magr: block parameters by the diag(H)-weighted search (`--grid-fit \
-         weighted`, the default); MagR by FISTA (the default) with its alpha chosen per layer on \
-         held-out calibration windows (`--alpha auto`: 0, 1/2, 1, 2, 4, 8 or 16 times the \
-         per-group reference 1e-4, whichever gives the smallest layer loss after OPTQ on every \
-         4th window when fitted on the others; 0 is OPTQ alone). Perplexity of every file by `llama-perplexity -c 2048 --chunks \
-         {EVAL_CHUNKS}` (scores the second half of each chunk) and by `magr eval` (first \
+         weighted`, the default); MagR by FISTA (the default) with its alpha chosen per \
+         layer on held-out calibration windows (`--alpha auto`: 0, 1/2, 1, 2, 4, 8 or 16 \
+         times the per-group reference 1e-4, whichever gives the smallest layer loss after \
+         OPTQ on every 4th window when fitted on the others; 0 is OPTQ alone). Perplexity of \
+         every file by `llama-perplexity -c 2048 --chunks {EVAL_CHUNKS}` (scores the second half of each chunk) and by `magr eval` (first \
          {EVAL_CHUNKS} windows of 2048, every token) on WikiText-2 test, lines joined by a \
          blank line. llama.cpp built by `cargo xtask llama-cpp` (llama.cpp vendored in \
          llama-cpp-python 0.3.36, AVX2). Machine: {machine}.\n"
