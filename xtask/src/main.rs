@@ -44,6 +44,9 @@ mod scale;
 mod seeds;
 mod table;
 
+/// The repository root: the workspace folder above `xtask/`.
+const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+
 const USAGE: &str = "usage: cargo xtask <command> [args]
 
 commands:
@@ -211,7 +214,7 @@ fn fuzz(args: &[String]) -> Result<(), String> {
     if !has_cargo_fuzz {
         cargo(&["install", "cargo-fuzz", "--version", CARGO_FUZZ, "--locked"])?;
     }
-    let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    let root = Path::new(ROOT);
     let corpus = root.join("fuzz/corpus");
     cargo(&[
         "run",
@@ -307,7 +310,7 @@ fn kills(args: &[String]) -> Result<(), String> {
 /// their own sections ([`gguf_bench`], [`seeds`], [`scale`]); `bench --micro [ARGS]`: the projection criterion
 /// benchmarks (ARGS go to criterion), then MagR's and OPTQ's speed reports.
 fn bench(args: &[String]) -> Result<(), String> {
-    let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    let root = Path::new(ROOT);
     match args.first().map(String::as_str) {
         Some("--micro") => micro_bench(&args[1..]),
         Some("--scale") => {
@@ -506,12 +509,11 @@ fn cargo(args: &[&str]) -> Result<(), String> {
 /// [`cargo`] with these environment variables set.
 fn cargo_with_env(args: &[&str], env: &[(&str, &OsStr)]) -> Result<(), String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
     eprintln!("xtask: {cargo} {}", args.join(" "));
     let status = Command::new(&cargo)
         .args(args)
         .envs(env.iter().copied())
-        .current_dir(root)
+        .current_dir(ROOT)
         .status()
         .map_err(|e| format!("could not run {cargo}: {e}"))?;
     if status.success() {
@@ -635,8 +637,7 @@ impl Kernels {
     /// caches a kernel's object by its own arguments, not by nvcc's, so an unoptimised
     /// object must never share a directory with the binary that runs.
     fn target_dir(self) -> PathBuf {
-        let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
-        root.join(match self {
+        Path::new(ROOT).join(match self {
             Kernels::Optimised => "target/cuda",
             Kernels::Unoptimised => "target/cuda-check",
         })
@@ -724,7 +725,7 @@ fn unoptimised_nvcc(cu13: &Path) -> Result<PathBuf, String> {
 
 /// `build-cuda`: `cuda.md`'s recipe, then the folder to copy to the GPU machine.
 fn build_cuda() -> Result<PathBuf, String> {
-    let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    let root = Path::new(ROOT);
     let target = Kernels::Optimised.target_dir();
     cargo_cuda("build", Kernels::Optimised)?;
     let dist = root.join("target/cuda-dist");
@@ -764,7 +765,7 @@ fn package_dir(name: &str) -> Result<PathBuf, String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     let output = Command::new(&cargo)
         .args(["metadata", "--format-version", "1", "--all-features"])
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .current_dir(ROOT)
         .stderr(Stdio::inherit())
         .output()
         .map_err(|e| format!("could not run {cargo} metadata: {e}"))?;
