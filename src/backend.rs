@@ -30,6 +30,36 @@ pub enum Windows {
     /// Every [`HELD_OUT_EVERY`]-th window (the 4th, 8th, ...): the held-out part of the
     /// calibration set; the others are the fitting part.
     HeldOut,
+    /// The last window of the fitting part (not held out): what a last-window setting is
+    /// fitted on while settings are chosen per layer.
+    LastNotHeldOut,
+}
+
+impl Windows {
+    /// The indices of the windows this selects out of `windows` calibration windows, in
+    /// order; `None` for [`Windows::All`] (every window, run batch by batch).
+    pub fn indices(self, windows: usize) -> Option<Vec<usize>> {
+        let held = |i: &usize| i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1;
+        match self {
+            Windows::All => None,
+            Windows::Last => Some(windows.checked_sub(1).into_iter().collect()),
+            Windows::HeldOut => Some((0..windows).filter(held).collect()),
+            Windows::LastNotHeldOut => {
+                Some((0..windows).rev().find(|i| !held(i)).into_iter().collect())
+            }
+        }
+    }
+
+    /// The windows a setting whose `H` comes from these is fitted on while settings are
+    /// chosen per layer: `None` for [`Windows::All`], whose fitting `H` is
+    /// `H_all - H_held`; [`Windows::LastNotHeldOut`] for [`Windows::Last`].
+    pub fn fitting(self) -> Option<Windows> {
+        match self {
+            Windows::All => None,
+            Windows::Last | Windows::LastNotHeldOut => Some(Windows::LastNotHeldOut),
+            Windows::HeldOut => Some(Windows::HeldOut),
+        }
+    }
 }
 
 /// One calibration window in this many is held out ([`Windows::HeldOut`]).
@@ -70,36 +100,34 @@ pub trait ComputeBackend: fmt::Debug + Send + Sync {
             }
         };
         let device = model.device();
-        match windows {
-            Windows::Last => {
-                let b = hidden.len().checked_sub(1).ok_or_else(|| {
-                    PipelineError::Calibration("no calibration hidden states".into())
-                })?;
-                let h = hidden.batch_f32(b, device)?;
-                let rows = h.dim(0)?;
-                let last = h.narrow(0, rows - 1, 1)?;
-                model.run_block_capturing(block, &last, par, &mut wanted)?;
+        match windows.indices(hidden.windows()?) {
+            None => {
+                for b in 0..hidden.len() {
+                    let h = hidden.batch_f32(b, device)?;
+                    model.run_block_capturing(block, &h, par, &mut wanted)?;
+                }
             }
-            Windows::HeldOut => {
+            Some(indices) => {
+                if indices.is_empty() {
+                    return Err(PipelineError::Calibration(format!(
+                        "no calibration window for an H of {windows:?}"
+                    )));
+                }
                 let mut first = 0;
                 for b in 0..hidden.len() {
                     let rows = hidden.windows_in(b)?;
-                    let held =
-                        (0..rows).filter(|i| (first + i) % HELD_OUT_EVERY == HELD_OUT_EVERY - 1);
-                    if held.clone().next().is_some() {
+                    let in_batch = indices
+                        .iter()
+                        .filter(|&&i| (first..first + rows).contains(&i))
+                        .map(|i| i - first);
+                    if in_batch.clone().next().is_some() {
                         let h = hidden.batch_f32(b, device)?;
-                        for i in held {
+                        for i in in_batch {
                             let window = h.narrow(0, i, 1)?;
                             model.run_block_capturing(block, &window, par, &mut wanted)?;
                         }
                     }
                     first += rows;
-                }
-            }
-            Windows::All => {
-                for b in 0..hidden.len() {
-                    let h = hidden.batch_f32(b, device)?;
-                    model.run_block_capturing(block, &h, par, &mut wanted)?;
                 }
             }
         }
@@ -156,5 +184,28 @@ impl ComputeBackend for Cpu {
 
     fn coordinate_descent<'a>(&'a self, cd: CoordinateDescent) -> Box<dyn Quantizer + 'a> {
         Box::new(cd)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Held out: every 4th window; the last not held out: the largest index that is
+        /// not; the last: the last; all: none listed (every window, batch by batch).
+        #[test]
+        fn windows_select_what_they_name(n in 0usize..40) {
+            let held = Windows::HeldOut.indices(n).unwrap();
+            prop_assert_eq!(&held, &(0..n).filter(|i| i % 4 == 3).collect::<Vec<_>>());
+            let last_fit = Windows::LastNotHeldOut.indices(n).unwrap();
+            let expected = (0..n).filter(|i| !held.contains(i)).max();
+            prop_assert_eq!(last_fit, expected.into_iter().collect::<Vec<_>>());
+            prop_assert_eq!(Windows::Last.indices(n).unwrap(), n.checked_sub(1).into_iter().collect::<Vec<_>>());
+            prop_assert_eq!(Windows::All.indices(n), None);
+            prop_assert_eq!(Windows::Last.fitting(), Some(Windows::LastNotHeldOut));
+            prop_assert_eq!(Windows::All.fitting(), None);
+        }
     }
 }

@@ -45,12 +45,13 @@ pub use output::{
     GptqFormat, OutputFormat, SavedBlock, output_format,
 };
 pub use pipeline::{
-    PipelineObserver, PipelineSettings, PipelineState, Progress, continue_quantize_model,
-    quantize_model,
+    BETA_CHOICES, PipelineObserver, PipelineSettings, PipelineState, Progress,
+    continue_quantize_model, quantize_model,
 };
 pub use preprocess::{
-    ALPHA_FACTORS, Alpha, Identity, MagrSettings, PREPROCESSORS, PreprocessContext,
-    PreprocessOptions, Preprocessed, Preprocessor, PreprocessorEntry, preprocessor,
+    ALPHA_FACTORS, Alpha, HESSIAN_CHOICES, Identity, MagrHessian, MagrSettings, PREPROCESSORS,
+    PreprocessContext, PreprocessOptions, Preprocessed, Preprocessor, PreprocessorEntry,
+    preprocessor,
 };
 
 pub use atomic_fs;

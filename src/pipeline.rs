@@ -37,6 +37,10 @@ use magr_report::{
     SettingsRecord,
 };
 
+/// The shrink factors that `--beta auto` tries on each layer
+/// ([`PipelineSettings::beta_choices`]).
+pub const BETA_CHOICES: [f32; 7] = [1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7];
+
 /// Everything that decides the output of [`quantize_model`].
 #[derive(Debug, Clone)]
 pub struct PipelineSettings {
@@ -47,6 +51,10 @@ pub struct PipelineSettings {
     pub gguf_preset: Option<GgufPreset>,
     /// The quantizer.
     pub method: Arc<dyn Method>,
+    /// Shrink factors of the grid to choose among layer by layer by the held-out layer
+    /// loss, with every setting of [`Preprocessor::choices`] (each pair is tried); empty:
+    /// the spec's `beta`. Not for GGUF grids (their block parameters are searched).
+    pub beta_choices: Vec<f32>,
     /// What runs before the quantizer (MagR, or the identity).
     pub preprocessor: Arc<dyn Preprocessor>,
     /// OPTQ's act-order.
@@ -75,6 +83,7 @@ impl PipelineSettings {
             spec,
             gguf_preset: None,
             method: Arc::new(OptqMethod),
+            beta_choices: Vec::new(),
             preprocessor: Arc::new(MagrSettings::fista(&spec)),
             act_order: false,
             true_sequential: false,
@@ -95,6 +104,16 @@ impl PipelineSettings {
     /// [`PipelineError::Settings`] naming the layer and its width;
     /// [`PipelineError::Calibration`] naming the window length and the context.
     pub fn check(&self, config: &LlamaConfig, window: usize) -> Result<(), PipelineError> {
+        if !self.beta_choices.is_empty() && self.gguf_name().is_some() {
+            return Err(PipelineError::Settings(
+                "the shrink factor cannot be chosen on GGUF grids: their block parameters \
+                 are searched"
+                    .into(),
+            ));
+        }
+        for &beta in &self.beta_choices {
+            self.spec_with_beta(beta)?;
+        }
         for block in 0..config.num_hidden_layers {
             for kind in LinearKind::ALL {
                 let (_, inputs) = kind.shape(config);
@@ -131,6 +150,17 @@ impl PipelineSettings {
         }
     }
 
+    /// [`PipelineSettings::spec`] with shrink factor `beta`.
+    fn spec_with_beta(&self, beta: f32) -> Result<GridSpec, PipelineError> {
+        let s = self.spec;
+        Ok(GridSpec::new(
+            s.bits(),
+            s.group_size(),
+            s.symmetric(),
+            beta,
+        )?)
+    }
+
     /// The GGUF type or preset name of the run (`q4_0`, `q4_k_m`), if any.
     fn gguf_name(&self) -> Option<&'static str> {
         self.gguf_preset
@@ -152,6 +182,7 @@ impl PipelineSettings {
             group_size: self.spec.group_size(),
             symmetric: self.spec.symmetric(),
             beta: self.spec.beta(),
+            beta_choices: self.beta_choices.clone(),
             gguf_type: self.gguf_name().map(str::to_string),
             method: ComponentRecord {
                 name: self.method.name().to_string(),
@@ -353,17 +384,30 @@ pub fn continue_quantize_model(
         )));
     }
     let backend = settings.backend.as_ref();
-    let preprocess_windows = settings.preprocessor.windows();
-    let choices = settings.preprocessor.choices();
-    if !choices.is_empty() {
+    let preprocessor_choices = settings.preprocessor.choices();
+    let candidates = Candidate::all(settings, &preprocessor_choices);
+    // The windows of every H the layers need besides all of them.
+    let mut captured: Vec<Windows> = Vec::new();
+    let mut need = |w: Windows| {
+        if w != Windows::All && !captured.contains(&w) {
+            captured.push(w);
+        }
+    };
+    if candidates.is_empty() {
+        need(settings.preprocessor.windows());
+    } else {
         let windows = state.hidden.windows()?;
-        if windows < HELD_OUT_EVERY || preprocess_windows != Windows::All {
+        if windows < HELD_OUT_EVERY {
             return Err(PipelineError::Settings(format!(
-                "choosing {}'s settings per layer needs its H from all windows and at least \
-                 {HELD_OUT_EVERY} calibration windows (one in {HELD_OUT_EVERY} is held out); \
-                 this run has {windows}",
-                settings.preprocessor
+                "choosing settings per layer needs at least {HELD_OUT_EVERY} calibration \
+                 windows (one in {HELD_OUT_EVERY} is held out); this run has {windows}"
             )));
+        }
+        need(Windows::HeldOut);
+        for c in &candidates {
+            let w = c.preprocessor.windows();
+            need(w);
+            w.fitting().into_iter().for_each(&mut need);
         }
     }
     for block in state.next_block..blocks {
@@ -383,29 +427,24 @@ pub fn continue_quantize_model(
                 backend.hessians(model, block, &state.hidden, inputs, windows, settings.par)
             };
             let all = hessians(Windows::All)?;
-            let own = match preprocess_windows {
-                Windows::All => None,
-                windows => Some(hessians(windows)?),
-            };
-            let held_out = match choices.is_empty() {
-                true => None,
-                false => Some(hessians(Windows::HeldOut)?),
-            };
+            let others = captured
+                .iter()
+                .map(|&w| Ok((w, hessians(w)?)))
+                .collect::<Result<Vec<_>, PipelineError>>()?;
             report.seconds.capture += start.elapsed().as_secs_f64();
             for (n, &input) in inputs.iter().enumerate() {
+                let layer_hessians = LayerHessians(
+                    std::iter::once((Windows::All, &all[n]))
+                        .chain(others.iter().map(|(w, h)| (*w, &h[n])))
+                        .collect(),
+                );
                 for &kind in input.consumers() {
-                    let h_preprocess = own.as_ref().map_or(&all[n], |h| &h[n]);
-                    let choice = held_out.as_ref().map(|h| Choice {
-                        choices: &choices,
-                        h_all: &all[n],
-                        h_held: &h[n],
-                    });
                     let record = quantize_layer(
                         model,
                         block,
                         kind,
-                        (&all[n], h_preprocess),
-                        choice,
+                        &layer_hessians,
+                        &candidates,
                         settings,
                         observer,
                     )
@@ -434,70 +473,141 @@ pub fn continue_quantize_model(
     Ok(state.report)
 }
 
-/// The preprocessor settings to choose among for a layer ([`Preprocessor::choices`]), with
-/// `H` of all calibration windows and of the held-out ones.
-struct Choice<'a> {
-    choices: &'a [Box<dyn Preprocessor>],
-    h_all: &'a Mat<f32>,
-    h_held: &'a Mat<f32>,
-}
+/// A layer's `H` of each set of windows the run captured ([`Windows::All`] first).
+struct LayerHessians<'a>(Vec<(Windows, &'a Mat<f32>)>);
 
-impl Choice<'_> {
-    /// Fits each choice (preprocessor, then the run's quantizer) with the `H` of the
-    /// windows not held out, `H_all - H_held`, and scores it by the held-out layer loss
-    /// `tr((W0 - Q)^T H_held (W0 - Q))`; returns the best (the first on a tie) and the
-    /// scores.
-    fn choose(
-        &self,
-        w0: MatRef<'_, f32>,
-        context: &PreprocessContext<'_>,
-        quantizer: &dyn Quantizer,
-    ) -> Result<(usize, LayerChoice), PipelineError> {
-        let start = Instant::now();
-        let h_fit = Mat::from_fn(self.h_all.nrows(), self.h_all.ncols(), |i, k| {
-            self.h_all[(i, k)] - self.h_held[(i, k)]
-        });
-        let mut tried = Vec::with_capacity(self.choices.len());
-        for choice in self.choices {
-            let preprocessed = choice.apply(w0, h_fit.as_ref(), context)?;
-            let weights = preprocessed.weights.as_ref().map_or(w0, |w| w.as_ref());
-            let problem = LayerProblem::new(weights, h_fit.as_ref()).with_original(w0);
-            let q = quantizer.quantize(&problem)?.into_dequantized();
-            // tr((Q - W0)^T H_held (Q - W0)), per column, by the quadratic MagR minimises.
-            let held_out_loss: f64 = Quadratic::with_lipschitz(self.h_held.as_ref(), w0, 0.0)?
-                .column_errors(q.as_ref(), context.par)
-                .iter()
-                .sum();
-            tried.push(ChoiceScore {
-                parameters: choice.parameters(),
-                held_out_loss,
-            });
+impl LayerHessians<'_> {
+    /// `H` of `windows`.
+    fn get(&self, windows: Windows) -> Result<&Mat<f32>, PipelineError> {
+        self.0
+            .iter()
+            .find(|(w, _)| *w == windows)
+            .map(|(_, h)| *h)
+            .ok_or_else(|| PipelineError::Settings(format!("no H captured for {windows:?}")))
+    }
+
+    /// `H` of the windows that a setting whose `H` is of `windows` is fitted on while
+    /// settings are chosen ([`Windows::fitting`]): `H_all - H_held` for all windows.
+    fn fitting(&self, windows: Windows) -> Result<Mat<f32>, PipelineError> {
+        match windows.fitting() {
+            Some(w) => Ok(self.get(w)?.clone()),
+            None => {
+                let (all, held) = (self.get(Windows::All)?, self.get(Windows::HeldOut)?);
+                Ok(Mat::from_fn(all.nrows(), all.ncols(), |i, k| {
+                    all[(i, k)] - held[(i, k)]
+                }))
+            }
         }
-        let chosen = (0..tried.len())
-            .min_by(|&a, &b| tried[a].held_out_loss.total_cmp(&tried[b].held_out_loss))
-            .ok_or_else(|| PipelineError::Settings("no settings to choose among".into()))?;
-        let seconds = start.elapsed().as_secs_f64();
-        Ok((
-            chosen,
-            LayerChoice {
-                tried,
-                chosen,
-                seconds,
-            },
-        ))
     }
 }
 
-/// Preprocesses and quantizes layer `kind` of `block` with `hessians` (the quantizer's,
-/// the preprocessor's), hands the result to `observer` and writes the dequantized
-/// weights into `model`. With a `choice`, the preprocessor's settings for the layer are
-/// the one [`Choice::choose`] picks.
+/// One setting a layer may be quantized with: a preprocessor (the run's, or one of its
+/// [`Preprocessor::choices`]) and a shrink factor of the grid (`None`: the spec's).
+#[derive(Clone, Copy)]
+struct Candidate<'a> {
+    preprocessor: &'a dyn Preprocessor,
+    beta: Option<f32>,
+}
+
+impl<'a> Candidate<'a> {
+    /// Every setting to choose among per layer: each of `choices` (or the run's
+    /// preprocessor) with each of the settings' shrink factors; empty when the run
+    /// chooses nothing.
+    fn all(settings: &'a PipelineSettings, choices: &'a [Box<dyn Preprocessor>]) -> Vec<Self> {
+        if choices.is_empty() && settings.beta_choices.is_empty() {
+            return Vec::new();
+        }
+        let preprocessors: Vec<&dyn Preprocessor> = match choices.is_empty() {
+            true => vec![settings.preprocessor.as_ref()],
+            false => choices.iter().map(Box::as_ref).collect(),
+        };
+        let betas: Vec<Option<f32>> = match settings.beta_choices.is_empty() {
+            true => vec![None],
+            false => settings.beta_choices.iter().copied().map(Some).collect(),
+        };
+        preprocessors
+            .iter()
+            .flat_map(|&preprocessor| betas.iter().map(move |&beta| Self { preprocessor, beta }))
+            .collect()
+    }
+
+    /// The preprocessor's parameters, with `beta` when the shrink factor is chosen.
+    fn parameters(&self) -> serde_json::Value {
+        let mut parameters = self.preprocessor.parameters();
+        if let (Some(beta), Some(fields)) = (self.beta, parameters.as_object_mut()) {
+            // The f32's shortest decimal (0.95, not 0.949999988079071).
+            let decimal: f64 = beta.to_string().parse().unwrap_or(f64::from(beta));
+            fields.insert("beta".into(), serde_json::json!(decimal));
+        }
+        parameters
+    }
+}
+
+/// Fits each of `candidates` (preprocessor, then the run's quantizer with the candidate's
+/// shrink factor, `quantizer(beta)`) on the `H` of the windows not held out
+/// ([`LayerHessians::fitting`]) and scores it by the held-out layer loss
+/// `tr((W0 - Q)^T H_held (W0 - Q))`; returns the best (the first on a tie) and the scores.
+fn choose<'q>(
+    candidates: &[Candidate<'_>],
+    hessians: &LayerHessians<'_>,
+    w0: MatRef<'_, f32>,
+    context: &PreprocessContext<'_>,
+    quantizer: &dyn Fn(Option<f32>) -> Result<Box<dyn Quantizer + 'q>, PipelineError>,
+) -> Result<(usize, LayerChoice), PipelineError> {
+    let start = Instant::now();
+    let h_held = hessians.get(Windows::HeldOut)?;
+    let mut fitting: Vec<(Windows, Mat<f32>)> = Vec::new();
+    let mut tried = Vec::with_capacity(candidates.len());
+    for candidate in candidates {
+        let windows = candidate.preprocessor.windows();
+        if !fitting.iter().any(|(w, _)| *w == windows) {
+            fitting.push((windows, hessians.fitting(windows)?));
+        }
+        let h_fit = &fitting
+            .iter()
+            .find(|(w, _)| *w == windows)
+            .expect("pushed")
+            .1;
+        let preprocessed = candidate.preprocessor.apply(w0, h_fit.as_ref(), context)?;
+        let weights = preprocessed.weights.as_ref().map_or(w0, |w| w.as_ref());
+        let problem = LayerProblem::new(weights, h_fit.as_ref()).with_original(w0);
+        let q = quantizer(candidate.beta)?
+            .quantize(&problem)?
+            .into_dequantized();
+        // tr((Q - W0)^T H_held (Q - W0)), per column, by the quadratic MagR minimises.
+        let held_out_loss: f64 = Quadratic::with_lipschitz(h_held.as_ref(), w0, 0.0)?
+            .column_errors(q.as_ref(), context.par)
+            .iter()
+            .sum();
+        tried.push(ChoiceScore {
+            parameters: candidate.parameters(),
+            held_out_loss,
+        });
+    }
+    let chosen = (0..tried.len())
+        .min_by(|&a, &b| tried[a].held_out_loss.total_cmp(&tried[b].held_out_loss))
+        .ok_or_else(|| PipelineError::Settings("no settings to choose among".into()))?;
+    let seconds = start.elapsed().as_secs_f64();
+    Ok((
+        chosen,
+        LayerChoice {
+            tried,
+            chosen,
+            seconds,
+        },
+    ))
+}
+
+/// Preprocesses and quantizes layer `kind` of `block` with its `hessians`, hands the
+/// result to `observer` and writes the dequantized weights into `model`. With
+/// `candidates`, the layer's setting is the one [`choose`] picks, fitted again on all
+/// windows (the preprocessor on its own windows' `H`); else the run's.
 fn quantize_layer(
     model: &mut Model,
     block: usize,
     kind: LinearKind,
-    (h, h_preprocess): (&Mat<f32>, &Mat<f32>),
-    choice: Option<Choice<'_>>,
+    hessians: &LayerHessians<'_>,
+    candidates: &[Candidate<'_>],
     settings: &PipelineSettings,
     observer: &mut dyn PipelineObserver,
 ) -> Result<LayerRecord, PipelineError> {
@@ -514,19 +624,34 @@ fn quantize_layer(
         par: settings.par,
         backend,
     };
-    let quantizer = settings.method.quantizer(&QuantizerContext {
-        spec,
-        act_order: settings.act_order,
-        par: settings.par,
-        backend,
-    });
-    let (preprocessor, layer_choice) = match choice {
-        None => (settings.preprocessor.as_ref(), None),
-        Some(choice) => {
-            let (best, record) = choice.choose(w0.as_ref(), &context, quantizer.as_ref())?;
-            (choice.choices[best].as_ref(), Some(record))
+    let quantizer = |beta: Option<f32>| -> Result<Box<dyn Quantizer + '_>, PipelineError> {
+        let spec = match beta {
+            None => spec,
+            Some(beta) => settings.spec_with_beta(beta)?,
+        };
+        Ok(settings.method.quantizer(&QuantizerContext {
+            spec,
+            act_order: settings.act_order,
+            par: settings.par,
+            backend,
+        }))
+    };
+    let (setting, layer_choice) = match candidates.is_empty() {
+        true => {
+            let run = Candidate {
+                preprocessor: settings.preprocessor.as_ref(),
+                beta: None,
+            };
+            (run, None)
+        }
+        false => {
+            let (best, record) = choose(candidates, hessians, w0.as_ref(), &context, &quantizer)?;
+            (candidates[best], Some(record))
         }
     };
+    let h = hessians.get(Windows::All)?;
+    let h_preprocess = hessians.get(setting.preprocessor.windows())?;
+    let preprocessor = setting.preprocessor;
     let preprocessed = preprocessor.apply(w0.as_ref(), h_preprocess.as_ref(), &context)?;
     for warning in preprocessed.record.iter().flat_map(|r| &r.warnings) {
         observer.warning(block, kind, warning);
@@ -541,7 +666,7 @@ fn quantize_layer(
     let problem = LayerProblem::new(to_quantize.as_ref(), h.as_ref()).with_original(w0.as_ref());
 
     let start = Instant::now();
-    let q: QuantizedLinear = quantizer.quantize(&problem)?;
+    let q: QuantizedLinear = quantizer(setting.beta)?.quantize(&problem)?;
     let quantize_seconds = start.elapsed().as_secs_f64();
     observer.layer_quantized(block, kind, &q)?;
     let layer_loss = q.layer_loss();

@@ -91,7 +91,7 @@ pub struct PreprocessOptions {
     /// MagR's solver (default: FISTA; plain is the reference's).
     pub solver: Option<Solver>,
     /// Which windows form MagR's `H` (default: all).
-    pub windows: Option<Windows>,
+    pub windows: Option<MagrHessian>,
 }
 
 impl PreprocessOptions {
@@ -138,11 +138,17 @@ pub static PREPROCESSORS: &[PreprocessorEntry] = &[
                 Some(Alpha::Value(a)) => (a, false),
                 Some(Alpha::PerLayer) => (defaults.alpha, true),
             };
+            let (windows, windows_per_layer) = match o.windows {
+                None => (defaults.windows, false),
+                Some(MagrHessian::Windows(w)) => (w, false),
+                Some(MagrHessian::PerLayer) => (defaults.windows, true),
+            };
             Box::new(MagrSettings {
                 alpha,
                 alpha_per_layer,
                 iterations: o.iterations.unwrap_or(defaults.iterations),
-                windows: o.windows.unwrap_or(defaults.windows),
+                windows,
+                windows_per_layer,
                 ..defaults
             })
         },
@@ -222,6 +228,21 @@ pub enum Alpha {
     PerLayer,
 }
 
+/// Which windows form MagR's `H` as the CLI takes it (`--magr-hessian last`,
+/// `--magr-hessian auto`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MagrHessian {
+    /// These windows.
+    Windows(Windows),
+    /// Chosen per layer from [`HESSIAN_CHOICES`] by the held-out layer loss
+    /// ([`Preprocessor::choices`]).
+    PerLayer,
+}
+
+/// The `H`s that `--magr-hessian auto` tries on each layer: all windows, and the last one
+/// (the reference code's).
+pub const HESSIAN_CHOICES: [Windows; 2] = [Windows::All, Windows::Last];
+
 /// The alphas that `--alpha auto` tries on each layer, as multiples of the reference
 /// value (1e-3 per channel, 1e-4 per group); 0 leaves the layer as it is.
 pub const ALPHA_FACTORS: [f64; 7] = [0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0];
@@ -242,6 +263,9 @@ pub struct MagrSettings {
     pub solver: Solver,
     /// Which windows form `H`.
     pub windows: Windows,
+    /// Choose the windows per layer among [`HESSIAN_CHOICES`] by the held-out layer loss
+    /// ([`Preprocessor::choices`]) instead of using `windows` itself.
+    pub windows_per_layer: bool,
 }
 
 impl MagrSettings {
@@ -258,6 +282,7 @@ impl MagrSettings {
             iterations: 200,
             solver: Solver::Plain,
             windows: Windows::All,
+            windows_per_layer: false,
         }
     }
 
@@ -314,10 +339,12 @@ impl Preprocessor for MagrSettings {
                 Solver::Plain => "plain",
                 Solver::Fista => "fista",
             },
-            "hessian": match self.windows {
-                Windows::All => "all windows",
-                Windows::Last => "last window",
-                Windows::HeldOut => "held-out windows",
+            "hessian": match (self.windows_per_layer, self.windows) {
+                (true, _) => "per layer: all windows or the last",
+                (false, Windows::All) => "all windows",
+                (false, Windows::Last) => "last window",
+                (false, Windows::HeldOut) => "held-out windows",
+                (false, Windows::LastNotHeldOut) => "last window not held out",
             },
         })
     }
@@ -326,20 +353,37 @@ impl Preprocessor for MagrSettings {
         self.windows
     }
 
+    /// The alphas (of `--alpha auto`, else the one) times the windows of `H` (of
+    /// `--magr-hessian auto`, else the one); alpha 0 once, since it leaves `W0` whatever
+    /// the `H`.
     fn choices(&self) -> Vec<Box<dyn Preprocessor>> {
-        if !self.alpha_per_layer {
+        if !self.alpha_per_layer && !self.windows_per_layer {
             return Vec::new();
         }
-        ALPHA_FACTORS
-            .iter()
-            .map(|&f| -> Box<dyn Preprocessor> {
-                Box::new(MagrSettings {
-                    alpha: f * self.alpha,
+        let alphas: Vec<f64> = match self.alpha_per_layer {
+            true => ALPHA_FACTORS.iter().map(|f| f * self.alpha).collect(),
+            false => vec![self.alpha],
+        };
+        let windows: &[Windows] = match self.windows_per_layer {
+            true => &HESSIAN_CHOICES,
+            false => std::slice::from_ref(&self.windows),
+        };
+        let mut choices: Vec<Box<dyn Preprocessor>> = Vec::new();
+        for &alpha in &alphas {
+            for (k, &windows) in windows.iter().enumerate() {
+                if alpha == 0.0 && k > 0 {
+                    continue;
+                }
+                choices.push(Box::new(MagrSettings {
+                    alpha,
                     alpha_per_layer: false,
+                    windows,
+                    windows_per_layer: false,
                     ..*self
-                })
-            })
-            .collect()
+                }));
+            }
+        }
+        choices
     }
 
     fn apply(
@@ -348,9 +392,9 @@ impl Preprocessor for MagrSettings {
         h: MatRef<'_, f32>,
         context: &PreprocessContext<'_>,
     ) -> Result<Preprocessed, PipelineError> {
-        if self.alpha_per_layer {
+        if self.alpha_per_layer || self.windows_per_layer {
             return Err(PipelineError::Settings(
-                "MagR with alpha chosen per layer runs through its choices, not as it is".into(),
+                "MagR with settings chosen per layer runs through its choices, not as it is".into(),
             ));
         }
         let options = self.options(&context.spec, context.par);
@@ -429,7 +473,7 @@ mod tests {
                 ..PreprocessOptions::default()
             },
             PreprocessOptions {
-                windows: Some(Windows::Last),
+                windows: Some(MagrHessian::Windows(Windows::Last)),
                 ..PreprocessOptions::default()
             },
         ];

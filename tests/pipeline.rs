@@ -204,34 +204,58 @@ fn bad_calibration_and_settings_are_errors() {
     assert!(quantize_model(&mut model, &out_of_vocab, &s, &mut |_| {}).is_err());
 }
 
-/// `--alpha auto`: each layer tries 0, 1/2, 1, 2, 4, 8, 16 times the reference alpha, each
-/// fitted (MagR, then the quantizer; RTN here) on the `H` of the windows not held out and scored on the
-/// held-out ones (every 4th window: here windows 3 and 7, in the second and third batch
-/// of 3), and takes the smallest score. For block 0's layers (whose inputs are the float
-/// model's) every score is recomputed here from the captured inputs: `H` of the fitting
-/// windows summed in f64, the held-out loss as `sum_t ||x_t (W0 - Q)||^2` over the
-/// held-out tokens.
-#[test]
-fn alpha_auto_chooses_each_layer_by_the_held_out_loss() {
+/// Settings chosen per layer: each layer tries every setting (MagR's alphas and `H`
+/// windows, the grid's shrink factor), each fitted (MagR, then the quantizer; RTN here) on
+/// the windows not held out and scored on the held-out ones (every 4th window: here
+/// windows 3 and 7, in the second and third batch of 3), and takes the smallest score. A
+/// last-window setting is fitted on the last window not held out (window 6). For block
+/// 0's layers (whose inputs are the float model's) every score is recomputed here from
+/// the captured inputs: `H` of the fitting tokens summed in f64, the held-out loss as
+/// `sum_t ||x_t (W0 - Q)||^2` over the held-out tokens.
+fn check_choices_by_the_held_out_loss(magr: MagrSettings, beta_choices: &[f32]) {
     use magr::candle_core::Tensor;
     use magr::llama_io::LinearInput;
     use magr::quantizers::LayerProblem;
-    use magr::{ALPHA_FACTORS, Cpu, PreprocessContext, QuantizerContext};
+    use magr::{
+        ALPHA_FACTORS, ComputeBackend, Cpu, HESSIAN_CHOICES, HiddenStates, PreprocessContext,
+        QuantizerContext,
+    };
 
     let (count, len) = (8, 16);
     let calibration = windows(count, len, 31);
     let spec = GridSpec::reference(3, None).unwrap();
-    let magr = MagrSettings {
-        alpha_per_layer: true,
-        iterations: 20,
-        ..MagrSettings::fista(&spec)
-    };
     // RTN: OPTQ's codes can flip under the rounding of another summation of `H`.
-    let s = settings(spec, Arc::new(RtnMethod), Some(magr));
+    let s = PipelineSettings {
+        beta_choices: beta_choices.to_vec(),
+        ..settings(spec, Arc::new(RtnMethod), Some(magr))
+    };
     let mut model = tiny_model(32);
     let float = tiny_model(32);
     let report = quantize_model(&mut model, &calibration, &s, &mut |_| {}).unwrap();
     assert!(report.layers.iter().all(|l| l.choice.is_some()));
+
+    // Every setting, in the order tried: alpha, then windows, then beta.
+    let alphas: Vec<f64> = match magr.alpha_per_layer {
+        true => ALPHA_FACTORS.iter().map(|f| f * magr.alpha).collect(),
+        false => vec![magr.alpha],
+    };
+    let hessians: &[Windows] = match magr.windows_per_layer {
+        true => &HESSIAN_CHOICES,
+        false => std::slice::from_ref(&magr.windows),
+    };
+    let betas: Vec<Option<f32>> = match beta_choices.is_empty() {
+        true => vec![None],
+        false => beta_choices.iter().copied().map(Some).collect(),
+    };
+    let mut expected = Vec::new();
+    for &alpha in &alphas {
+        for (k, &windows) in hessians.iter().enumerate() {
+            // Alpha 0 leaves W0 whatever the H: tried once.
+            if alpha != 0.0 || k == 0 {
+                expected.extend(betas.iter().map(|&beta| (alpha, windows, beta)));
+            }
+        }
+    }
 
     // Block 0's inputs, token rows in window order.
     let mut inputs: Vec<(LinearInput, Vec<f32>, usize)> = Vec::new();
@@ -257,12 +281,30 @@ fn alpha_auto_chooses_each_layer_by_the_held_out_loss() {
             .unwrap();
         let tokens = x.len() / width;
         assert_eq!(tokens, count * len);
-        let h_fit = faer::Mat::<f32>::from_fn(width, width, |i, k| {
-            (0..tokens)
-                .filter(|&t| !held(t))
-                .map(|t| f64::from(x[t * width + i]) * f64::from(x[t * width + k]))
-                .sum::<f64>() as f32
-        });
+        // The H that a setting is fitted on, by the library's accumulator over the
+        // windows chosen here, batched as the run batches them (3 windows; a held-out
+        // window alone), so that MagR's result and RTN's codes see the same rounding.
+        let h_windows = |batches: &[&[usize]]| {
+            let hidden = HiddenStates::resident(
+                (batches.iter())
+                    .map(|b| {
+                        let b: Vec<Vec<u32>> = b.iter().map(|&i| calibration[i].clone()).collect();
+                        float.embed(&b).unwrap()
+                    })
+                    .collect(),
+            );
+            (Cpu.hessians(&float, 0, &hidden, &[kind.input()], Windows::All, Par::Seq))
+                .unwrap()
+                .remove(0)
+        };
+        // All windows: H_all - H_held (as the contract says); the last window: the last
+        // not held out, window 6.
+        let h_fit = |windows: Windows| match windows {
+            Windows::All => {
+                h_windows(&[&[0, 1, 2], &[3, 4, 5], &[6, 7]]) - h_windows(&[&[3], &[7]])
+            }
+            _ => h_windows(&[&[6]]),
+        };
         let (outputs, n_in) = float.linear_shape(kind);
         let w = float.linear_weight(0, kind).unwrap();
         let w0 = faer::Mat::from_fn(n_in, outputs, |i, j| w[j * n_in + i]);
@@ -271,27 +313,40 @@ fn alpha_auto_chooses_each_layer_by_the_held_out_loss() {
             par: Par::Seq,
             backend: &Cpu,
         };
-        let quantizer = RtnMethod.quantizer(&QuantizerContext {
-            spec,
-            act_order: false,
-            par: Par::Seq,
-            backend: &Cpu,
-        });
         let choice = record.choice.as_ref().unwrap();
-        assert_eq!(choice.tried.len(), ALPHA_FACTORS.len());
+        assert_eq!(choice.tried.len(), expected.len());
         let mut losses = Vec::new();
-        for (factor, tried) in ALPHA_FACTORS.iter().zip(&choice.tried) {
-            let alpha = factor * magr.alpha;
+        for (&(alpha, windows, beta), tried) in expected.iter().zip(&choice.tried) {
             assert_eq!(tried.parameters["alpha"], alpha);
+            let hessian = match windows {
+                Windows::All => "all windows",
+                _ => "last window",
+            };
+            assert_eq!(tried.parameters["hessian"], hessian);
+            let decimal = beta.map(|b| b.to_string().parse::<f64>().unwrap());
+            assert_eq!(
+                tried.parameters.get("beta").map(|b| b.as_f64().unwrap()),
+                decimal
+            );
             let fixed = MagrSettings {
                 alpha,
                 alpha_per_layer: false,
+                windows,
+                windows_per_layer: false,
                 ..magr
             };
-            let pre = fixed.apply(w0.as_ref(), h_fit.as_ref(), &context).unwrap();
+            let h = h_fit(windows);
+            let pre = fixed.apply(w0.as_ref(), h.as_ref(), &context).unwrap();
             let weights = pre.weights.unwrap();
             let problem =
-                LayerProblem::new(weights.as_ref(), h_fit.as_ref()).with_original(w0.as_ref());
+                LayerProblem::new(weights.as_ref(), h.as_ref()).with_original(w0.as_ref());
+            let spec = beta.map_or(spec, |b| GridSpec::new(3, None, false, b).unwrap());
+            let quantizer = RtnMethod.quantizer(&QuantizerContext {
+                spec,
+                act_order: false,
+                par: Par::Seq,
+                backend: &Cpu,
+            });
             let q = quantizer.quantize(&problem).unwrap().into_dequantized();
             let loss: f64 = (0..tokens)
                 .filter(|&t| held(t))
@@ -308,7 +363,13 @@ fn alpha_auto_chooses_each_layer_by_the_held_out_loss() {
                         .sum::<f64>()
                 })
                 .sum();
-            approx::assert_relative_eq!(tried.held_out_loss, loss, max_relative = 1e-4);
+            assert!(
+                approx::relative_eq!(tried.held_out_loss, loss, max_relative = 1e-4),
+                "{} {:?}: {} against {loss}",
+                record.layer,
+                tried.parameters,
+                tried.held_out_loss
+            );
             losses.push(loss);
         }
         let best = (0..losses.len())
@@ -322,28 +383,132 @@ fn alpha_auto_chooses_each_layer_by_the_held_out_loss() {
     }
 }
 
+/// `--alpha auto`: 0, 1/2, 1, 2, 4, 8, 16 times the reference alpha.
 #[test]
-fn alpha_auto_needs_all_windows_for_magr_and_four_windows() {
+fn alpha_auto_chooses_each_layer_by_the_held_out_loss() {
+    let spec = GridSpec::reference(3, None).unwrap();
+    let magr = MagrSettings {
+        alpha_per_layer: true,
+        iterations: 20,
+        ..MagrSettings::fista(&spec)
+    };
+    check_choices_by_the_held_out_loss(magr, &[]);
+}
+
+/// `--alpha auto --magr-hessian auto --beta auto`: every alpha with both `H`s (alpha 0
+/// once) and each shrink factor (two of them here).
+#[test]
+fn alpha_hessian_and_beta_are_chosen_together_by_the_held_out_loss() {
+    let spec = GridSpec::reference(3, None).unwrap();
+    let magr = MagrSettings {
+        alpha_per_layer: true,
+        windows_per_layer: true,
+        iterations: 20,
+        ..MagrSettings::fista(&spec)
+    };
+    check_choices_by_the_held_out_loss(magr, &[1.0, 0.8]);
+}
+
+/// A last-window `H` chosen per layer is fitted again on the last window (here window 7,
+/// which is held out while choosing), and the shrink factor alone can be chosen without
+/// MagR.
+#[test]
+fn a_chosen_setting_is_fitted_again_on_its_own_windows() {
+    let (count, len) = (8, 16);
+    let calibration = windows(count, len, 31);
+    let spec = GridSpec::reference(3, None).unwrap();
+    let last = MagrSettings {
+        windows: Windows::Last,
+        iterations: 20,
+        ..MagrSettings::fista(&spec)
+    };
+    let choose = MagrSettings {
+        windows_per_layer: true,
+        ..last
+    };
+    let run = |magr: MagrSettings, betas: &[f32]| {
+        let s = PipelineSettings {
+            beta_choices: betas.to_vec(),
+            ..settings(spec, Arc::new(RtnMethod), Some(magr))
+        };
+        let mut model = tiny_model(32);
+        let report = quantize_model(&mut model, &calibration, &s, &mut |_| {}).unwrap();
+        let bits: Vec<u32> = (model.hf_tensors().unwrap().into_iter())
+            .flat_map(|(_, _, d)| d.to_vec())
+            .map(f32::to_bits)
+            .collect();
+        (bits, report)
+    };
+    // Only the last window's H on offer: the chosen setting's weights are the plain
+    // last-window run's.
+    let (fixed, _) = run(last, &[]);
+    let (chosen, report) = run(
+        MagrSettings {
+            windows_per_layer: false,
+            ..choose
+        },
+        &[spec.beta()],
+    );
+    assert!(report.layers.iter().all(|l| l.choice.is_some()));
+    assert_eq!(fixed, chosen);
+    // Both H on offer: each layer tries the two.
+    let (_, report) = run(choose, &[]);
+    assert!(
+        report
+            .layers
+            .iter()
+            .all(|l| l.choice.as_ref().is_some_and(|c| c.tried.len() == 2))
+    );
+
+    // Without MagR: the shrink factor alone.
+    let s = PipelineSettings {
+        beta_choices: vec![1.0, 0.9, 0.8],
+        ..settings(spec, Arc::new(OptqMethod), None)
+    };
+    let mut model = tiny_model(32);
+    let report = quantize_model(&mut model, &calibration, &s, &mut |_| {}).unwrap();
+    for l in &report.layers {
+        let c = l.choice.as_ref().unwrap();
+        let betas: Vec<_> = c
+            .tried
+            .iter()
+            .map(|t| t.parameters["beta"].as_f64())
+            .collect();
+        assert_eq!(betas, [Some(1.0), Some(0.9), Some(0.8)]);
+    }
+    assert_on_grids(&model, spec);
+}
+
+/// Settings chosen per layer need four windows (one is held out); the shrink factor is
+/// not chosen on GGUF grids.
+#[test]
+fn choices_need_four_windows_and_no_gguf_grid() {
     let spec = GridSpec::reference(3, None).unwrap();
     let auto = MagrSettings {
         alpha_per_layer: true,
         ..MagrSettings::fista(&spec)
     };
-    for (windows_given, magr) in [
-        (3, auto),
-        (
-            8,
-            MagrSettings {
-                windows: Windows::Last,
-                ..auto
-            },
-        ),
-    ] {
-        let s = settings(spec, Arc::new(OptqMethod), Some(magr));
-        let mut model = tiny_model(33);
-        let e = quantize_model(&mut model, &windows(windows_given, 16, 1), &s, &mut |_| {})
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("held out") && e.contains("MagR"), "{e}");
-    }
+    let s = settings(spec, Arc::new(OptqMethod), Some(auto));
+    let mut model = tiny_model(33);
+    let e = quantize_model(&mut model, &windows(3, 16, 1), &s, &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("held out") && e.contains("4 calibration windows"),
+        "{e}"
+    );
+
+    let gguf = GridSpec::ggml(
+        quantizers::GgmlBlockType::Q4_0,
+        quantizers::GridFit::Weighted,
+    );
+    let s = PipelineSettings {
+        beta_choices: vec![1.0, 0.9],
+        ..settings(gguf, Arc::new(OptqMethod), None)
+    };
+    let e = s
+        .check(tiny_model(33).config(), 16)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("shrink factor") && e.contains("GGUF"), "{e}");
 }

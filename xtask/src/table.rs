@@ -551,6 +551,7 @@ mod tests {
                 group_size: None,
                 symmetric: false,
                 beta: 0.9,
+                beta_choices: vec![],
                 gguf_type: None,
                 method: ComponentRecord {
                     name: "optq".into(),

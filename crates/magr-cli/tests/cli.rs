@@ -23,8 +23,18 @@ fn bad_flags_are_named_errors() {
     assert!(!ok && err.contains("group"), "{err}");
     let (ok, err) = magr(&["quantize", "--method", "sgd"]);
     assert!(!ok && err.contains("sgd"), "{err}");
-    let (ok, err) = magr(&["quantize", "--beta", "1.5"]);
-    assert!(!ok && err.contains("beta"), "{err}");
+    for bad in ["1.5", "0", "often"] {
+        let (ok, err) = magr(&["quantize", &format!("--beta={bad}")]);
+        assert!(
+            !ok && err.contains("--beta") && err.contains("`auto`"),
+            "{err}"
+        );
+    }
+    let (ok, err) = magr(&["quantize", "--beta", "auto", "--gguf-type", "q4_0"]);
+    assert!(
+        !ok && err.contains("--beta") && err.contains("--gguf-type"),
+        "{err}"
+    );
     for bad in ["-1", "nan", "often"] {
         let (ok, err) = magr(&["quantize", &format!("--alpha={bad}")]);
         assert!(

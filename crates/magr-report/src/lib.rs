@@ -52,14 +52,14 @@ pub struct LayerRecord {
     pub layer_loss: f64,
     /// Seconds of the quantizer.
     pub quantize_seconds: f64,
-    /// The preprocessor's settings chosen for this layer by the held-out loss, when
-    /// the run chooses them per layer.
+    /// The settings (the preprocessor's, and the grid's shrink factor) chosen for this
+    /// layer by the held-out loss, when the run chooses them per layer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub choice: Option<LayerChoice>,
 }
 
-/// A per-layer choice among preprocessor settings: each fitted on the calibration
-/// windows not held out, scored on the held-out ones.
+/// A per-layer choice among settings (the preprocessor's, and the grid's shrink factor):
+/// each fitted on the calibration windows not held out, scored on the held-out ones.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LayerChoice {
     /// Every setting tried with its held-out layer loss
@@ -76,7 +76,7 @@ pub struct LayerChoice {
 /// One setting of a [`LayerChoice`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChoiceScore {
-    /// The preprocessor's parameters.
+    /// The preprocessor's parameters, with `beta` when the shrink factor is chosen.
     pub parameters: Value,
     /// Its held-out layer loss.
     pub held_out_loss: f64,
@@ -311,6 +311,10 @@ pub struct SettingsRecord {
     pub symmetric: bool,
     /// Grid shrink factor.
     pub beta: f32,
+    /// Shrink factors chosen among per layer by the held-out layer loss (each layer's
+    /// choice in its [`LayerChoice`]); empty when every layer has `beta`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub beta_choices: Vec<f32>,
     /// The GGUF block format the grids are (`q4_0`, ...), if they are one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gguf_type: Option<String>,
@@ -554,14 +558,19 @@ impl RunReport {
             let _ = writeln!(md, "Warnings:\n\n{}\n", warnings.join("\n"));
         }
         if let Some(counts) = self.pipeline.chosen_settings() {
-            let list: Vec<String> = counts
-                .iter()
+            let list: Vec<String> = (counts.iter())
+                .filter(|(_, n)| *n > 0)
                 .map(|(setting, n)| format!("{setting}: {n}"))
                 .collect();
+            let never = counts.len() - list.len();
             let _ = writeln!(
                 md,
-                "{pre} settings chosen per layer by the held-out layer loss (layers): {}\n",
-                list.join(", ")
+                "Settings chosen per layer by the held-out layer loss (layers): {}{}\n",
+                list.join(", "),
+                match never {
+                    0 => String::new(),
+                    n => format!(" ({n} more tried, never chosen)"),
+                }
             );
         }
         let _ = writeln!(
@@ -626,6 +635,7 @@ mod tests {
                 group_size: Some(64),
                 symmetric: false,
                 beta: 0.95,
+                beta_choices: vec![],
                 gguf_type: None,
                 method: ComponentRecord {
                     name: "optq-cd".into(),
@@ -723,7 +733,7 @@ mod tests {
         );
         let md = r.markdown();
         assert!(
-            md.contains("MagR settings chosen per layer by the held-out layer loss (layers): alpha 0.0: 1, alpha 0.001: 2, alpha 0.002: 0"),
+            md.contains("Settings chosen per layer by the held-out layer loss (layers): alpha 0.0: 1, alpha 0.001: 2 (1 more tried, never chosen)"),
             "{md}"
         );
         let back: RunReport = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
