@@ -558,6 +558,7 @@ fn choose<'q>(
     let h_held = hessians.get(Windows::HeldOut)?;
     let mut fitting: Vec<(Windows, Mat<f32>)> = Vec::new();
     let mut tried = Vec::with_capacity(candidates.len());
+    let mut last: Option<(&dyn Preprocessor, Option<Mat<f32>>)> = None;
     for candidate in candidates {
         let windows = candidate.preprocessor.windows();
         if !fitting.iter().any(|(w, _)| *w == windows) {
@@ -568,8 +569,19 @@ fn choose<'q>(
             .find(|(w, _)| *w == windows)
             .expect("pushed")
             .1;
-        let preprocessed = candidate.preprocessor.apply(w0, h_fit.as_ref(), context)?;
-        let weights = preprocessed.weights.as_ref().map_or(w0, |w| w.as_ref());
+        // Candidates of one preprocessor are next to each other: it runs once for all
+        // its shrink factors.
+        let same = last
+            .as_ref()
+            .is_some_and(|(p, _)| std::ptr::addr_eq(*p, candidate.preprocessor));
+        if !same {
+            let preprocessed = candidate.preprocessor.apply(w0, h_fit.as_ref(), context)?;
+            last = Some((candidate.preprocessor, preprocessed.weights));
+        }
+        let weights = last
+            .as_ref()
+            .and_then(|(_, w)| w.as_ref())
+            .map_or(w0, |w| w.as_ref());
         let problem = LayerProblem::new(weights, h_fit.as_ref()).with_original(w0);
         let q = quantizer(candidate.beta)?
             .quantize(&problem)?
