@@ -313,7 +313,12 @@ pub fn run_pipeline(
         checkpoint: checkpoint.as_ref(),
     };
     match resumed {
-        Some(state) => continue_quantize_model(model, state, settings, &mut observer),
+        Some(state) => {
+            let restored = state.next_block;
+            let mut report = continue_quantize_model(model, state, settings, &mut observer)?;
+            report.resumed_after = Some(restored);
+            Ok(report)
+        }
         None => quantize_model(model, windows, settings, &mut observer),
     }
 }

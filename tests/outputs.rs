@@ -690,6 +690,7 @@ fn a_format_defined_outside_the_library_is_written_and_resumed() {
         &mut Quiet,
     )
     .unwrap();
+    assert_eq!(pipeline.resumed_after, None);
     let notes = write_outputs(
         staging.partial(),
         &model,
@@ -741,6 +742,7 @@ fn a_format_defined_outside_the_library_is_written_and_resumed() {
         &mut Quiet,
     )
     .unwrap();
+    assert_eq!(pipeline.resumed_after, Some(1), "block 0 restored");
     write_outputs(
         staging.partial(),
         &model,

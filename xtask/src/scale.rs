@@ -107,7 +107,6 @@ pub fn run(root: &Path, magr: &Path, results: &Path, options: &Options) -> Resul
     }
     // The commit that runs the blocks, read before the run (commits made meanwhile are not).
     let commit = commit(root);
-    let resumed = finished_blocks(&dir.join(format!("out-{id}.partial/checkpoint/state.json")));
     eprintln!("xtask: magr {}", args.join(" "));
     let status = Command::new("python3")
         .args(["-c", PEAK_RSS])
@@ -127,29 +126,16 @@ pub fn run(root: &Path, magr: &Path, results: &Path, options: &Options) -> Resul
     let report_path = out.join("report.json");
     let report: RunReport =
         read_typed(&report_path)?.ok_or_else(|| format!("{} is missing", report_path.display()))?;
-    let md = section(&report, options, peak, resumed, &commit);
+    let md = section(&report, options, peak, &commit);
     println!("{md}");
     crate::results::write_section(results, Some(SECTION_MARKER), &md)
 }
 
-/// The blocks finished by an interrupted run, from its checkpoint's `state.json`
-/// (`next_block`); `None` when there is no checkpoint to resume from.
-fn finished_blocks(state: &Path) -> Option<usize> {
-    let text = std::fs::read_to_string(state).ok()?;
-    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
-    value["next_block"].as_u64().map(|n| n as usize)
-}
-
 /// The section: the stages per block, extrapolated to 32 blocks, and the peak memory
-/// (of the process that finished the run, which `resumed` after that many blocks when
-/// given), and the `commit` that ran it.
-fn section(
-    report: &RunReport,
-    options: &Options,
-    peak_bytes: f64,
-    resumed: Option<usize>,
-    commit: &str,
-) -> String {
+/// (of the process that finished the run, which resumed after the blocks the report
+/// says were restored, if any), and the `commit` that ran it.
+fn section(report: &RunReport, options: &Options, peak_bytes: f64, commit: &str) -> String {
+    let resumed = report.pipeline.resumed_after;
     let nsamples = options.nsamples;
     let t = &report.pipeline.seconds;
     let blocks = BLOCKS as f64;
@@ -226,22 +212,30 @@ fn section(
 
 #[cfg(test)]
 mod tests {
-    use super::finished_blocks;
+    use super::{Options, section};
 
+    /// The section says when the peak memory is that of a process that resumed the run,
+    /// from the blocks the report says it restored.
     #[test]
-    fn finished_blocks_reads_the_checkpoint_state() {
-        let dir = std::env::temp_dir().join(format!("xtask-scale-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let state = dir.join("state.json");
-        assert_eq!(finished_blocks(&state), None, "no checkpoint");
-        std::fs::write(
-            &state,
-            r#"{"fingerprint": "f", "next_block": 1, "report": {}}"#,
-        )
-        .unwrap();
-        assert_eq!(finished_blocks(&state), Some(1));
-        std::fs::write(&state, "not json").unwrap();
-        assert_eq!(finished_blocks(&state), None, "unreadable state");
-        std::fs::remove_dir_all(&dir).unwrap();
+    fn the_section_names_a_resumed_run() {
+        let options = Options {
+            nsamples: 128,
+            magr: true,
+            hidden_store: None,
+        };
+        let mut report = crate::table::tests::report();
+        let whole = section(&report, &options, 2f64.powi(30), "abc");
+        assert!(
+            whole.contains("of the whole run (`getrusage`): **1.00 GiB**"),
+            "{whole}"
+        );
+        assert!(!whole.contains("resumed"), "{whole}");
+        report.pipeline.resumed_after = Some(1);
+        let resumed = section(&report, &options, 2f64.powi(30), "abc");
+        assert!(
+            resumed.contains("interrupted after 1 finished block(s)")
+                && resumed.contains("abc (the blocks checkpointed before it: their own commit)"),
+            "{resumed}"
+        );
     }
 }

@@ -519,7 +519,7 @@ fn write_results(runs: &Path, results: &Path, machine: &str) -> Result<(), Strin
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use magr_report::{
         ComponentRecord, LayerRecord, MagnitudeHistogram, PipelineReport, PreprocessRecord,
@@ -542,7 +542,7 @@ mod tests {
     }
 
     /// A MagR+OPTQ cell: one layer of 576 x 1536 with 200 MagR iterations in 2 s.
-    fn report() -> RunReport {
+    pub(crate) fn report() -> RunReport {
         RunReport {
             model: "m.gguf".into(),
             formats: vec![],
@@ -599,6 +599,7 @@ mod tests {
                     ..StageSeconds::default()
                 },
                 calibration: [32, 2048],
+                resumed_after: None,
             },
             seconds_total: 10.0,
             peak_rss_bytes: None,

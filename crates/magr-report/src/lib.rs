@@ -158,6 +158,11 @@ pub struct PipelineReport {
     pub seconds: StageSeconds,
     /// Calibration windows and their length.
     pub calibration: [usize; 2],
+    /// The blocks this run restored from its checkpoint (`--resume`): their records and
+    /// seconds are those of the process that made them, the peak memory of the report
+    /// is this process's. `None`: one process ran every block.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_after: Option<usize>,
 }
 
 impl PipelineReport {
