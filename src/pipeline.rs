@@ -17,6 +17,7 @@
 //! from one. Deterministic: the same model, windows and settings give the same bytes,
 //! resumed or not.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -488,14 +489,16 @@ impl LayerHessians<'_> {
 
     /// `H` of the windows that a setting whose `H` is of `windows` is fitted on while
     /// settings are chosen ([`Windows::fitting`]): `H_all - H_held` for all windows.
-    fn fitting(&self, windows: Windows) -> Result<Mat<f32>, PipelineError> {
+    fn fitting(&self, windows: Windows) -> Result<Cow<'_, Mat<f32>>, PipelineError> {
         match windows.fitting() {
-            Some(w) => Ok(self.get(w)?.clone()),
+            Some(w) => Ok(Cow::Borrowed(self.get(w)?)),
             None => {
                 let (all, held) = (self.get(Windows::All)?, self.get(Windows::HeldOut)?);
-                Ok(Mat::from_fn(all.nrows(), all.ncols(), |i, k| {
-                    all[(i, k)] - held[(i, k)]
-                }))
+                Ok(Cow::Owned(Mat::from_fn(
+                    all.nrows(),
+                    all.ncols(),
+                    |i, k| all[(i, k)] - held[(i, k)],
+                )))
             }
         }
     }
@@ -556,19 +559,19 @@ fn choose<'q>(
 ) -> Result<(usize, LayerChoice), PipelineError> {
     let start = Instant::now();
     let h_held = hessians.get(Windows::HeldOut)?;
-    let mut fitting: Vec<(Windows, Mat<f32>)> = Vec::new();
+    let mut fitting: Vec<(Windows, Cow<'_, Mat<f32>>)> = Vec::new();
     let mut tried = Vec::with_capacity(candidates.len());
     let mut last: Option<(&dyn Preprocessor, Option<Mat<f32>>)> = None;
     for candidate in candidates {
         let windows = candidate.preprocessor.windows();
-        if !fitting.iter().any(|(w, _)| *w == windows) {
-            fitting.push((windows, hessians.fitting(windows)?));
-        }
-        let h_fit = &fitting
-            .iter()
-            .find(|(w, _)| *w == windows)
-            .expect("pushed")
-            .1;
+        let at = match fitting.iter().position(|(w, _)| *w == windows) {
+            Some(at) => at,
+            None => {
+                fitting.push((windows, hessians.fitting(windows)?));
+                fitting.len() - 1
+            }
+        };
+        let h_fit: &Mat<f32> = &fitting[at].1;
         // Candidates of one preprocessor are next to each other: it runs once for all
         // its shrink factors.
         let same = last
