@@ -43,8 +43,9 @@ pub struct Staging {
 }
 
 impl Staging {
-    /// Stages the output `out` in `OUT.partial`, before anything is loaded: takes the
-    /// lock `OUT.lock` (refused while another run holds it); refuses an existing `out`
+    /// Stages the output `out` in `OUT.partial`, before anything is loaded: makes the
+    /// directory `out` goes in if it is missing; takes the lock `OUT.lock` (refused while
+    /// another run holds it); refuses an existing `out`
     /// without `force`; replaces a leftover `OUT.partial`, one holding checkpointed
     /// blocks only with `force`, except that `resume` keeps its checkpoint (and only
     /// that: outputs and temporaries of a killed run are written again).
@@ -52,6 +53,14 @@ impl Staging {
     /// # Errors
     /// Each refusal above, naming the path and the flag; a directory that cannot be made.
     pub fn create(out: &Path, force: bool, resume: bool) -> Result<Self, PipelineError> {
+        if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::create_dir_all(parent).map_err(|e| {
+                PipelineError::Output(format!(
+                    "cannot create the directory of the output, {}: {e}",
+                    parent.display()
+                ))
+            })?;
+        }
         let lock = with_suffix(out, ".lock");
         let lock = atomic_fs::Lock::try_acquire(&lock)
             .map_err(|e| PipelineError::Output(format!("cannot lock the output: {e}")))?
@@ -440,6 +449,29 @@ mod tests {
         assert!(!out.join("old.txt").exists());
         assert_eq!(fs::read_to_string(out.join("new.txt")).unwrap(), "new");
         assert!(!dir.join("out.partial").exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn staging_makes_the_missing_directories_above_the_output() {
+        let dir = scratch("parents");
+        let out = dir.join("a/b/out");
+        let staging = Staging::create(&out, false, false).unwrap();
+        assert!(dir.join("a/b/out.lock").exists());
+        fs::write(staging.partial().join("x.txt"), "x").unwrap();
+        assert_eq!(staging.commit().unwrap(), out);
+        assert_eq!(fs::read_to_string(out.join("x.txt")).unwrap(), "x");
+        assert!(!dir.join("a/b/out.lock").exists());
+
+        // A file where a directory must go: the error names the path.
+        fs::write(dir.join("file"), "").unwrap();
+        let e = Staging::create(&dir.join("file/out"), false, false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("directory of the output") && e.contains("file"),
+            "{e}"
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 

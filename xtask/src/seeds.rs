@@ -170,6 +170,7 @@ fn measure(
     seed: u64,
     lee: &Path,
 ) -> Result<SeedCell, String> {
+    std::fs::create_dir_all(cell).map_err(|e| format!("{}: {e}", cell.display()))?;
     let out = cell.join("out");
     let seed = seed.to_string();
     let mut args = quantize_args(&seed, "fake-quant", path_str(&out)?);
