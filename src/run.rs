@@ -56,8 +56,9 @@ impl Staging {
         if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
             fs::create_dir_all(parent).map_err(|e| {
                 PipelineError::Output(format!(
-                    "cannot create the directory of the output, {}: {e}",
-                    parent.display()
+                    "cannot create {}, the directory of the output {}: {e}",
+                    parent.display(),
+                    out.display()
                 ))
             })?;
         }
@@ -469,7 +470,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("directory of the output") && e.contains("file"),
+            e.contains("directory of the output") && e.contains("file/out"),
             "{e}"
         );
         fs::remove_dir_all(&dir).unwrap();
