@@ -220,11 +220,13 @@ fn mean_std(values: &[f64]) -> Option<(f64, f64)> {
     (!values.is_empty()).then(|| (mean, var.sqrt()))
 }
 
-/// `mean ± std (n)` of a cell's perplexities, `…` when none is measured.
+/// `mean ± std (n)` of a cell's perplexities, `…` when none is measured; one seed has
+/// no spread to show.
 fn cell_text(values: &[f64]) -> String {
     match mean_std(values) {
         None => "…".into(),
         Some((mean, std)) if values.len() == SEEDS.len() => format!("{mean:.2} ± {std:.2}"),
+        Some((mean, _)) if values.len() == 1 => format!("{mean:.2} (1 of {} seeds)", SEEDS.len()),
         Some((mean, std)) => format!(
             "{mean:.2} ± {std:.2} ({} of {} seeds)",
             values.len(),
@@ -396,7 +398,7 @@ mod tests {
         assert_eq!(verdict(&[1.0, 1.1], &[2.0, 2.1]), "-95.2% (loss)");
         assert_eq!(verdict(&[1.0], &[2.0, 2.1]), "…");
         assert_eq!(cell_text(&[1.0, 2.0, 3.0]), "2.00 ± 1.00");
-        assert_eq!(cell_text(&[2.0]), "2.00 ± 0.00 (1 of 3 seeds)");
+        assert_eq!(cell_text(&[2.0]), "2.00 (1 of 3 seeds)");
     }
 
     #[test]
