@@ -257,7 +257,8 @@ pub struct QuantizeArgs {
     #[command(flatten)]
     eval: EvalTextArgs,
     /// Output directory: report.json, report.md and the formats asked for, each in its
-    /// own subdirectory. Written as `OUT.partial`, renamed when complete.
+    /// own subdirectory. Written as `OUT.partial`, renamed when complete; missing
+    /// directories above it are made.
     #[arg(long)]
     out: Option<PathBuf>,
     /// Model formats to write under `--out` (comma-separated) [default: fake-quant,gptq;
