@@ -45,10 +45,10 @@ pub struct Staging {
 impl Staging {
     /// Stages the output `out` in `OUT.partial`, before anything is loaded: makes the
     /// directory `out` goes in if it is missing; takes the lock `OUT.lock` (refused while
-    /// another run holds it); refuses an existing `out`
-    /// without `force`; replaces a leftover `OUT.partial`, one holding checkpointed
-    /// blocks only with `force`, except that `resume` keeps its checkpoint (and only
-    /// that: outputs and temporaries of a killed run are written again).
+    /// another run holds it); refuses an existing `out` without `force`; replaces a
+    /// leftover `OUT.partial`, one holding checkpointed blocks only with `force`, except
+    /// that `resume` keeps its checkpoint (and only that: outputs and temporaries of a
+    /// killed run are written again).
     ///
     /// # Errors
     /// Each refusal above, naming the path and the flag; a directory that cannot be made.
