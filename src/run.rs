@@ -53,15 +53,7 @@ impl Staging {
     /// # Errors
     /// Each refusal above, naming the path and the flag; a directory that cannot be made.
     pub fn create(out: &Path, force: bool, resume: bool) -> Result<Self, PipelineError> {
-        if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-            fs::create_dir_all(parent).map_err(|e| {
-                PipelineError::Output(format!(
-                    "cannot create {}, the directory of the output {}: {e}",
-                    parent.display(),
-                    out.display()
-                ))
-            })?;
-        }
+        atomic_fs::create_parent_dirs(out).map_err(|e| PipelineError::Output(e.to_string()))?;
         let lock = with_suffix(out, ".lock");
         let lock = atomic_fs::Lock::try_acquire(&lock)
             .map_err(|e| PipelineError::Output(format!("cannot lock the output: {e}")))?
@@ -470,7 +462,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("directory of the output") && e.contains("file/out"),
+            e.contains("cannot make this directory for") && e.contains("file/out"),
             "{e}"
         );
         fs::remove_dir_all(&dir).unwrap();

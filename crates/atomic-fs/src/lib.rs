@@ -10,6 +10,8 @@
 //!   partial one.
 //! - On any error the temporary file or directory is removed and the target is left
 //!   as it was (an existing file or directory untouched, a missing one still missing).
+//!   Missing directories above the target are made first ([`create_parent_dirs`]) and
+//!   stay.
 //! - Files and directories are created with the process's normal permissions
 //!   (`0666` / `0777` minus the umask on Unix), not owner-only.
 //! - Every error is an [`Error`] naming the path it concerns (the target, not the
@@ -73,11 +75,30 @@ impl Error {
 /// Result alias for this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Makes the directories above `path` that are missing (nothing for a bare file name).
+///
+/// # Errors
+/// The directory that cannot be made (the error names it and says it is for `path`).
+pub fn create_parent_dirs(path: &Path) -> Result<()> {
+    match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(parent) => fs::create_dir_all(parent).map_err(|e| {
+            Error::new(
+                parent,
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot make this directory for {}: {e}", path.display()),
+                ),
+            )
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Writes `contents` to `path` through a temporary sibling file, then renames it over
 /// `path`.
 ///
 /// # Errors
-/// A path without a final component, a parent directory that does not exist or is not
+/// A path without a final component, a parent directory that cannot be made or is not
 /// writable, a failed write or rename; each names `path`. `path` is then untouched.
 pub fn write(path: &Path, contents: impl AsRef<[u8]>) -> Result<()> {
     write_with(path, |temp| {
@@ -90,14 +111,16 @@ pub fn write(path: &Path, contents: impl AsRef<[u8]>) -> Result<()> {
 ///
 /// The temporary file exists (empty) when `fill` is called; `fill` may write it in
 /// place or replace it (for example through a library that creates its own file).
+/// Missing directories above `path` are made first.
 ///
 /// # Errors
 /// `fill`'s error as it is; otherwise an [`Error`] naming `path` (no final component,
-/// no writable parent directory, a failed rename).
+/// no writable parent directory, a failed rename) or the parent that cannot be made.
 pub fn write_with<E: From<Error>>(
     path: &Path,
     fill: impl FnOnce(&Path) -> Result<(), E>,
 ) -> Result<(), E> {
+    create_parent_dirs(path)?;
     let temp = reserve_sibling(path, "tmp", |p| {
         fs::OpenOptions::new()
             .write(true)
@@ -133,6 +156,7 @@ pub fn write_dir<E: From<Error>>(
     if !overwrite {
         refuse_existing(dir)?;
     }
+    create_parent_dirs(dir)?;
     let temp = reserve_sibling(dir, "tmp", |p| fs::create_dir(p))?;
     let result = fill(&temp).and_then(|()| {
         if overwrite {

@@ -113,18 +113,27 @@ fn a_failed_fill_leaves_the_previous_file_and_no_temporary() {
 }
 
 #[test]
-fn a_missing_parent_is_an_error_naming_the_target() {
-    let tmp = TempDir::new("no-parent");
-    let file = tmp.path().join("missing").join("f.txt");
+fn missing_parents_are_made_and_one_that_cannot_be_is_named() {
+    let tmp = TempDir::new("parents");
+    let file = tmp.path().join("a").join("b").join("f.txt");
+    atomic_fs::write(&file, "x").unwrap();
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "x");
+    let dir = tmp.path().join("c").join("d");
+    atomic_fs::write_dir(&dir, false, |t| atomic_fs::write(&t.join("g.txt"), "g")).unwrap();
+    assert_eq!(std::fs::read_to_string(dir.join("g.txt")).unwrap(), "g");
+    assert_eq!(entries(tmp.path()), names(&["a", "c"]));
+
+    // A file where a directory must go: the error names that path and the target, and
+    // nothing is written.
+    std::fs::write(tmp.path().join("plain"), "").unwrap();
+    let file = tmp.path().join("plain").join("sub").join("f.txt");
     let err = atomic_fs::write(&file, "x").unwrap_err();
-    assert_eq!(err.path, file);
-    assert_eq!(err.source.kind(), io::ErrorKind::NotFound);
-    assert!(err.to_string().contains("missing"), "{err}");
-    assert!(entries(tmp.path()).is_empty());
-    let dir = tmp.path().join("missing").join("d");
+    assert_eq!(err.path, tmp.path().join("plain").join("sub"));
+    assert!(err.to_string().contains("f.txt"), "{err}");
+    let dir = tmp.path().join("plain").join("d");
     let err = atomic_fs::write_dir(&dir, true, |_| Ok::<(), Error>(())).unwrap_err();
-    assert_eq!(err.path, dir);
-    assert!(entries(tmp.path()).is_empty());
+    assert_eq!(err.path, tmp.path().join("plain"));
+    assert_eq!(entries(tmp.path()), names(&["a", "c", "plain"]));
 }
 
 #[test]
