@@ -25,6 +25,7 @@ use quantizers::{
 
 use crate::backend::ComputeBackend;
 use crate::error::PipelineError;
+use llama_io::gemm::gemm;
 
 /// The candle backend on `device`.
 #[derive(Debug, Clone)]
@@ -123,7 +124,7 @@ impl DeviceMagr {
     /// `W` with its gradient and objective (one product).
     fn iterate(&self, w: Tensor) -> candle_core::Result<Iterate> {
         let d = (&w - &self.w0)?;
-        let gradient = d.matmul(&self.h)?;
+        let gradient = gemm(&d, &self.h)?;
         let f = (d.to_dtype(DType::F64)? * gradient.to_dtype(DType::F64)?)?
             .sum_all()?
             .to_scalar::<f64>()?;
@@ -255,7 +256,10 @@ fn optq_sweep(s: &OptqSweep<'_>, device: &Device) -> candle_core::Result<Vec<u8>
         }
         if i1 + b < n {
             let later = n - i1 - b;
-            let spread = Tensor::cat(&errors, 1)?.matmul(&u_block.narrow(1, i1 + b, later)?)?;
+            let spread = gemm(
+                &Tensor::cat(&errors, 1)?,
+                &u_block.narrow(1, i1 + b, later)?,
+            )?;
             rest = (rest.narrow(1, b, later)? - spread)?;
         }
     }

@@ -11,6 +11,7 @@ use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
 use crate::error::Result;
+use crate::gemm::gemm;
 use crate::host::{FollowPar, with_host_slice};
 
 /// Query positions per attention chunk.
@@ -180,9 +181,9 @@ fn causal_attention_tensors(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> R
             .reshape((b, n_kv, group * len, hd))?;
         let kc = k.narrow(2, 0, c1)?;
         let vc = v.narrow(2, 0, c1)?;
-        let scores = qc.matmul(&kc.t()?)?;
+        let scores = gemm(&qc, &kc.t()?)?;
         let probs = masked_softmax(&scores, len, c0)?;
-        outputs.push(probs.matmul(&vc)?.reshape((b, n_kv, group, len, hd))?);
+        outputs.push(gemm(&probs, &vc)?.reshape((b, n_kv, group, len, hd))?);
     }
     Ok(Tensor::cat(&outputs, 3)?
         .reshape((b, n_heads, t, hd))?

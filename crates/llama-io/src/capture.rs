@@ -11,6 +11,7 @@ use faer::{Accum, Mat, MatRef, Par};
 
 use crate::config::LlamaConfig;
 use crate::error::{LlamaIoError, Result};
+use crate::gemm::gemm;
 use crate::host::with_host_slice;
 use crate::linear::{LinearInput, LinearKind};
 
@@ -72,7 +73,7 @@ pub fn accumulate_xtx(x: &Tensor, h: &mut [f64], par: Par) -> Result<()> {
 
 /// [`accumulate_xtx`] with the product formed by candle on `x`'s device.
 fn accumulate_xtx_tensors(x: &Tensor, h: &mut [f64]) -> Result<()> {
-    let xtx = x.t()?.matmul(x)?;
+    let xtx = gemm(&x.t()?, x)?;
     with_host_slice(&xtx, |product| {
         h.iter_mut()
             .zip(product)

@@ -24,6 +24,7 @@ use rayon::prelude::*;
 use crate::attention::{causal_attention, rope_tables};
 use crate::capture::InputSink;
 use crate::error::{LlamaIoError, Result};
+use crate::gemm::gemm;
 use crate::host::{FollowPar, ensure_f32, with_host_slice};
 use crate::linear::{LinearInput, LinearKind};
 use crate::model::Model;
@@ -184,7 +185,7 @@ impl Model {
         *dims.last_mut().expect("a matrix has a last dimension") = out;
         if !self.device.is_cpu() {
             let w = self.host_tensor(w, &[out, inp])?;
-            return Ok(x.reshape((rows, inp))?.matmul(&w.t()?)?.reshape(dims)?);
+            return Ok(gemm(&x.reshape((rows, inp))?, &w.t()?)?.reshape(dims)?);
         }
         let y = with_host_slice(x, |xs| {
             let mut y = vec![0.0f32; rows * out];

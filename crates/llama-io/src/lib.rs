@@ -48,6 +48,8 @@ pub mod capture;
 // (uses model, attention, capture)
 mod forward;
 // (uses forward)
+pub mod gemm;
+
 pub mod perplexity;
 // (uses model, linear, names)
 pub mod rotate;
