@@ -65,9 +65,10 @@ pub struct Comparison {
     pub seconds: f64,
 }
 
-/// Compares `model` with `reference` (same shapes) on the first `max_windows` windows
-/// of `seqlen` tokens of `tokens`, scoring positions `first..seqlen - 1`; block by
-/// block (both models' hidden states of every window held), products as `par` says;
+/// Compares `model` with `reference` (same shapes; each on its own device, so that the
+/// same weights on a GPU and on the CPU compare the devices) on the first `max_windows`
+/// windows of `seqlen` tokens of `tokens`, scoring positions `first..seqlen - 1`; block
+/// by block (both models' hidden states of every window held), products as `par` says;
 /// `progress(done, total)` after each block and after the head.
 ///
 /// # Errors
@@ -95,7 +96,10 @@ pub fn compare(
         .iter()
         .map(|w| reference.embed(&[w]))
         .collect::<Result<Vec<_>>>()?;
-    let ctx = model.sequence_context(seqlen)?;
+    let (ctx, ctx_ref) = (
+        model.sequence_context(seqlen)?,
+        reference.sequence_context(seqlen)?,
+    );
     let blocks = model.num_blocks();
     let positions = (windows * seqlen) as f64;
     let (mut block_error, mut layers) = (Vec::with_capacity(blocks), Vec::new());
@@ -122,7 +126,7 @@ pub fn compare(
                 Ok(())
             };
             let next = model.block_forward(block, h, &ctx, par, Some(&mut sink))?;
-            let next_ref = reference.block_forward(block, h_ref, &ctx, par, None)?;
+            let next_ref = reference.block_forward(block, h_ref, &ctx_ref, par, None)?;
             error += relative_errors(&next, &next_ref, model.config().hidden_size)?;
             (*h, *h_ref) = (next, next_ref);
         }

@@ -36,7 +36,7 @@ pub enum DeviceName {
     Cuda(usize),
 }
 
-fn device_name(text: &str) -> Result<DeviceName, String> {
+pub fn device_name(text: &str) -> Result<DeviceName, String> {
     match text {
         "cpu" => Ok(DeviceName::Cpu),
         "cuda" => Ok(DeviceName::Cuda(0)),
@@ -54,22 +54,26 @@ impl ModelArg {
     /// # Errors
     /// A GPU that cannot be opened, or a build without the `cuda` feature, named.
     pub fn gpu(&self) -> Result<Option<Device>, Error> {
-        match self.device {
-            DeviceName::Cpu => Ok(None),
-            DeviceName::Cuda(n) => Device::new_cuda(n).map(Some).map_err(|e| match e {
-                candle_core::Error::NotCompiledWithCudaSupport => format!(
-                    "--device cuda:{n}: this magr was built without the `cuda` feature \
+        open_device(self.device, "--device")
+    }
+}
+
+/// The GPU named by `flag`'s value `name`, opened (`None` for the CPU).
+///
+/// # Errors
+/// A GPU that cannot be opened, or a build without the `cuda` feature, named with `flag`.
+pub fn open_device(name: DeviceName, flag: &str) -> Result<Option<Device>, Error> {
+    match name {
+        DeviceName::Cpu => Ok(None),
+        DeviceName::Cuda(n) => Device::new_cuda(n).map(Some).map_err(|e| match e {
+            candle_core::Error::NotCompiledWithCudaSupport => format!(
+                "{flag} cuda:{n}: this magr was built without the `cuda` feature \
                      (`cargo build --release -p magr-cli --features cuda`, with CUDA's nvcc)"
-                )
-                .into(),
-                // Without candle's backtrace (the message alone).
-                e => format!(
-                    "--device cuda:{n}: {}",
-                    magr::llama_io::LlamaIoError::from(e)
-                )
-                .into(),
-            }),
-        }
+            )
+            .into(),
+            // Without candle's backtrace (the message alone).
+            e => format!("{flag} cuda:{n}: {}", magr::llama_io::LlamaIoError::from(e)).into(),
+        }),
     }
 }
 

@@ -57,6 +57,13 @@ fn bad_flags_are_named_errors() {
             "{err}"
         );
     }
+    let (ok, err) = magr(&["eval", "--reference", "x", "--reference-device", "cuda:1"]);
+    assert!(
+        !ok && err.contains("--reference-device cuda:1") && err.contains("`cuda` feature"),
+        "{err}"
+    );
+    let (ok, err) = magr(&["eval", "--reference-device", "cpu"]);
+    assert!(!ok && err.contains("--reference"), "{err}");
 }
 
 #[test]

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use clap::Args;
 
 use crate::args::{
-    Error, EvalTextArgs, ModelArg, ParArg, eval_tokens, evaluate, load_model, load_model_at,
+    DeviceName, Error, EvalTextArgs, ModelArg, ParArg, device_name, eval_tokens, evaluate,
+    load_model, load_model_at, open_device,
 };
 
 /// `magr eval`'s arguments.
@@ -24,6 +25,11 @@ pub struct EvalArgs {
     /// each layer's loss per token on this text.
     #[arg(long)]
     reference: Option<PathBuf>,
+    /// Where the reference runs [default: the model's --device]: `--reference-device
+    /// cpu` with `--device cuda` and the same file as model and reference compares the
+    /// GPU's forward pass with the CPU's, block by block.
+    #[arg(long, value_parser = device_name, requires = "reference")]
+    reference_device: Option<DeviceName>,
     /// Also write the result (perplexity, windows, tokens, time) to this JSON file.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -32,9 +38,13 @@ pub struct EvalArgs {
 /// Evaluates the model, prints the result line, writes the JSON report if asked.
 pub fn run(args: &EvalArgs, quiet: bool) -> Result<(), Error> {
     let gpu = args.model.gpu()?;
+    let reference_gpu = match args.reference_device {
+        Some(name) => open_device(name, "--reference-device")?,
+        None => gpu.clone(),
+    };
     let (model, _) = load_model(&args.model, gpu.as_ref(), quiet)?;
     let reference = match &args.reference {
-        Some(path) => Some((load_model_at(path, gpu.as_ref(), quiet)?, path)),
+        Some(path) => Some((load_model_at(path, reference_gpu.as_ref(), quiet)?, path)),
         None => None,
     };
     let text = eval_tokens(&model, &args.eval)?.ok_or("--eval-windows 0: nothing to evaluate")?;
