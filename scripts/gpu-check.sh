@@ -2,16 +2,20 @@
 # The GPU check of the `cuda` build (issue 18), one run of at most BUDGET seconds
 # (default 520) that writes $OUT/gpu-check.json and $OUT/gpu-check.log:
 #   1. the GPU's facts (nvidia-smi);
-#   2. SmolLM2's perplexity on the GPU (first 40 windows of WikiText-2) against the CPU's
-#      figure (CPU_PPL, default magr eval's 20.810575065747475);
-#   3. MagR+OPTQ w3 on SmolLM2 on the GPU (32 x 2048 calibration tokens): time, perplexity;
-#   4. a 7B-shaped model made on the spot (`magr gen-model --shape llama-7b`), MagR+OPTQ w4
+#   2. a tiny generated model quantized (MagR+OPTQ w3) on the CPU and on the GPU: the
+#      worst relative difference of a layer's loss (it also pays the PTX compilation);
+#   3. SmolLM2's perplexity on the GPU (first 40 windows of WikiText-2) against the CPU's
+#      figure (CPU_PPL, default magr eval's 20.810575065747475), and the same weights on
+#      the GPU against the CPU on one window (`magr eval --reference-device cpu`): the
+#      hidden-state error after each block, the KL divergence;
+#   4. MagR+OPTQ w3 on SmolLM2 on the GPU (32 x 2048 calibration tokens): time, perplexity;
+#   5. a 7B-shaped model made on the spot (`magr gen-model --shape llama-7b`), MagR+OPTQ w4
 #      on all 32 blocks with 128 x 2048 calibration tokens until the budget ends: seconds per
-#      stage and blocks done (from the run's checkpoint when the budget stops it), peak GPU
-#      memory (nvidia-smi every 0.5 s);
-#   5. MagR+OPTQ-dagger (30 sweeps) on SmolLM2 if time is left.
+#      stage and per layer kind, blocks done (from the run's checkpoint when the budget
+#      stops it), peak GPU memory (nvidia-smi every 0.5 s);
+#   6. MagR+OPTQ-dagger (30 sweeps) on SmolLM2 if time is left.
 # Inputs (environment): MAGR (default run.sh beside this script), DEVICE (cuda:0), MODEL
-# (the SmolLM2 GGUF; steps 2, 3 and 5 are skipped, and said so, without it), DATA (a
+# (the SmolLM2 GGUF; steps 3, 4 and 6 are skipped, and said so, without it), DATA (a
 # folder with wikitext-2-raw/wiki.test.raw and calibration/enwiki-excerpt.txt), WORK
 # (scratch, default /tmp/magr-gpu-check: 14 GB for the generated model), PYTHON, SHAPE
 # (default llama-7b). Runs on the CPU too (DEVICE=cpu SHAPE=tiny, small BUDGET) to try
@@ -27,7 +31,7 @@ WORK=${WORK:-/tmp/magr-gpu-check}
 PYTHON=${PYTHON:-python3}
 OUT=${OUT:-$WORK/out}
 mkdir -p "$OUT" "$WORK"
-rm -f "$WORK"/*.status "$WORK/eval.json"
+rm -f "$WORK"/*.status "$WORK/eval.json" "$WORK/compare.json"
 log=$OUT/gpu-check.log
 : >"$log"
 start=$(date +%s)
@@ -57,10 +61,22 @@ nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 500 \
     >"$WORK/memory.txt" 2>/dev/null &
 smi=$!
 
-# 2, 3: SmolLM2.
+# 2. The tiny model on both devices.
+step tiny_model 60 "$MAGR" gen-model --shape tiny --out "$WORK/tiny" --force --quiet
+for where in cpu "$DEVICE"; do
+    step "tiny_${where%%:*}" 90 "$MAGR" quantize --device "$where" --model "$WORK/tiny" \
+        --bits 3 --calib "$calib" --nsamples 4 --seqlen 1024 --eval-text "$wiki" \
+        --eval-windows 2 --eval-seqlen 1024 --formats none --force \
+        --out "$WORK/tiny-${where%%:*}"
+done
+
+# 3, 4: SmolLM2.
 if [ -n "${MODEL:-}" ] && [ -f "${MODEL:-}" ]; then
     step eval 120 "$MAGR" eval --device "$DEVICE" --model "$MODEL" --eval-text "$wiki" \
         --eval-windows 40 --report "$WORK/eval.json"
+    step compare 120 "$MAGR" eval --device "$DEVICE" --model "$MODEL" --reference "$MODEL" \
+        --reference-device cpu --eval-text "$wiki" --eval-windows 1 \
+        --report "$WORK/compare.json"
     step w3 240 "$MAGR" quantize --device "$DEVICE" --model "$MODEL" --bits 3 \
         --calib "$calib" --nsamples 32 --eval-text "$wiki" --eval-windows 40 \
         --formats none --force --out "$WORK/w3"
@@ -68,7 +84,7 @@ else
     say "no MODEL (the SmolLM2 GGUF): steps 2, 3 and 5 skipped"
 fi
 
-# 4. The 7B-shaped model: all that the budget leaves, but a minute for step 5.
+# 5. The 7B-shaped model: all that the budget leaves, but a minute for step 6.
 SHAPE=${SHAPE:-llama-7b}
 model7b=$WORK/$SHAPE
 [ -f "$model7b/config.json" ] || step gen 180 "$MAGR" gen-model --shape "$SHAPE" \
@@ -81,7 +97,7 @@ if [ "$limit" -gt 30 ]; then
         --out "$WORK/7b"
 fi
 
-# 5. MagR+OPTQ-dagger on SmolLM2, if time is left.
+# 6. MagR+OPTQ-dagger on SmolLM2, if time is left.
 limit=$(( $(left) - 15 ))
 if [ -n "${MODEL:-}" ] && [ -f "${MODEL:-}" ] && [ "$limit" -gt 30 ]; then
     step dagger "$limit" "$MAGR" quantize --device "$DEVICE" --model "$MODEL" --bits 3 \
@@ -109,13 +125,29 @@ def status(name):
     except (OSError, ValueError):
         return None
 
+def by_kind(layers):
+    """Mean seconds of MagR and of the quantizer per layer kind."""
+    kinds = {}
+    for l in layers:
+        k = kinds.setdefault(l["layer"], {"layers": 0, "magr": 0.0, "quantizer": 0.0})
+        k["layers"] += 1
+        k["magr"] += (l.get("preprocess") or {}).get("seconds", 0.0)
+        k["quantizer"] += l.get("quantize_seconds", 0.0)
+    for k in kinds.values():
+        k["magr"] /= k["layers"]
+        k["quantizer"] /= k["layers"]
+    return kinds
+
 def run(name, directory):
     report = read(f"{directory}/report.json")
     result = {"status": status(name)}
     if report:
+        layers = report["pipeline"]["layers"]
         result["seconds"] = report["pipeline"]["seconds"]
         result["seconds_total"] = report["seconds_total"]
-        result["blocks"] = len({l["block"] for l in report["pipeline"]["layers"]})
+        result["blocks"] = len({l["block"] for l in layers})
+        result["mean_seconds_by_layer_kind"] = by_kind(layers)
+        result["summed_layer_loss"] = sum(l["layer_loss"] for l in layers)
         if report.get("quantized"):
             result["ppl"] = report["quantized"]["ppl"]
         return result
@@ -124,7 +156,21 @@ def run(name, directory):
     if state:
         result["seconds"] = state["report"]["seconds"]
         result["blocks"] = state["next_block"]
+        result["mean_seconds_by_layer_kind"] = by_kind(state["report"]["layers"])
         result["stopped_by_budget"] = True
+    return result
+
+def tiny():
+    """The tiny model's layer losses and perplexity on the CPU and on the device."""
+    cpu, gpu = read("tiny-cpu/report.json"), read(f"tiny-{device.split(':')[0]}/report.json")
+    result = {"status": {"cpu": status("tiny_cpu"), "device": status(f"tiny_{device.split(':')[0]}")}}
+    if cpu and gpu:
+        pairs = zip(cpu["pipeline"]["layers"], gpu["pipeline"]["layers"])
+        result["worst_relative_layer_loss_difference"] = max(
+            abs(a["layer_loss"] - b["layer_loss"]) / max(abs(a["layer_loss"]), 1e-30)
+            for a, b in pairs)
+        result["ppl_cpu"] = cpu["quantized"]["ppl"]
+        result["ppl_device"] = gpu["quantized"]["ppl"]
     return result
 
 try:
@@ -132,16 +178,25 @@ try:
 except (OSError, ValueError):
     memory = []
 evaluation = read("eval.json")
+comparison = read("compare.json")
 result = {
     "device": device,
     "gpu": open(os.path.join(work, "gpu.txt")).read().strip(),
     "peak_gpu_memory_mib": max(memory) if memory else None,
+    "tiny_cpu_against_device": tiny(),
     "smollm2_eval": {
         "status": status("eval"),
         "ppl": evaluation and evaluation["ppl"],
         "cpu_ppl": cpu_ppl,
         "relative_difference": evaluation and abs(evaluation["ppl"] - cpu_ppl) / cpu_ppl,
         "tokens_per_second": evaluation and evaluation["tokens_per_second"],
+    },
+    "smollm2_against_cpu": {
+        "status": status("compare"),
+        "block_error": comparison and comparison["reference"]["block_error"],
+        "mean_kl": comparison and comparison["reference"]["mean_kl"],
+        "ppl": comparison and comparison["ppl"],
+        "cpu_ppl": comparison and comparison["reference"]["ppl"],
     },
     "smollm2_w3_magr_optq": run("w3", "w3"),
     "llama_7b_shape": {"generate": status("gen"), "w4_magr_optq": run("q7b", "7b")},

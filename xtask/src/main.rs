@@ -730,11 +730,24 @@ fn build_cuda() -> Result<PathBuf, String> {
     cargo_cuda("build", Kernels::Optimised)?;
     let dist = root.join("target/cuda-dist");
     std::fs::create_dir_all(&dist).map_err(|e| format!("{}: {e}", dist.display()))?;
+    // Without the line tables (half the compressed size; symbols stay for backtraces),
+    // so that a model file fits beside it in one transfer.
+    let stripped = target.join("release/magr.stripped");
+    let status = Command::new("strip")
+        .arg("--strip-debug")
+        .arg(target.join("release/magr"))
+        .arg("-o")
+        .arg(&stripped)
+        .status()
+        .map_err(|e| format!("could not run strip: {e}"))?;
+    if !status.success() {
+        return Err(format!("strip failed ({status})"));
+    }
     let compressed = std::fs::File::create(dist.join("magr.xz"))
         .map_err(|e| format!("{}: {e}", dist.display()))?;
     let status = Command::new("xz")
         .args(["-9", "-T0", "-c"])
-        .arg(target.join("release/magr"))
+        .arg(&stripped)
         .stdout(compressed)
         .status()
         .map_err(|e| format!("could not run xz: {e}"))?;
