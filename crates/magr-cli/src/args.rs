@@ -80,8 +80,9 @@ pub fn open_device(name: DeviceName, flag: &str) -> Result<Option<Device>, Error
 /// The evaluation text and its windows.
 #[derive(Args)]
 pub struct EvalTextArgs {
-    /// Evaluation text [default: WikiText-2 test from the data directory, lines joined
-    /// by a blank line].
+    /// Evaluation text, read as it is [default: WikiText-2 test from the data directory
+    /// (MAGR_DATA_DIR), its lines joined by a blank line as the papers evaluate it; so
+    /// naming that file here gives another perplexity than the default].
     #[arg(id = "eval_text", long = "eval-text")]
     text: Option<PathBuf>,
     /// Evaluation window length in tokens.
