@@ -8,11 +8,12 @@
 use candle_core::Tensor;
 use faer::linalg::matmul::triangular::{self, BlockStructure};
 use faer::{Accum, Mat, MatRef, Par};
+use rayon::prelude::*;
 
 use crate::config::LlamaConfig;
 use crate::error::{LlamaIoError, Result};
 use crate::gemm::gemm;
-use crate::host::with_host_slice;
+use crate::host::{FollowPar, with_host_slice};
 use crate::linear::{LinearInput, LinearKind};
 
 /// Receives the input `X` (`[tokens, width]`, f32, contiguous, on the model's
@@ -68,16 +69,25 @@ pub fn accumulate_xtx(x: &Tensor, h: &mut [f64], par: Par) -> Result<()> {
             }
         });
     }
-    accumulate_xtx_tensors(x, h)
+    accumulate_xtx_tensors(x, h, par)
 }
 
-/// [`accumulate_xtx`] with the product formed by candle on `x`'s device.
-fn accumulate_xtx_tensors(x: &Tensor, h: &mut [f64]) -> Result<()> {
+/// Entries of `H` per task when a device's product is folded into the host sum.
+const FOLD_CHUNK: usize = 1 << 16;
+
+/// [`accumulate_xtx`] with the product formed by candle on `x`'s device, folded into
+/// `h` in parallel as `par` says (each entry's sum is the same under any `par`).
+fn accumulate_xtx_tensors(x: &Tensor, h: &mut [f64], par: Par) -> Result<()> {
     let xtx = gemm(&x.t()?, x)?;
     with_host_slice(&xtx, |product| {
-        h.iter_mut()
-            .zip(product)
-            .for_each(|(acc, &p)| *acc += f64::from(p));
+        h.par_chunks_mut(FOLD_CHUNK)
+            .zip(product.par_chunks(FOLD_CHUNK))
+            .follow(par)
+            .for_each(|(acc, p)| {
+                acc.iter_mut()
+                    .zip(p)
+                    .for_each(|(acc, &p)| *acc += f64::from(p))
+            });
     })
 }
 
@@ -155,15 +165,21 @@ mod tests {
 
     use super::*;
 
-    /// The faer path and the candle path give the same sums.
+    /// The faer path and the candle path give the same sums (a width whose `H` spans
+    /// several fold tasks), and the candle path's fold the same bits under any `Par`.
     #[test]
     fn host_product_matches_the_tensor_path() {
-        let x = Tensor::randn(0f32, 1.0, (37, 12), &Device::Cpu).unwrap();
-        let (mut host, mut tensors) = (vec![1.0; 144], vec![1.0; 144]);
+        let width = 300;
+        assert!(width * width > FOLD_CHUNK);
+        let x = Tensor::randn(0f32, 1.0, (37, width), &Device::Cpu).unwrap();
+        let start = vec![1.0; width * width];
+        let (mut host, mut tensors, mut serial) = (start.clone(), start.clone(), start);
         accumulate_xtx(&x, &mut host, Par::rayon(0)).unwrap();
-        accumulate_xtx_tensors(&x, &mut tensors).unwrap();
+        accumulate_xtx_tensors(&x, &mut tensors, Par::rayon(0)).unwrap();
+        accumulate_xtx_tensors(&x, &mut serial, Par::Seq).unwrap();
         for (a, b) in host.iter().zip(&tensors) {
             assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{a} vs {b}");
         }
+        assert_eq!(tensors, serial);
     }
 }
