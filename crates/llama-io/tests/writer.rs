@@ -229,9 +229,12 @@ fn existing_target_needs_overwrite_and_is_replaced_whole() {
 fn unwritable_target_is_an_error_and_leaves_nothing() {
     let (_src, _w, model) = tiny_model(&TINY, 56);
     let out = TempDir::new("writer-bad");
-    let target = out.path().join("missing-parent").join("m");
+    // A file where the directory above the target must go (missing directories are
+    // made; this one cannot be).
+    std::fs::write(out.path().join("plain"), "").unwrap();
+    let target = out.path().join("plain").join("m");
     assert!(write_hf_dir(&model, &target, WeightDtype::F32, false).is_err());
-    assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0);
+    assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 1);
 }
 
 /// The packed layout of a linear layer as the root package's GPTQ writer gives it:
