@@ -16,6 +16,7 @@
 
 use candle_core::{D, DType, Device, Tensor};
 use faer::{Mat, MatRef};
+use llama_io::gemm::gemm;
 use prox_opt::{
     MagrOptions, MagrReport, MomentumSchedule, ObjectiveTest, ProxError, Solved, Solver,
 };
@@ -25,7 +26,6 @@ use quantizers::{
 
 use crate::backend::ComputeBackend;
 use crate::error::PipelineError;
-use llama_io::gemm::gemm;
 
 /// The candle backend on `device`.
 #[derive(Debug, Clone)]
