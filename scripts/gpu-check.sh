@@ -66,9 +66,9 @@ nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 500 \
 smi=$!
 
 # 2. The tiny model on both devices.
-step tiny_model 60 "$MAGR" gen-model --shape tiny --out "$WORK/tiny" --force --quiet
+step tiny_model 60 "$MAGR" gen-model --shape tiny --out "$WORK/tiny-model" --force --quiet
 for where in cpu "$DEVICE"; do
-    step "tiny_${where%%:*}" 90 "$MAGR" quantize --device "$where" --model "$WORK/tiny" \
+    step "tiny_${where%%:*}" 90 "$MAGR" quantize --device "$where" --model "$WORK/tiny-model" \
         --bits 3 --calib "$calib" --nsamples 4 --seqlen 1024 --eval-text "$wiki" \
         --eval-windows 2 --eval-seqlen 1024 --formats none --force \
         --out "$WORK/tiny-${where%%:*}"
