@@ -6,8 +6,8 @@
 //! device is) and MagR's iterations, plain or FISTA as on the host (one product
 //! `(W - W0) H` per iteration, which also gives the objective; the prox of
 //! `alpha ||.||_inf` per column or group: `w = clamp(v, -tau, tau)` with `tau` the l1
-//! projection threshold of `v` at radius `alpha`, 0 when `||v||_1 <= alpha`, bracketed
-//! by bisection and then solved exactly on its active set, in f64). `lambda_max`
+//! projection threshold of `v` at radius `alpha`, 0 when `||v||_1 <= alpha`, by
+//! Michelot's iteration on all rows at once, in f64). `lambda_max`
 //! (Lanczos), the checks and the report are [`prox_opt::magr_solved_by`]'s on the host.
 //! OPTQ with grids per channel runs its column loop and lazy block products on the
 //! device ([`Optq::quantize_swept_by`]: grids, order, the factor `U` (f64 Cholesky) and
@@ -321,34 +321,85 @@ fn group_max_abs_sum(w: &Tensor, group_rows: Option<usize>) -> candle_core::Resu
     })
 }
 
-/// Bisection steps of [`prox_linf_rows`]: the bracket of `tau` shrinks to `2^-60` of
-/// the row's largest magnitude, below f64's resolution of the sum that decides it.
-const BISECTION_STEPS: usize = 60;
-
 /// `prox_{alpha ||.||_inf}` of each row of `v`: `v - P(v)` with `P` the projection onto
 /// the l1 ball of radius `alpha`, i.e. `clamp(v, -tau, tau)` with `tau >= 0` solving
-/// `sum_i max(|v_i| - tau, 0) = alpha` (0 when `||v||_1 <= alpha`). `tau` is bracketed
-/// by bisection (elementwise operations and row sums only: no sort, which candle's CUDA
-/// kernel limits to short rows), then computed exactly from the active set
-/// `{i : |v_i| > lo}` as `(sum_active |v_i| - alpha) / |active|`, all in f64.
+/// `sum_i max(|v_i| - tau, 0) = alpha` (0 when `||v||_1 <= alpha`). `tau` by Michelot's
+/// iteration, as `l1_projection::Michelot` on the host, all rows at once and in f64:
+/// from the whole row active, `tau = (sum_{active} |v_i| - alpha) / |active|`, then
+/// `active = {i : |v_i| > tau}`, until no row's active set shrinks (`tau` only grows, and
+/// is exact once the set is stable): at most the row's length in steps, a handful on
+/// real layers, each a few passes over the rows. Elementwise operations and row sums
+/// only: no sort, which candle's CUDA kernel limits to short rows.
 fn prox_linf_rows(v: &Tensor, alpha: f64) -> candle_core::Result<Tensor> {
     let a = v.abs()?.to_dtype(DType::F64)?;
-    let mut lo = a.zeros_like()?.narrow(1, 0, 1)?.contiguous()?;
-    let mut hi = a.max_keepdim(D::Minus1)?;
-    for _ in 0..BISECTION_STEPS {
-        let mid = ((&lo + &hi)? * 0.5)?;
-        let above = a
-            .broadcast_sub(&mid)?
-            .relu()?
-            .sum_keepdim(D::Minus1)?
-            .gt(alpha)?;
-        lo = above.where_cond(&mid, &lo)?;
-        hi = above.where_cond(&hi, &mid)?;
+    let tau_of = |active: &Tensor| -> candle_core::Result<(Tensor, Tensor)> {
+        let count = active.sum_keepdim(D::Minus1)?;
+        let sum = (&a * active)?.sum_keepdim(D::Minus1)?;
+        let tau = (sum.affine(1.0, -alpha)? / count.clamp(1.0, f64::MAX)?)?;
+        Ok((tau, count))
+    };
+    let (mut tau, mut count) = tau_of(&a.ones_like()?)?;
+    for _ in 0..v.dim(D::Minus1)? {
+        let (next, next_count) = tau_of(&a.broadcast_gt(&tau)?.to_dtype(DType::F64)?)?;
+        let changed = (&next_count - &count)?
+            .abs()?
+            .sum_all()?
+            .to_scalar::<f64>()?;
+        (tau, count) = (next, next_count);
+        if changed == 0.0 {
+            break;
+        }
     }
-    let active = a.broadcast_gt(&lo)?.to_dtype(DType::F64)?;
-    let count = active.sum_keepdim(D::Minus1)?.clamp(1.0, f64::MAX)?;
-    let sum = (&a * &active)?.sum_keepdim(D::Minus1)?;
-    let tau = (sum.affine(1.0, -alpha)? / count)?.clamp(0.0, f64::MAX)?;
-    let tau = tau.to_dtype(v.dtype())?;
+    let tau = tau.clamp(0.0, f64::MAX)?.to_dtype(v.dtype())?;
     v.broadcast_minimum(&tau)?.broadcast_maximum(&tau.neg()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// `tau` of one row by the textbook rule, in f64: the magnitudes sorted down, the
+    /// largest `k` with `u_k > (sum_{j<=k} u_j - alpha) / k`, `tau` that ratio (0 when
+    /// the row's l1 norm is at most `alpha`).
+    fn naive_tau(row: &[f32], alpha: f64) -> f64 {
+        let mut u: Vec<f64> = row.iter().map(|&x| f64::from(x).abs()).collect();
+        u.sort_by(|a, b| b.total_cmp(a));
+        if u.iter().sum::<f64>() <= alpha {
+            return 0.0;
+        }
+        let (mut sum, mut tau) = (0.0, 0.0);
+        for (k, &x) in u.iter().enumerate() {
+            sum += x;
+            let t = (sum - alpha) / (k + 1) as f64;
+            if x > t {
+                tau = t;
+            }
+        }
+        tau
+    }
+
+    proptest! {
+        /// Each row clamped at the textbook `tau`, to f32 rounding: rows with ties,
+        /// zeros, one dominant entry, and l1 norms on both sides of `alpha`.
+        #[test]
+        fn prox_linf_rows_clamps_at_the_textbook_tau(
+            rows in prop::collection::vec(
+                prop::collection::vec(
+                    prop_oneof![Just(0.0f32), Just(0.5f32), Just(-0.5f32), -2.0f32..2.0], 40),
+                1..6),
+            alpha in prop_oneof![Just(1e-3), Just(0.3), Just(5.0), Just(100.0)],
+        ) {
+            let data: Vec<f32> = rows.concat();
+            let v = Tensor::from_vec(data, (rows.len(), 40), &Device::Cpu).unwrap();
+            let got = prox_linf_rows(&v, alpha).unwrap().to_vec2::<f32>().unwrap();
+            for (row, out) in rows.iter().zip(&got) {
+                let tau = naive_tau(row, alpha) as f32;
+                for (&x, &y) in row.iter().zip(out) {
+                    let want = x.clamp(-tau, tau);
+                    prop_assert!((y - want).abs() <= 1e-6 * (1.0 + x.abs()), "{x}: {y} vs {want}");
+                }
+            }
+        }
+    }
 }
