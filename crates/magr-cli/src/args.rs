@@ -56,6 +56,11 @@ impl ModelArg {
     pub fn gpu(&self) -> Result<Option<Device>, Error> {
         open_device(self.device, "--device")
     }
+
+    /// The `--device` value.
+    pub fn device(&self) -> DeviceName {
+        self.device
+    }
 }
 
 /// The GPU named by `flag`'s value `name`, opened (`None` for the CPU).

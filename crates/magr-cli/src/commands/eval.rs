@@ -38,9 +38,10 @@ pub struct EvalArgs {
 /// Evaluates the model, prints the result line, writes the JSON report if asked.
 pub fn run(args: &EvalArgs, quiet: bool) -> Result<(), Error> {
     let gpu = args.model.gpu()?;
+    // The model's device is opened once, also when the reference names it.
     let reference_gpu = match args.reference_device {
-        Some(name) => open_device(name, "--reference-device")?,
-        None => gpu.clone(),
+        Some(name) if name != args.model.device() => open_device(name, "--reference-device")?,
+        _ => gpu.clone(),
     };
     let (model, _) = load_model(&args.model, gpu.as_ref(), quiet)?;
     let reference = match &args.reference {
