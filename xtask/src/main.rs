@@ -74,9 +74,10 @@ commands:
            docs/bench/gguf/ (commit them: the bench continues from them on another machine)
   bench --seeds [--fresh]
            RTN, MagR+RTN, OPTQ, MagR+OPTQ (MagR by FISTA, the default, and by 200 plain iterations), MagR+OPTQ-dagger
-           at w4, w3 per channel, w3 and w2 with groups of 128, over calibration seeds 0, 1, 2:
+           at w4, w3 per channel, w3 and w2 with groups of 128, over calibration seeds 0, 1, 2
+           (RTN, which reads no calibration data, with seed 0 only):
            mean and spread of WikiText-2 and Lee-corpus perplexity, into docs/results.md; each
-           cell recorded in docs/bench/seeds/ (about 12 h on 2 cores: commit the records as it
+           cell recorded in docs/bench/seeds/ (about 11 h on 2 cores: commit the records as it
            goes, the bench continues from them on another machine)
   bench --scale [--nsamples N] [--no-magr] [--hidden-store auto|memory|disk]
            MagR+OPTQ w4 (OPTQ alone with --no-magr) on the first 2 blocks of a generated

@@ -1,6 +1,6 @@
 //! Measured bench cells kept in the repository, one JSON file per cell under
 //! `docs/bench/<bench>/`, so that a bench longer than one machine's life (the seeds
-//! bench: some 12 hours of 2 cores) continues on the next machine from what was committed.
+//! bench: some 11 hours of 2 cores) continues on the next machine from what was committed.
 //! A cell is measured once; its record holds only the numbers its table shows (the
 //! models and logs stay in `target/bench/<bench>/`, which a new machine does not have).
 

@@ -28,6 +28,14 @@ pub const SECTION_MARKER: &str = "<!-- cargo xtask bench --seeds -->";
 /// Calibration seeds of every cell.
 const SEEDS: [u64; 3] = [0, 1, 2];
 
+/// The seeds a method runs: all of them, except for RTN without MagR, which reads no
+/// calibration data (its weights are the same for every seed: the `cli` test
+/// `rtn_without_magr_does_not_depend_on_the_calibration_seed`), so it runs once, with
+/// seed 0, and has no spread.
+fn seeds_of(m: &Method) -> &'static [u64] {
+    if m.id == RTN.id { &SEEDS[..1] } else { &SEEDS }
+}
+
 /// The grids: groups of 128, the usual setting, leave a shorter last group in
 /// SmolLM2's 576-wide rows.
 const GRIDS: [Grid; 4] = [
@@ -73,9 +81,11 @@ const METHODS: [Method; 6] = [
     },
 ];
 
-/// Index of OPTQ and MagR+OPTQ in [`METHODS`]: the comparison the issue's target names.
+/// Index of OPTQ, MagR+OPTQ and MagR+OPTQ† in [`METHODS`]: the comparisons the issue's
+/// target names.
 const OPTQ_ROW: usize = 2;
 const MAGR_OPTQ_ROW: usize = 3;
+const DAGGER_ROW: usize = 5;
 
 /// The cells in the order they run: OPTQ and MagR+OPTQ at every grid and seed first (the
 /// target's comparison), then the rest seed by seed.
@@ -87,7 +97,7 @@ fn cell_order() -> Vec<(usize, usize, u64)> {
         }
     }
     for seed in SEEDS {
-        for m in 0..METHODS.len() {
+        for m in (0..METHODS.len()).filter(|&m| seeds_of(&METHODS[m]).contains(&seed)) {
             for g in 0..GRIDS.len() {
                 if !order.contains(&(m, g, seed)) {
                     order.push((m, g, seed));
@@ -220,18 +230,15 @@ fn mean_std(values: &[f64]) -> Option<(f64, f64)> {
     (!values.is_empty()).then(|| (mean, var.sqrt()))
 }
 
-/// `mean ± std (n)` of a cell's perplexities, `…` when none is measured; one seed has
-/// no spread to show.
-fn cell_text(values: &[f64]) -> String {
+/// `mean ± std (n of runs)` of a cell's perplexities over the `runs` seeds its method
+/// runs, `…` when none is measured; one seed has no spread to show.
+fn cell_text(values: &[f64], runs: usize) -> String {
     match mean_std(values) {
         None => "…".into(),
-        Some((mean, std)) if values.len() == SEEDS.len() => format!("{mean:.2} ± {std:.2}"),
-        Some((mean, _)) if values.len() == 1 => format!("{mean:.2} (1 of {} seeds)", SEEDS.len()),
-        Some((mean, std)) => format!(
-            "{mean:.2} ± {std:.2} ({} of {} seeds)",
-            values.len(),
-            SEEDS.len()
-        ),
+        Some((mean, _)) if runs == 1 => format!("{mean:.2}"),
+        Some((mean, std)) if values.len() == runs => format!("{mean:.2} ± {std:.2}"),
+        Some((mean, _)) if values.len() == 1 => format!("{mean:.2} (1 of {runs} seeds)"),
+        Some((mean, std)) => format!("{mean:.2} ± {std:.2} ({} of {runs} seeds)", values.len()),
     }
 }
 
@@ -253,7 +260,7 @@ fn read_cell(records: &Records, m: &Method, g: &Grid) -> Result<Cell, String> {
         seconds: Vec::new(),
         failed: 0,
     };
-    for seed in SEEDS {
+    for &seed in seeds_of(m) {
         let Some(record) = records.get::<SeedCell>(&cell_id(m, g, seed))? else {
             continue;
         };
@@ -312,7 +319,9 @@ fn write_results(records: &Records, results: &Path, machine: &str) -> Result<(),
          calibration). Mean ± sample standard deviation over the seeds; groups of 128 \
          (SmolLM2's 576-wide rows end in a group of 64), grid shrink 0.95 with groups. MagR \
          runs FISTA (`magr quantize`'s default, at most 40 iterations) except in the row that \
-         names the reference's 200 plain iterations.\n"
+         names the reference's 200 plain iterations. RTN alone reads no calibration data (its \
+         weights are the same for every seed, which a `magr-cli` test checks): it runs once, \
+         with seed 0, and has no spread.\n"
     );
     let mut head = String::from("| method |");
     let mut rule = String::from("|---|");
@@ -330,7 +339,8 @@ fn write_results(records: &Records, results: &Path, machine: &str) -> Result<(),
                 .unwrap_or_else(|| format!("{} (not measured yet)", m.id))
         })
         .collect();
-    for (label, row) in labels.iter().zip(&cells) {
+    for ((label, row), m) in labels.iter().zip(&cells).zip(&METHODS) {
+        let runs = seeds_of(m).len();
         let mut line = format!("| {label} |");
         for c in row {
             let failed = if c.failed > 0 {
@@ -341,22 +351,24 @@ fn write_results(records: &Records, results: &Path, machine: &str) -> Result<(),
             let _ = write!(
                 line,
                 " {}{failed} | {} |",
-                cell_text(&c.wikitext),
-                cell_text(&c.lee)
+                cell_text(&c.wikitext, runs),
+                cell_text(&c.lee, runs)
             );
         }
         let _ = writeln!(md, "{line}");
     }
-    let mut line = String::from("| MagR+OPTQ's gain over OPTQ |");
-    for (optq, magr) in cells[OPTQ_ROW].iter().zip(&cells[MAGR_OPTQ_ROW]) {
-        let _ = write!(
-            line,
-            " {} | {} |",
-            verdict(&optq.wikitext, &magr.wikitext),
-            verdict(&optq.lee, &magr.lee)
-        );
+    for row in [MAGR_OPTQ_ROW, DAGGER_ROW] {
+        let mut line = format!("| {}'s gain over OPTQ |", labels[row]);
+        for (optq, magr) in cells[OPTQ_ROW].iter().zip(&cells[row]) {
+            let _ = write!(
+                line,
+                " {} | {} |",
+                verdict(&optq.wikitext, &magr.wikitext),
+                verdict(&optq.lee, &magr.lee)
+            );
+        }
+        let _ = writeln!(md, "{line}");
     }
-    let _ = writeln!(md, "{line}");
     let _ = writeln!(
         md,
         "\nWall seconds per cell (mean over the seeds measured):\n"
@@ -397,8 +409,10 @@ mod tests {
         );
         assert_eq!(verdict(&[1.0, 1.1], &[2.0, 2.1]), "-95.2% (loss)");
         assert_eq!(verdict(&[1.0], &[2.0, 2.1]), "…");
-        assert_eq!(cell_text(&[1.0, 2.0, 3.0]), "2.00 ± 1.00");
-        assert_eq!(cell_text(&[2.0]), "2.00 (1 of 3 seeds)");
+        assert_eq!(cell_text(&[1.0, 2.0, 3.0], 3), "2.00 ± 1.00");
+        assert_eq!(cell_text(&[2.0], 3), "2.00 (1 of 3 seeds)");
+        assert_eq!(cell_text(&[2.0], 1), "2.00");
+        assert_eq!(cell_text(&[], 1), "…");
     }
 
     #[test]
@@ -421,9 +435,18 @@ mod tests {
             .unwrap();
         let failed = Record::<SeedCell>::now("c", 1.0, Outcome::Failed("boom".into()));
         records.put(&optq_w4(2), &failed).unwrap();
+        let rtn = Outcome::Measured(SeedCell {
+            label: "RTN".into(),
+            wikitext_ppl: 12.0,
+            lee_ppl: 13.0,
+        });
+        let rtn_w4 = cell_id(&RTN, &GRIDS[0], 0);
+        records.put(&rtn_w4, &Record::now("c", 5.0, rtn)).unwrap();
         let results = dir.join("results.md");
         write_results(&records, &results, "a machine").unwrap();
         let md = std::fs::read_to_string(&results).unwrap();
+        assert!(md.contains("| RTN | 12.00 | 13.00 | … |"), "{md}");
+        assert_eq!(md.matches("'s gain over OPTQ |").count(), 2, "{md}");
         let row = md.lines().find(|l| l.starts_with("| OPTQ |")).unwrap();
         assert!(
             row.starts_with("| OPTQ | 10.00 ± 1.41 (2 of 3 seeds) (1 failed) | 20.00 ± 1.41 (2 of 3 seeds) | … |"),
@@ -436,7 +459,11 @@ mod tests {
     #[test]
     fn the_target_comparison_runs_first_and_every_cell_once() {
         let order = cell_order();
-        assert_eq!(order.len(), METHODS.len() * GRIDS.len() * SEEDS.len());
+        let runs: usize = METHODS.iter().map(|m| seeds_of(m).len()).sum();
+        assert_eq!(order.len(), runs * GRIDS.len());
+        let rtn = |&&(m, _, _): &&(usize, usize, u64)| METHODS[m].id == RTN.id;
+        assert_eq!(order.iter().filter(rtn).count(), GRIDS.len());
+        assert!(order.iter().filter(rtn).all(|&(_, _, seed)| seed == 0));
         let first: Vec<usize> = order[..2 * GRIDS.len() * SEEDS.len()]
             .iter()
             .map(|c| c.0)

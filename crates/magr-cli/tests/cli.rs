@@ -327,6 +327,33 @@ fn an_interrupted_run_resumes_to_the_same_bytes() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// RTN without MagR reads no calibration data: its weights are the same for every
+/// calibration seed (the seeds bench runs it once on this ground), while OPTQ's move with
+/// the seed.
+#[test]
+fn rtn_without_magr_does_not_depend_on_the_calibration_seed() {
+    let dir = workspace("seed-free");
+    let weights = |method: &str, seed: &str| {
+        let out = dir.join(format!("{method}-{seed}"));
+        let (ok, err) = quantize_tiny(
+            &dir,
+            &out,
+            &[
+                ("--method", method),
+                ("--no-magr", ""),
+                ("--bits", "3"),
+                ("--seed", seed),
+                ("--formats", "fake-quant"),
+            ],
+        );
+        assert!(ok, "{err}");
+        std::fs::read(out.join("fake-quant/model.safetensors")).unwrap()
+    };
+    assert!(weights("rtn", "0") == weights("rtn", "1"));
+    assert!(weights("optq", "0") != weights("optq", "1"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// The GGUF flags: refusals named before any work, and a tokenizer that GGUF cannot
 /// hold refused before quantizing, with nothing left behind.
 #[test]
