@@ -96,12 +96,16 @@ const COMPARISONS: [(usize, usize); 3] = [
     (PLAIN_ROW, MAGR_OPTQ_ROW),
 ];
 
-/// The cells in the order they run: OPTQ and MagR+OPTQ at every grid and seed first (the
-/// target's comparison), then the rest seed by seed.
+/// The rows of the target, which run first: OPTQ against MagR+OPTQ and
+/// MagR+OPTQ†.
+const TARGET_ROWS: [usize; 3] = [OPTQ_ROW, MAGR_OPTQ_ROW, DAGGER_ROW];
+
+/// The cells in the order they run: the [`TARGET_ROWS`] at every grid and seed first,
+/// then the rest seed by seed.
 fn cell_order() -> Vec<(usize, usize, u64)> {
     let mut order = Vec::new();
     for seed in SEEDS {
-        for m in [OPTQ_ROW, MAGR_OPTQ_ROW] {
+        for m in TARGET_ROWS {
             order.extend((0..GRIDS.len()).map(|g| (m, g, seed)));
         }
     }
@@ -478,11 +482,11 @@ mod tests {
         let rtn = |&&(m, _, _): &&(usize, usize, u64)| METHODS[m].id == RTN.id;
         assert_eq!(order.iter().filter(rtn).count(), GRIDS.len());
         assert!(order.iter().filter(rtn).all(|&(_, _, seed)| seed == 0));
-        let first: Vec<usize> = order[..2 * GRIDS.len() * SEEDS.len()]
+        let first: Vec<usize> = order[..TARGET_ROWS.len() * GRIDS.len() * SEEDS.len()]
             .iter()
             .map(|c| c.0)
             .collect();
-        assert!(first.iter().all(|&m| m == OPTQ_ROW || m == MAGR_OPTQ_ROW));
+        assert!(first.iter().all(|m| TARGET_ROWS.contains(m)));
         let mut unique = order.clone();
         unique.sort();
         unique.dedup();
