@@ -156,7 +156,7 @@ impl DeviceMagr {
         let mut trace = options.record_trace.then(|| vec![x.value]);
         let mut test = ObjectiveTest::from_start(x.value);
         let mut schedule = MomentumSchedule::default();
-        let mut iterations = 0;
+        let (mut iterations, mut restarts) = (0, 0);
         while iterations < options.iterations {
             let beta = schedule.beta();
             let mut z = match (&prev, momentum && beta != 0.0) {
@@ -173,6 +173,7 @@ impl DeviceMagr {
             }
             prev = Some(std::mem::replace(&mut x, z));
             iterations += 1;
+            restarts += usize::from(restart);
             schedule.advance(restart);
             if let Some(t) = trace.as_mut() {
                 t.push(x.value);
@@ -185,6 +186,7 @@ impl DeviceMagr {
             x.w,
             Solved {
                 iterations,
+                restarts,
                 objective: Some(x.value),
                 trace,
             },

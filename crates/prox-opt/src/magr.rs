@@ -108,6 +108,8 @@ pub struct MagrReport {
     pub lambda_max: f64,
     /// Iterations run.
     pub iterations: usize,
+    /// FISTA momentum restarts (0 for the plain method and a dead layer).
+    pub restarts: usize,
     /// Objective `1/2 tr(D^T H D) + alpha * lambda_max * sum ||w_group||_inf` at `W0`.
     pub objective_before: f64,
     /// The same objective at the result.
@@ -168,6 +170,7 @@ pub fn magr(
         };
         Ok(Solved {
             iterations: report.iterations,
+            restarts: report.restarts,
             objective: Some(report.objective),
             trace: report.trace,
         })
@@ -191,6 +194,8 @@ pub struct MagrProblem<'a> {
 pub struct Solved {
     /// Iterations run.
     pub iterations: usize,
+    /// FISTA momentum restarts (0 for the plain method).
+    pub restarts: usize,
     /// The objective at the result, if the solver computed it (otherwise it is
     /// computed on the host from the result).
     pub objective: Option<f64>,
@@ -240,12 +245,18 @@ pub fn magr_solved_by(
     let max_abs_before = column_max_abs(w0);
     let mut w = w0.to_owned();
     let mut warnings = Vec::new();
-    let (iterations, objective_before, objective_after, trace) = if lambda_max <= 0.0 {
+    let (iterations, restarts, objective_before, objective_after, trace) = if lambda_max <= 0.0 {
         warnings.push(
             "H is zero (no calibration signal reaches this layer): W0 returned unchanged".into(),
         );
         let obj = crate::Prox::value(&g, w0);
-        (0, obj, Some(obj), options.record_trace.then(|| vec![obj]))
+        (
+            0,
+            0,
+            obj,
+            Some(obj),
+            options.record_trace.then(|| vec![obj]),
+        )
     } else {
         let objective_before = crate::Prox::value(&g, w0); // f(W0) = 0
         let problem = MagrProblem {
@@ -257,6 +268,7 @@ pub fn magr_solved_by(
         check_finite("W (MagR's result)", w.as_ref())?;
         (
             solved.iterations,
+            solved.restarts,
             objective_before,
             solved.objective,
             solved.trace,
@@ -268,6 +280,7 @@ pub fn magr_solved_by(
     let report = MagrReport {
         lambda_max,
         iterations,
+        restarts,
         objective_before,
         objective_after,
         trace,
