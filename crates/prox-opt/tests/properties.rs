@@ -422,6 +422,45 @@ fn fista_reaches_2000_plain_iterations_sooner() {
     assert!(k < 2000);
 }
 
+/// `magr`'s report carries the solver's restart count: FISTA's as a direct solve of the
+/// same problem counts them (some, on this layer), the plain method's none.
+#[test]
+fn magr_reports_the_solvers_restarts() {
+    let (_, h) = features_and_hessian(300, 64, 8, 31);
+    let w0 = random_weights(64, 32, 0.02, 32);
+    let options = MagrOptions {
+        alpha: 1e-2,
+        iterations: 300,
+        objective_tol: 0.0,
+        par: Par::Seq,
+        ..MagrOptions::per_channel().fista()
+    };
+    let (_, report) = magr(w0.as_ref(), h.as_ref(), &options).unwrap();
+    let f = Quadratic::with_lipschitz(h.as_ref(), w0.as_ref(), report.lambda_max).unwrap();
+    let g = LinfNorm {
+        weight: options.alpha * report.lambda_max,
+        group_rows: None,
+    };
+    let mut w = w0.clone();
+    let direct = Fista {
+        stop: StoppingRule::objective(options.iterations, options.objective_tol),
+        record_trace: false,
+        par: Par::Seq,
+    }
+    .solve(&f, &g, &mut w);
+    assert!(
+        direct.restarts > 0,
+        "no restart in {} iterations",
+        direct.iterations
+    );
+    assert_eq!(report.restarts, direct.restarts);
+    let plain = MagrOptions {
+        solver: Solver::Plain,
+        ..options
+    };
+    assert_eq!(magr(w0.as_ref(), h.as_ref(), &plain).unwrap().1.restarts, 0);
+}
+
 #[test]
 fn stopping_rule_stops_early() {
     let (_, h) = features_and_hessian(200, 16, 4, 41);
