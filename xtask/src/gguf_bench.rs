@@ -28,8 +28,8 @@ use std::time::Instant;
 use magr_report::{Evaluation, RunReport};
 use serde::{Deserialize, Serialize};
 
-use crate::records::{Outcome, Record, Records};
-use crate::table::{commit, machine, path_str, read_typed, run_cell};
+use crate::records::{Machines, Outcome, Record, Records};
+use crate::table::{commit, path_str, read_typed, run_cell};
 
 /// The presets and formats of the table, in the order they are measured: `(llama.cpp's
 /// name, magr's name, bits per weight)`; the bits are `None` for a K-quant preset (a
@@ -61,6 +61,9 @@ const EVAL_CHUNKS: &str = "40";
 
 /// Where the GGUF section of `docs/results.md` starts.
 pub const SECTION_MARKER: &str = "<!-- cargo xtask bench --gguf -->";
+
+/// Where the records are kept, from the repository root.
+const RECORDS: &str = "docs/bench/gguf";
 
 /// A row of the table.
 struct Row {
@@ -204,9 +207,8 @@ pub fn run(i: &Inputs<'_>, fresh: bool) -> Result<(), String> {
         std::fs::remove_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let records = Records::open(&i.root.join("docs/bench/gguf"), fresh)?;
+    let records = Records::open(&i.root.join(RECORDS), fresh)?;
     let commit = commit(i.root);
-    let machine = machine();
 
     // The float models, the importance matrix and the joined evaluation text, once.
     let dequantized = made(dir.join("F32.gguf"), |partial| {
@@ -280,7 +282,7 @@ pub fn run(i: &Inputs<'_>, fresh: bool) -> Result<(), String> {
         std::fs::write(partial, text.lines().collect::<Vec<_>>().join("\n\n"))
             .map_err(|e| format!("{}: {e}", partial.display()))
     })?;
-    write_section(&records, i.results, &machine)?;
+    write_section(&records, i.results)?;
 
     let mut jobs = vec![
         (FLOAT_DEQUANTIZED.to_string(), Job::Float(&dequantized)),
@@ -331,7 +333,7 @@ pub fn run(i: &Inputs<'_>, fresh: bool) -> Result<(), String> {
             &id,
             &Record::now(&commit, start.elapsed().as_secs_f64(), outcome),
         )?;
-        write_section(&records, i.results, &machine)?;
+        write_section(&records, i.results)?;
     }
     eprintln!("xtask: wrote the GGUF section of {}", i.results.display());
     Ok(())
@@ -468,8 +470,16 @@ fn perplexities(
     Ok((llama_ppl(&llama)?, magr.ppl))
 }
 
+/// Rewrites the section from the records in `root`'s `docs/bench/gguf/`, measuring
+/// nothing.
+pub fn write_tables(root: &Path, results: &Path) -> Result<(), String> {
+    write_section(&Records::open(&root.join(RECORDS), false)?, results)
+}
+
 /// Rewrites the GGUF section of `results` from the records, keeping the other sections.
-fn write_section(records: &Records, results: &Path, machine: &str) -> Result<(), String> {
+fn write_section(records: &Records, results: &Path) -> Result<(), String> {
+    let mut machines = Machines::default();
+    let rows = table_rows(records, &mut machines)?;
     let mut md = String::new();
     let _ = writeln!(
         md,
@@ -498,7 +508,8 @@ fn write_section(records: &Records, results: &Path, machine: &str) -> Result<(),
          every file by `llama-perplexity -c 2048 --chunks {EVAL_CHUNKS}` (scores the second half of each chunk) and by `magr eval` (first \
          {EVAL_CHUNKS} windows of 2048, every token) on WikiText-2 test, lines joined by a \
          blank line. llama.cpp built by `cargo xtask llama-cpp` (llama.cpp vendored in \
-         llama-cpp-python 0.3.36, AVX2). Machine: {machine}.\n"
+         llama-cpp-python 0.3.36, AVX2). Machines (the last column names each row's): {}.\n",
+        machines.legend()
     );
     let float = |id: &str| -> Result<String, String> {
         Ok(match records.get::<GgufCell>(id)? {
@@ -520,9 +531,23 @@ fn write_section(records: &Records, results: &Path, machine: &str) -> Result<(),
     );
     let _ = writeln!(
         md,
-        "| format | method | llama.cpp ppl | magr eval ppl | ratio to llama.cpp + imatrix | file MB | bits/weight (linear) | quantization s | commit |"
+        "| format | method | llama.cpp ppl | magr eval ppl | ratio to llama.cpp + imatrix | file MB | bits/weight (linear) | quantization s | commit, machine |"
     );
     let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
+    md.push_str(&rows);
+    let _ = writeln!(
+        md,
+        "\nCommands: `cargo xtask bench --gguf` (continues from the records in \
+         `docs/bench/gguf/`; `--gguf --fresh` measures again). Files and logs stay in \
+         `target/bench/gguf/`."
+    );
+    crate::results::write_section(results, Some(SECTION_MARKER), &md)
+}
+
+/// The rows of the GGUF table, one per format and method, lettering the machines that
+/// measured them in `machines`.
+fn table_rows(records: &Records, machines: &mut Machines) -> Result<String, String> {
+    let mut md = String::new();
     for (llama_type, magr_type, bpw) in TYPES {
         let imatrix = records.get::<GgufCell>(&format!("llama-imatrix-{magr_type}"))?;
         let imatrix_ppl = imatrix
@@ -532,10 +557,7 @@ fn write_section(records: &Records, results: &Path, machine: &str) -> Result<(),
         for row in &ROWS {
             let id = format!("{}-{magr_type}", row.id);
             let record = records.get::<GgufCell>(&id)?;
-            let Some((commit, c)) = record
-                .as_ref()
-                .and_then(|r| Some((&r.commit, r.measured()?)))
-            else {
+            let Some((r, c)) = record.as_ref().and_then(|r| Some((r, r.measured()?))) else {
                 let state = match record {
                     Some(_) => format!("failed (docs/bench/gguf/{id}.json)"),
                     None => "…".into(),
@@ -547,22 +569,18 @@ fn write_section(records: &Records, results: &Path, machine: &str) -> Result<(),
             let bpw = bpw.map_or("mixture".to_string(), |b| b.to_string());
             let _ = writeln!(
                 md,
-                "| {llama_type} | {} | {:.2} | {:.2} | {ratio} | {:.1} | {bpw} | {:.0} | `{commit}` |",
+                "| {llama_type} | {} | {:.2} | {:.2} | {ratio} | {:.1} | {bpw} | {:.0} | `{}`, {} |",
                 row.label,
                 c.llama_ppl,
                 c.magr_ppl,
                 c.bytes as f64 / 1e6,
                 c.make_seconds,
+                r.commit,
+                machines.letter(&r.machine),
             );
         }
     }
-    let _ = writeln!(
-        md,
-        "\nCommands: `cargo xtask bench --gguf` (continues from the records in \
-         `docs/bench/gguf/`; `--gguf --fresh` measures again). Files and logs stay in \
-         `target/bench/gguf/`."
-    );
-    crate::results::write_section(results, Some(SECTION_MARKER), &md)
+    Ok(md)
 }
 
 #[cfg(test)]
@@ -587,14 +605,14 @@ mod tests {
         put("magr-auto-optq-q4_k_m", cell(19.0, 21.0));
         put("optq-q4_k_m", Outcome::Failed("boom".into()));
         let results = dir.join("results.md");
-        write_section(&records, &results, "a machine").unwrap();
+        write_section(&records, &results).unwrap();
         let md = std::fs::read_to_string(&results).unwrap();
         assert!(
             md.contains("dequantized …; rotated (every row starts from it) llama.cpp ppl **18.80**, magr eval ppl **20.80**"),
             "{md}"
         );
         assert!(
-            md.contains("| Q4_K_M | magr MagR (alpha auto)+OPTQ | 19.00 | 21.00 | 0.950 | 188.6 | mixture | 450 | `abc` |"),
+            md.contains("| Q4_K_M | magr MagR (alpha auto)+OPTQ | 19.00 | 21.00 | 0.950 | 188.6 | mixture | 450 | `abc`, A |"),
             "{md}"
         );
         assert!(

@@ -66,19 +66,20 @@ commands:
   bench    the SmolLM2 table (RTN, MagR+RTN, OPTQ, MagR+OPTQ, MagR+OPTQ-dagger at w4, w3, w3g64,
            w2g64) into docs/results.md; continues an interrupted table (--fresh: from scratch;
            about 4 h on 2 cores)
-  bench --gguf [--fresh]
+  bench --gguf [--fresh | --tables-only]
            magr's GGUF files (RTN, OPTQ, MagR+OPTQ with --alpha auto on Q4_0, Q4_1, Q5_0 and the
            K-quant presets Q2_K, Q3_K_S, Q3_K_M, Q4_K_M, Q5_K_M, Q6_K) against llama-quantize with
            and without an imatrix, all made from SmolLM2 rotated (`magr rotate`: weights on no
            grid), judged by llama-perplexity and magr eval, into docs/results.md; each cell recorded in
            docs/bench/gguf/ (commit them: the bench continues from them on another machine)
-  bench --seeds [--fresh]
+  bench --seeds [--fresh | --tables-only]
            RTN, MagR+RTN, OPTQ, MagR+OPTQ (MagR by FISTA, the default, and by 200 plain iterations), MagR+OPTQ-dagger
            at w4, w3 per channel, w3 and w2 with groups of 128, over calibration seeds 0, 1, 2
            (RTN, which reads no calibration data, with seed 0 only):
            mean and spread of WikiText-2 and Lee-corpus perplexity, into docs/results.md; each
            cell recorded in docs/bench/seeds/ (about 11 h on 2 cores: commit the records as it
            goes, the bench continues from them on another machine)
+           --tables-only (either bench): rewrite its section from the records, measure nothing
   bench --scale [--nsamples N] [--no-magr] [--hidden-store auto|memory|disk]
            MagR+OPTQ w4 (OPTQ alone with --no-magr) on the first 2 blocks of a generated
            7B-shaped model (written once, 1.9 GB) with N x 2048 calibration tokens (default
@@ -306,6 +307,30 @@ fn kills(args: &[String]) -> Result<(), String> {
     )
 }
 
+/// What a bench kept in `docs/bench/` does with its records: measure the cells not
+/// recorded, measure every cell again (`--fresh`), or only rewrite its section of
+/// `docs/results.md` from them (`--tables-only`).
+#[derive(Debug, PartialEq)]
+enum RecordsMode {
+    Continue,
+    Fresh,
+    TablesOnly,
+}
+
+impl RecordsMode {
+    fn parse(bench: &str, args: &[String]) -> Result<Self, String> {
+        match args {
+            [] => Ok(Self::Continue),
+            [a] if a == "--fresh" => Ok(Self::Fresh),
+            [a] if a == "--tables-only" => Ok(Self::TablesOnly),
+            _ => Err(format!(
+                "bench {bench}: unexpected arguments {args:?} (expected nothing, --fresh or \
+                 --tables-only)\n\n{USAGE}"
+            )),
+        }
+    }
+}
+
 /// `bench`: the SmolLM2 table into `docs/results.md` (see [`table`]); `bench --fresh`
 /// measures every cell again; `bench --gguf`, `bench --seeds` and `bench --scale` write
 /// their own sections ([`gguf_bench`], [`seeds`], [`scale`]); `bench --micro [ARGS]`: the projection criterion
@@ -357,6 +382,10 @@ fn bench(args: &[String]) -> Result<(), String> {
             )
         }
         Some("--seeds") => {
+            let records = RecordsMode::parse("--seeds", &args[1..])?;
+            if records == RecordsMode::TablesOnly {
+                return seeds::write_tables(root, &root.join("docs/results.md"));
+            }
             fetch()?;
             cargo(&["build", "--release", "-p", "magr-cli"])?;
             seeds::run(
@@ -366,10 +395,14 @@ fn bench(args: &[String]) -> Result<(), String> {
                     lee: &data_file("calibration/lee_background.cor")?,
                     results: &root.join("docs/results.md"),
                 },
-                args.get(1).is_some_and(|a| a == "--fresh"),
+                records == RecordsMode::Fresh,
             )
         }
         Some("--gguf") => {
+            let records = RecordsMode::parse("--gguf", &args[1..])?;
+            if records == RecordsMode::TablesOnly {
+                return gguf_bench::write_tables(root, &root.join("docs/results.md"));
+            }
             let model = fetch()?;
             let llama_cpp = llama_cpp()?;
             cargo(&["build", "--release", "-p", "magr-cli"])?;
@@ -387,7 +420,7 @@ fn bench(args: &[String]) -> Result<(), String> {
                     wikitext: &data_file("wikitext-2-raw/wiki.test.raw")?,
                     results: &root.join("docs/results.md"),
                 },
-                args.get(1).is_some_and(|a| a == "--fresh"),
+                records == RecordsMode::Fresh,
             )
         }
         None | Some("--fresh") => {

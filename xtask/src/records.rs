@@ -9,12 +9,13 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-/// What one measured cell left: the commit it ran at, its wall seconds, the 15-minute
-/// load average when it ended (above the core count: something else ran beside it), and
-/// its numbers or why it failed.
+/// What one measured cell left: the commit and the machine it ran on, its wall seconds,
+/// the 15-minute load average when it ended (above the core count: something else ran
+/// beside it), and its numbers or why it failed.
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
 pub struct Record<T> {
     pub commit: String,
+    pub machine: String,
     pub seconds: f64,
     pub load: String,
     pub outcome: Outcome<T>,
@@ -30,10 +31,11 @@ pub enum Outcome<T> {
 }
 
 impl<T> Record<T> {
-    /// The record of a cell that ended now, at `commit`, after `seconds`.
+    /// The record of a cell that ended now, on this machine, at `commit`, after `seconds`.
     pub fn now(commit: &str, seconds: f64, outcome: Outcome<T>) -> Self {
         Self {
             commit: commit.to_string(),
+            machine: crate::table::machine(),
             seconds,
             load: load_average(),
             outcome,
@@ -55,6 +57,43 @@ pub fn load_average() -> String {
         .ok()
         .and_then(|l| l.split_whitespace().nth(2).map(String::from))
         .unwrap_or_else(|| "-".into())
+}
+
+/// The machines that measured the cells of a table, lettered A, B, ... in the order the
+/// table first meets them, so that a cell can say where it ran (a bench that outlives one
+/// machine continues on another; wall seconds compare only on the same one).
+#[derive(Debug, Default)]
+pub struct Machines(Vec<(String, usize)>);
+
+impl Machines {
+    /// The letter of `machine`, counting one more cell of it.
+    pub fn letter(&mut self, machine: &str) -> char {
+        let i = match self.0.iter().position(|(m, _)| m == machine) {
+            Some(i) => i,
+            None => {
+                self.0.push((machine.to_string(), 0));
+                self.0.len() - 1
+            }
+        };
+        self.0[i].1 += 1;
+        (b'A' + i as u8) as char
+    }
+
+    /// How many machines there are.
+    pub fn count(&self) -> usize {
+        self.0.len()
+    }
+
+    /// `A: <machine> (n cells); B: ...`.
+    pub fn legend(&self) -> String {
+        let named: Vec<String> = (self.0.iter().enumerate())
+            .map(|(i, (m, n))| {
+                let cells = if *n == 1 { "cell" } else { "cells" };
+                format!("{}: {m} ({n} {cells})", (b'A' + i as u8) as char)
+            })
+            .collect();
+        named.join("; ")
+    }
 }
 
 /// The records of one bench: `<dir>/<cell id>.json`.
@@ -127,8 +166,23 @@ mod tests {
         std::fs::write(dir.join("c.json"), "{").unwrap();
         let err = reopened.get::<Numbers>("c").unwrap_err();
         assert!(err.contains("c.json"), "{err}");
+        assert_eq!(a.machine, crate::table::machine());
         let fresh = Records::open(&dir, true).unwrap();
         assert_eq!(fresh.get::<Numbers>("a").unwrap(), None);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn machines_are_lettered_in_the_order_met_and_counted() {
+        let mut machines = Machines::default();
+        assert_eq!(machines.legend(), "");
+        assert_eq!(machines.letter("x86, 2 cores"), 'A');
+        assert_eq!(machines.letter("arm, 4 cores"), 'B');
+        assert_eq!(machines.letter("x86, 2 cores"), 'A');
+        assert_eq!(machines.count(), 2);
+        assert_eq!(
+            machines.legend(),
+            "A: x86, 2 cores (2 cells); B: arm, 4 cores (1 cell)"
+        );
     }
 }

@@ -16,7 +16,7 @@ use std::time::Instant;
 use magr_report::{Evaluation, RunReport};
 use serde::{Deserialize, Serialize};
 
-use crate::records::{Outcome, Record, Records};
+use crate::records::{Machines, Outcome, Record, Records};
 use crate::table::{
     CALIBRATION, EVAL_WINDOWS, Grid, Method, OPTQ, RTN, W3, W4, commit, machine, path_str,
     quantize_args, read_typed, run_cell,
@@ -24,6 +24,9 @@ use crate::table::{
 
 /// The section's marker in `docs/results.md`.
 pub const SECTION_MARKER: &str = "<!-- cargo xtask bench --seeds -->";
+
+/// Where the records are kept, from the repository root.
+const RECORDS: &str = "docs/bench/seeds";
 
 /// Calibration seeds of every cell.
 const SEEDS: [u64; 3] = [0, 1, 2];
@@ -153,14 +156,14 @@ pub fn run(i: &Inputs<'_>, fresh: bool) -> Result<(), String> {
         std::fs::remove_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let records = Records::open(&i.root.join("docs/bench/seeds"), fresh)?;
+    let records = Records::open(&i.root.join(RECORDS), fresh)?;
     // A copy, so that rebuilding during the bench does not change what it measures.
     let magr = dir.join("magr");
     std::fs::copy(i.built, &magr).map_err(|e| format!("copying {}: {e}", i.built.display()))?;
     let commit = commit(i.root);
     let machine = machine();
     eprintln!("xtask: seeds bench on {machine}, commit {commit}");
-    write_results(&records, i.results, &machine)?;
+    write_results(&records, i.results)?;
     for (m, g, seed) in cell_order() {
         let id = cell_id(&METHODS[m], &GRIDS[g], seed);
         if records.get::<SeedCell>(&id)?.is_some() {
@@ -177,10 +180,16 @@ pub fn run(i: &Inputs<'_>, fresh: bool) -> Result<(), String> {
         };
         let record = Record::now(&commit, start.elapsed().as_secs_f64(), outcome);
         records.put(&id, &record)?;
-        write_results(&records, i.results, &machine)?;
+        write_results(&records, i.results)?;
     }
     eprintln!("xtask: wrote {}", i.results.display());
     Ok(())
+}
+
+/// Rewrites the section from the records in `root`'s `docs/bench/seeds/`, measuring
+/// nothing.
+pub fn write_tables(root: &Path, results: &Path) -> Result<(), String> {
+    write_results(&Records::open(&root.join(RECORDS), false)?, results)
 }
 
 /// One cell: quantize (WikiText-2 evaluated by the run itself, the fake-quant model
@@ -261,7 +270,8 @@ struct Cell {
     label: Option<String>,
     wikitext: Vec<f64>,
     lee: Vec<f64>,
-    seconds: Vec<f64>,
+    /// The machine and wall seconds of every seed measured.
+    runs: Vec<(String, f64)>,
     failed: usize,
 }
 
@@ -270,7 +280,7 @@ fn read_cell(records: &Records, m: &Method, g: &Grid) -> Result<Cell, String> {
         label: None,
         wikitext: Vec::new(),
         lee: Vec::new(),
-        seconds: Vec::new(),
+        runs: Vec::new(),
         failed: 0,
     };
     for &seed in seeds_of(m) {
@@ -282,7 +292,7 @@ fn read_cell(records: &Records, m: &Method, g: &Grid) -> Result<Cell, String> {
                 cell.wikitext.push(c.wikitext_ppl);
                 cell.lee.push(c.lee_ppl);
                 cell.label = Some(c.label);
-                cell.seconds.push(record.seconds);
+                cell.runs.push((record.machine, record.seconds));
             }
             Outcome::Failed(_) => cell.failed += 1,
         }
@@ -309,13 +319,55 @@ fn verdict(optq: &[f64], magr: &[f64]) -> String {
     }
 }
 
-fn write_results(records: &Records, results: &Path, machine: &str) -> Result<(), String> {
+/// The wall seconds of a cell: the mean over its seeds on each machine that measured
+/// some, with the machine's letter when the table has more than one.
+fn seconds_text(runs: &[(char, f64)], several: bool) -> String {
+    let mut texts = Vec::new();
+    let mut seen = Vec::new();
+    for &(letter, _) in runs {
+        if seen.contains(&letter) {
+            continue;
+        }
+        seen.push(letter);
+        let on: Vec<f64> = (runs.iter())
+            .filter(|(l, _)| *l == letter)
+            .map(|(_, s)| *s)
+            .collect();
+        let mean = on.iter().sum::<f64>() / on.len() as f64;
+        texts.push(if several {
+            format!("{mean:.0} ({letter})")
+        } else {
+            format!("{mean:.0}")
+        });
+    }
+    if texts.is_empty() {
+        "…".into()
+    } else {
+        texts.join(", ")
+    }
+}
+
+fn write_results(records: &Records, results: &Path) -> Result<(), String> {
     let mut cells = Vec::new();
     for m in &METHODS {
         let row: Result<Vec<Cell>, String> =
             GRIDS.iter().map(|g| read_cell(records, m, g)).collect();
         cells.push(row?);
     }
+    let mut machines = Machines::default();
+    let lettered: Vec<Vec<Vec<(char, f64)>>> = (cells.iter())
+        .map(|row| {
+            (row.iter())
+                .map(|c| {
+                    c.runs
+                        .iter()
+                        .map(|(m, s)| (machines.letter(m), *s))
+                        .collect()
+                })
+                .collect()
+        })
+        .collect();
+    let several = machines.count() > 1;
     let mut md = String::new();
     let _ = writeln!(
         md,
@@ -323,7 +375,7 @@ fn write_results(records: &Records, results: &Path, machine: &str) -> Result<(),
     );
     let _ = writeln!(
         md,
-        "Written by `cargo xtask bench --seeds` on {machine}. Each cell: `magr quantize \
+        "Written by `cargo xtask bench --seeds`; cells measured on {}. Each cell: `magr quantize \
          --nsamples {CALIBRATION} --seqlen 2048 --seed S --eval-windows {EVAL_WINDOWS}` with \
          the row's and the column's flags, for seeds {SEEDS:?} of the calibration sampler \
          (Wikipedia excerpt); perplexity on the first {EVAL_WINDOWS} windows of 2048 tokens of \
@@ -334,7 +386,8 @@ fn write_results(records: &Records, results: &Path, machine: &str) -> Result<(),
          runs FISTA (`magr quantize`'s default, at most 40 iterations) except in the row that \
          names the reference's 200 plain iterations. RTN alone reads no calibration data (its \
          weights are the same for every seed, which a `magr-cli` test checks): it runs once, \
-         with seed 0, and has no spread.\n"
+         with seed 0, and has no spread.\n",
+        machines.legend()
     );
     let mut head = String::from("| method |");
     let mut rule = String::from("|---|");
@@ -382,19 +435,17 @@ fn write_results(records: &Records, results: &Path, machine: &str) -> Result<(),
         }
         let _ = writeln!(md, "{line}");
     }
+    let on = if several { ", on each machine" } else { "" };
     let _ = writeln!(
         md,
-        "\nWall seconds per cell (mean over the seeds measured):\n"
+        "\nWall seconds per cell (mean over the seeds measured{on}):\n"
     );
     let _ = writeln!(md, "| method | {} |", GRIDS.map(|g| g.label).join(" | "));
     let _ = writeln!(md, "|---|{}", "---|".repeat(GRIDS.len()));
-    for (label, row) in labels.iter().zip(&cells) {
+    for (label, row) in labels.iter().zip(&lettered) {
         let mut line = format!("| {label} |");
-        for c in row {
-            let _ = match mean_std(&c.seconds) {
-                Some((mean, _)) => write!(line, " {mean:.0} |"),
-                None => write!(line, " … |"),
-            };
+        for runs in row {
+            let _ = write!(line, " {} |", seconds_text(runs, several));
         }
         let _ = writeln!(md, "{line}");
     }
@@ -426,6 +477,10 @@ mod tests {
         assert_eq!(cell_text(&[2.0], 3), "2.00 (1 of 3 seeds)");
         assert_eq!(cell_text(&[2.0], 1), "2.00");
         assert_eq!(cell_text(&[], 1), "…");
+        let runs = [('A', 10.0), ('B', 30.0), ('A', 20.0)];
+        assert_eq!(seconds_text(&runs, true), "15 (A), 30 (B)");
+        assert_eq!(seconds_text(&runs[..1], false), "10");
+        assert_eq!(seconds_text(&[], true), "…");
     }
 
     #[test]
@@ -456,7 +511,7 @@ mod tests {
         let rtn_w4 = cell_id(&RTN, &GRIDS[0], 0);
         records.put(&rtn_w4, &Record::now("c", 5.0, rtn)).unwrap();
         let results = dir.join("results.md");
-        write_results(&records, &results, "a machine").unwrap();
+        write_results(&records, &results).unwrap();
         let md = std::fs::read_to_string(&results).unwrap();
         assert!(md.contains("| RTN | 12.00 | 13.00 | … |"), "{md}");
         assert_eq!(md.matches("'s gain over OPTQ |").count(), 2, "{md}");
@@ -471,6 +526,25 @@ mod tests {
             "{row}"
         );
         assert!(md.contains("| OPTQ | 15 | … |"), "{md}");
+        let here = crate::table::machine();
+        assert!(
+            md.contains(&format!("cells measured on A: {here} (3 cells).")),
+            "{md}"
+        );
+
+        // A cell measured on another machine: wall seconds are shown per machine.
+        let elsewhere = Record {
+            machine: "another machine".into(),
+            ..Record::now("c", 30.0, measured(12.0, 22.0))
+        };
+        let optq_w3 = cell_id(&METHODS[OPTQ_ROW], &GRIDS[1], 0);
+        records.put(&optq_w3, &elsewhere).unwrap();
+        write_results(&records, &results).unwrap();
+        let md = std::fs::read_to_string(&results).unwrap();
+        assert!(md.contains("| OPTQ | 15 (A) | 30 (B) | … |"), "{md}");
+        assert!(md.contains("| RTN | 5 (A) | … |"), "{md}");
+        let legend = format!("A: {here} (3 cells); B: another machine (1 cell).");
+        assert!(md.contains(&legend), "{md}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
