@@ -526,7 +526,7 @@ mod tests {
             "{row}"
         );
         assert!(md.contains("| OPTQ | 15 | … |"), "{md}");
-        let here = crate::table::machine();
+        let here = machine();
         assert!(
             md.contains(&format!("cells measured on A: {here} (3 cells).")),
             "{md}"
